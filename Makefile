@@ -1,0 +1,36 @@
+# Shoal: `make test` is the one test command, `make demo` the end-to-end show.
+GO        ?= go
+STATICCHECK_VERSION ?= v0.8.2
+BIN       := bin
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X github.com/shoalfleet/shoal/internal/version.Version=$(VERSION)
+
+.PHONY: all build test deps lint fmt-check vet staticcheck gotest demo bench release clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+## test: install missing test packages, then gofmt, vet, staticcheck and every test.
+test: deps fmt-check vet staticcheck gotest
+
+deps:
+	@bash scripts/test-deps.sh
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+staticcheck:
+	@command -v staticcheck >/dev/null 2>&1 || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck ./...
+
+gotest:
+	$(GO) test -count=1 -timeout 25m ./...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,44 @@
+// Package testenv lets tests find the real components they drive (Docker
+// Engine, swtpm, bootloader tools, Chromium, PostgreSQL) and decide what to do
+// when one is missing: skip with a message naming the package to install, or,
+// under SHOAL_REQUIRE_REAL=1 (CI), fail.
+//
+// Only tests import it.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// RequireReal reports whether missing real components must fail tests (SHOAL_REQUIRE_REAL=1).
+func RequireReal() bool { return os.Getenv("SHOAL_REQUIRE_REAL") == "1" }
+
+// Missing skips t, or fails it under SHOAL_REQUIRE_REAL=1, saying what is missing
+// and how to install it.
+func Missing(t testing.TB, what, install string) {
+	t.Helper()
+	if RequireReal() {
+		t.Fatalf("%s is required (SHOAL_REQUIRE_REAL=1) but missing: %s", what, install)
+	}
+	t.Skipf("%s missing; to run this test: %s (or run scripts/test-deps.sh)", what, install)
+}
+
+// LookPath finds command on PATH or in the sbin directories, or calls Missing
+// naming the Debian package that provides it.
+func LookPath(t testing.TB, command, debianPackage string) string {
+	t.Helper()
+	if p, err := exec.LookPath(command); err == nil {
+		return p
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/local/sbin"} {
+		p := filepath.Join(dir, command)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	Missing(t, command, "apt-get install "+debianPackage)
+	return ""
+}
