@@ -11,7 +11,7 @@ const APIVersion = "shoal/v1"
 // It is produced by Render and never edited by hand; its canonical JSON (Canonical)
 // and that JSON's sha256 (Hash) identify it.
 type Device struct {
-	APIVersion  string            `json:"apiVersion"`
+	APIVersion  string            `json:"api_version"`
 	ID          string            `json:"id"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	Groups      []string          `json:"groups,omitempty"` // matched groups, in render order
@@ -36,18 +36,18 @@ type App struct {
 	Networks    []string          `json:"networks,omitempty"` // empty: the fleet network
 	Restart     string            `json:"restart"`            // no | always | unless-stopped | on-failure
 	Healthcheck *Healthcheck      `json:"healthcheck,omitempty"`
-	DependsOn   []string          `json:"dependsOn,omitempty"`
+	DependsOn   []string          `json:"depends_on,omitempty"`
 	Devices     []string          `json:"devices,omitempty"` // host[:container[:perms]]
-	CapAdd      []string          `json:"capAdd,omitempty"`
-	CapDrop     []string          `json:"capDrop,omitempty"`
+	CapAdd      []string          `json:"cap_add,omitempty"`
+	CapDrop     []string          `json:"cap_drop,omitempty"`
 	User        string            `json:"user,omitempty"`
-	ReadOnly    bool              `json:"readOnly,omitempty"`
+	ReadOnly    bool              `json:"read_only,omitempty"`
 	Memory      int64             `json:"memory,omitempty"` // bytes; 0 = unlimited
 	CPUs        float64           `json:"cpus,omitempty"`   // 0 = unlimited
 	Logging     Logging           `json:"logging"`
 	Labels      map[string]string `json:"labels,omitempty"`
-	Drift       string            `json:"drift"`         // revert | alert
-	HealthWait  Duration          `json:"healthTimeout"` // how long a rollout waits for healthy
+	Drift       string            `json:"drift"`          // revert | alert
+	HealthWait  Duration          `json:"health_timeout"` // how long a rollout waits for healthy
 }
 
 // Image says which image an app runs and where it comes from when no registry is reachable.
@@ -68,7 +68,7 @@ type Port struct {
 	Host      int    `json:"host"`
 	Container int    `json:"container"`
 	Protocol  string `json:"protocol"` // tcp | udp
-	HostIP    string `json:"hostIP,omitempty"`
+	HostIP    string `json:"host_ip,omitempty"`
 }
 
 // Volume mounts a named volume or a host path into the container.
@@ -76,7 +76,7 @@ type Volume struct {
 	Type     string `json:"type"`   // volume | bind
 	Source   string `json:"source"` // volume name or absolute host path
 	Target   string `json:"target"`
-	ReadOnly bool   `json:"readOnly,omitempty"`
+	ReadOnly bool   `json:"read_only,omitempty"`
 }
 
 // Healthcheck is the container's health probe, as Docker runs it.
@@ -85,13 +85,13 @@ type Healthcheck struct {
 	Interval    Duration `json:"interval"`
 	Timeout     Duration `json:"timeout"`
 	Retries     int      `json:"retries"`
-	StartPeriod Duration `json:"startPeriod"`
+	StartPeriod Duration `json:"start_period"`
 }
 
 // Logging bounds the container's json-file log.
 type Logging struct {
-	MaxSize  string `json:"maxSize"` // e.g. "10m"
-	MaxFiles int    `json:"maxFiles"`
+	MaxSize  string `json:"max_size"` // e.g. "10m"
+	MaxFiles int    `json:"max_files"`
 }
 
 // Release is one OS image for the A/B updater.
@@ -102,7 +102,7 @@ type Release struct {
 	Size       int64             `json:"size"`
 	SHA256     string            `json:"sha256"`
 	Signature  string            `json:"signature"` // base64, over the release's signed payload (see updater)
-	MinVersion string            `json:"minVersion,omitempty"`
+	MinVersion string            `json:"min_version,omitempty"`
 	Built      time.Time         `json:"built,omitempty"` // build time: a lower bound for the device clock
 	PCRs       map[string]string `json:"pcrs,omitempty"`  // PCR index -> expected hex digest (sha256 bank)
 	Chunks     *ChunkManifest    `json:"chunks,omitempty"`
@@ -117,12 +117,12 @@ type ChunkManifest struct {
 // UpdatePolicy governs when and how the OS is updated.
 type UpdatePolicy struct {
 	Hold                  bool     `json:"hold,omitempty"` // no new installs until lifted
-	AllowDowngrade        bool     `json:"allowDowngrade,omitempty"`
+	AllowDowngrade        bool     `json:"allow_downgrade,omitempty"`
 	Windows               []Window `json:"windows,omitempty"` // empty: any time
-	DownloadOutsideWindow bool     `json:"downloadOutsideWindow"`
-	TrialTimeout          Duration `json:"trialTimeout"` // health gate limit after a trial boot
-	BootLimit             int      `json:"bootLimit"`    // trial boots before the bootloader falls back
-	OfflineOK             bool     `json:"offlineOK,omitempty"`
+	DownloadOutsideWindow bool     `json:"download_outside_window"`
+	TrialTimeout          Duration `json:"trial_timeout"` // health gate limit after a trial boot
+	BootLimit             int      `json:"boot_limit"`    // trial boots before the bootloader falls back
+	OfflineOK             bool     `json:"offline_ok,omitempty"`
 }
 
 // Window is a weekly maintenance window in a time zone, e.g. days [mon, tue], 02:00-04:00 Europe/Berlin.
@@ -136,7 +136,7 @@ type Window struct {
 // TimePolicy configures clock checking.
 type TimePolicy struct {
 	Servers []string `json:"servers,omitempty"` // host or host:port
-	MaxSkew Duration `json:"maxSkew"`
+	MaxSkew Duration `json:"max_skew"`
 }
 
 // AttestationPolicy says whether and over what the device attests.
