@@ -1,0 +1,98 @@
+package api
+
+import "time"
+
+// Poke tells a long-polling device there is news: fetch now.
+type Poke struct {
+	APIVersion string    `json:"apiVersion"`
+	ID         int64     `json:"id"`               // increasing; pass it back as ?after= on the next poll
+	Commit     string    `json:"commit,omitempty"` // the new commit, when known
+	Reason     string    `json:"reason"`           // webhook | operator
+	Time       time.Time `json:"time"`
+}
+
+// Validate checks a poke a device receives.
+func (p *Poke) Validate() error {
+	if p == nil {
+		return invalid("poke: empty")
+	}
+	if err := checkVersion(p.APIVersion); err != nil {
+		return err
+	}
+	if p.ID <= 0 {
+		return invalid("poke id %d", p.ID)
+	}
+	return nil
+}
+
+// PokeRequest is the operator's (or a Git webhook's) request to poke devices:
+// all devices when both Group and Devices are empty.
+type PokeRequest struct {
+	APIVersion string   `json:"apiVersion"`
+	Group      string   `json:"group,omitempty"`
+	Devices    []string `json:"devices,omitempty"`
+	Commit     string   `json:"commit,omitempty"`
+	Reason     string   `json:"reason,omitempty"`
+}
+
+// Validate checks an operator poke request.
+func (p *PokeRequest) Validate() error {
+	if p == nil {
+		return invalid("poke request: empty")
+	}
+	if err := checkVersion(p.APIVersion); err != nil {
+		return err
+	}
+	if len(p.Devices) > 10000 {
+		return invalid("devices: %d entries, at most 10000", len(p.Devices))
+	}
+	for _, d := range p.Devices {
+		if !ValidDeviceID(d) {
+			return invalid("devices: %q", d)
+		}
+	}
+	if len(p.Group) > 128 || len(p.Commit) > 128 {
+		return invalid("group or commit too long")
+	}
+	return nil
+}
+
+// PokeResult says how many devices a poke reached.
+type PokeResult struct {
+	APIVersion string `json:"apiVersion"`
+	ID         int64  `json:"id"`
+	Devices    int    `json:"devices"`
+}
+
+// TokenRequest asks the hub (operator API) for a one-time enrolment token.
+type TokenRequest struct {
+	APIVersion string        `json:"apiVersion"`
+	DeviceID   string        `json:"deviceID"`
+	TTL        time.Duration `json:"ttl,omitempty"` // nanoseconds; 0 = 24h
+	Groups     []string      `json:"groups,omitempty"`
+}
+
+// Validate checks a token request.
+func (r *TokenRequest) Validate() error {
+	if r == nil {
+		return invalid("token request: empty")
+	}
+	if err := checkVersion(r.APIVersion); err != nil {
+		return err
+	}
+	if !ValidDeviceID(r.DeviceID) {
+		return invalid("deviceID %q", r.DeviceID)
+	}
+	if r.TTL < 0 || r.TTL > 365*24*time.Hour {
+		return invalid("ttl %v: want 0..8760h", r.TTL)
+	}
+	return nil
+}
+
+// TokenResponse holds a token; the hub keeps only its hash.
+type TokenResponse struct {
+	APIVersion string    `json:"apiVersion"`
+	DeviceID   string    `json:"deviceID"`
+	Token      string    `json:"token"`
+	Expires    time.Time `json:"expires"`
+}

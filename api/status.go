@@ -1,0 +1,156 @@
+package api
+
+import "time"
+
+// Status is one status report from a device. The agent numbers its reports
+// with Seq, starting at 1 and increasing by one per report; the hub stores
+// each (device, Seq) once, so a resent report is a harmless duplicate, and
+// the device's current state is the report with the highest Seq.
+//
+// The device is identified by its client certificate; DeviceID is echoed for
+// logs and must match the certificate when set.
+type Status struct {
+	APIVersion string    `json:"apiVersion"`
+	DeviceID   string    `json:"deviceID,omitempty"`
+	Seq        uint64    `json:"seq"`
+	Time       time.Time `json:"time"` // device clock; see Clock.Trusted
+	Agent      string    `json:"agent,omitempty"`
+	// Groups are the fleet groups the device's render matched; the hub
+	// uses them to target `shoal poke --group`.
+	Groups []string `json:"groups,omitempty"`
+
+	// State summarises the device for the fleet page.
+	State State `json:"state"`
+
+	Commit  CommitStatus  `json:"commit"`
+	Apps    []AppStatus   `json:"apps,omitempty"`
+	Update  *UpdateStatus `json:"update,omitempty"`
+	Clock   *ClockStatus  `json:"clock,omitempty"`
+	Attest  *AttestStatus `json:"attest,omitempty"`
+	Problem *Problem      `json:"problem,omitempty"` // why the last pass did not converge
+	Offline bool          `json:"offline,omitempty"` // work done from a USB bundle, reported late
+}
+
+// State is a device's summary state.
+type State string
+
+// Device states.
+const (
+	StateConverged State = "converged" // running the applied commit, apps healthy
+	StateUpdating  State = "updating"  // applying a commit or an OS update
+	StateDegraded  State = "degraded"  // running, but an app or check is failing
+	StateStalled   State = "stalled"   // needs a person: invalid spec, bad signature
+	StateWaiting   State = "waiting"   // retrying: network, Docker daemon, hub
+)
+
+// States lists every valid State.
+var States = []State{StateConverged, StateUpdating, StateDegraded, StateStalled, StateWaiting}
+
+// CommitStatus keeps the last attempted commit apart from the last applied one.
+type CommitStatus struct {
+	Attempted string `json:"attempted,omitempty"`
+	Applied   string `json:"applied,omitempty"`
+	SpecHash  string `json:"specHash,omitempty"` // spec.Device.Hash() of the applied render
+}
+
+// AppStatus is one container app.
+type AppStatus struct {
+	Name    string `json:"name"`
+	Image   string `json:"image,omitempty"`
+	State   string `json:"state"`            // running | exited | missing | starting
+	Health  string `json:"health,omitempty"` // healthy | unhealthy | starting | none
+	Drift   string `json:"drift,omitempty"`  // what changed outside Shoal, if anything
+	Message string `json:"message,omitempty"`
+}
+
+// UpdateStatus is the A/B updater's state.
+type UpdateStatus struct {
+	State    string    `json:"state"` // idle | downloading | installed | rebooting | trial | committed | rolled-back
+	Slot     string    `json:"slot,omitempty"`
+	Version  string    `json:"version,omitempty"` // running release version
+	Target   string    `json:"target,omitempty"`  // release being installed
+	Progress float64   `json:"progress,omitempty"`
+	Since    time.Time `json:"since,omitempty"`
+	Rollback *Rollback `json:"rollback,omitempty"`
+}
+
+// Rollback explains the last rollback: the failed check, exit code and last log lines.
+type Rollback struct {
+	Check    string   `json:"check"`
+	ExitCode int      `json:"exitCode,omitempty"`
+	LogTail  []string `json:"logTail,omitempty"`
+	Message  string   `json:"message,omitempty"`
+}
+
+// ClockStatus is the device's view of its clock.
+type ClockStatus struct {
+	Trusted bool          `json:"trusted"`
+	Skew    time.Duration `json:"skew,omitempty"` // nanoseconds against NTP; 0 if unmeasured
+	Source  string        `json:"source,omitempty"`
+}
+
+// AttestStatus is the device's last attestation as it knows it.
+type AttestStatus struct {
+	OK      bool      `json:"ok"`
+	Time    time.Time `json:"time,omitempty"`
+	Reasons []string  `json:"reasons,omitempty"`
+	Weak    bool      `json:"weak,omitempty"` // software key, no TPM
+}
+
+// Problem is a typed error from the agent loop.
+type Problem struct {
+	Kind    string `json:"kind"`   // stalled | waiting
+	Reason  string `json:"reason"` // stable machine reason, e.g. spec-invalid
+	Message string `json:"message"`
+}
+
+// Validate checks a report before it is stored.
+func (s *Status) Validate() error {
+	if s == nil {
+		return invalid("status: empty")
+	}
+	if err := checkVersion(s.APIVersion); err != nil {
+		return err
+	}
+	if s.DeviceID != "" && !ValidDeviceID(s.DeviceID) {
+		return invalid("deviceID %q", s.DeviceID)
+	}
+	if s.Seq == 0 || s.Seq > 1<<62 {
+		return invalid("seq %d: must be in 1..2^62", s.Seq)
+	}
+	if s.Time.IsZero() {
+		return invalid("time: missing")
+	}
+	ok := false
+	for _, st := range States {
+		if s.State == st {
+			ok = true
+		}
+	}
+	if !ok {
+		return invalid("state %q", s.State)
+	}
+	if len(s.Groups) > 100 {
+		return invalid("groups: %d entries, at most 100", len(s.Groups))
+	}
+	if len(s.Apps) > 1000 {
+		return invalid("apps: %d entries, at most 1000", len(s.Apps))
+	}
+	for i, a := range s.Apps {
+		if a.Name == "" {
+			return invalid("apps[%d]: name missing", i)
+		}
+	}
+	if s.Problem != nil && s.Problem.Kind != "stalled" && s.Problem.Kind != "waiting" {
+		return invalid("problem.kind %q: want stalled or waiting", s.Problem.Kind)
+	}
+	return nil
+}
+
+// StatusAck is the hub's answer to a status report.
+type StatusAck struct {
+	APIVersion string `json:"apiVersion"`
+	Seq        uint64 `json:"seq"`
+	Duplicate  bool   `json:"duplicate,omitempty"` // this Seq was already stored
+	Latest     uint64 `json:"latest"`              // highest Seq the hub holds for the device
+}
