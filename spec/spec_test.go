@@ -1,0 +1,201 @@
+package spec
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"testing/fstest"
+)
+
+// base is a small valid fleet; cases change one file of it.
+func base() fstest.MapFS {
+	return fstest.MapFS{
+		"fleet.cue": {Data: []byte(`defaults: time: servers: ["ntp.example:123"]
+spec: network: "plant"
+`)},
+		"groups/web.yaml": {Data: []byte(`selector:
+  match_labels:
+    role: web
+spec:
+  apps:
+    web: {}
+  update:
+    boot_limit: 2
+defaults:
+  release: os-1
+`)},
+		"devices/d1.yaml": {Data: []byte(`labels:
+  role: web
+`)},
+		"devices/d2.yaml": {Data: []byte(`labels:
+  role: web
+spec:
+  apps:
+    web:
+      env:
+        EXTRA: "1"
+`)},
+		"apps/web.yaml": {Data: []byte(`image:
+  ref: example/web:1.0@sha256:` + strings.Repeat("a", 64) + `
+ports:
+  - host: 8080
+    container: 80
+env:
+  LOG: info
+`)},
+		"releases/os-1.yaml": {Data: []byte(`version: 1.2.3
+url: https://example/os.img
+size: 100
+sha256: ` + strings.Repeat("b", 64) + `
+signature: c2ln
+`)},
+	}
+}
+
+func TestExampleFleetValidates(t *testing.T) {
+	f, err := Load(os.DirFS("../fleet-repo-example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(f.DeviceIDs()); got != 7 {
+		t.Fatalf("devices = %d, want 7", got)
+	}
+	for _, r := range f.RenderAll(2) {
+		if r.Err != nil {
+			t.Errorf("%s: %v", r.ID, r.Err)
+		}
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	tests := []struct {
+		name   string
+		file   string
+		data   string
+		extra  map[string]string
+		device string // device to render; "" = the error must come from Load
+		want   []string
+	}{
+		{
+			name: "yaml syntax error",
+			file: "apps/web.yaml",
+			data: "image:\n  ref: [unclosed\n",
+			want: []string{"apps/web.yaml:1: did not find expected"},
+		},
+		{
+			name: "unknown field",
+			file: "apps/web.yaml",
+			data: "image:\n  ref: example/web@sha256:" + strings.Repeat("a", 64) + "\nimagee: x\n",
+			want: []string{"apps/web.yaml:3:1", "imagee", "unknown field"},
+		},
+		{
+			name: "bad sha256",
+			file: "releases/os-1.yaml",
+			data: "version: 1.2.3\nurl: x\nsize: 1\nsha256: abc\nsignature: c2ln\n",
+			want: []string{"releases/os-1.yaml:4:9", "sha256"},
+		},
+		{
+			name: "port out of range",
+			file: "apps/web.yaml",
+			data: "image:\n  ref: example/web@sha256:" + strings.Repeat("a", 64) + "\nports:\n  - host: 70000\n    container: 80\n",
+			want: []string{"apps/web.yaml:4:11", "ports[0].host", "65535"},
+		},
+		{
+			name:   "conflict between group and device",
+			file:   "devices/d1.yaml",
+			data:   "labels:\n  role: web\nspec:\n  update:\n    boot_limit: 5\n",
+			device: "d1",
+			want:   []string{"devices/d1.yaml:5:17", "groups/web.yaml:8:17", "update.boot_limit", "conflicting values"},
+		},
+		{
+			name: "duplicate app name",
+			file: "apps/web.cue",
+			data: `image: ref: "example/web@sha256:` + strings.Repeat("a", 64) + `"`,
+			want: []string{"apps/web", "duplicate app \"web\""},
+		},
+		{
+			name: "release version not semver",
+			file: "releases/os-1.yaml",
+			data: "version: one\nurl: x\nsize: 1\nsha256: " + strings.Repeat("b", 64) + "\nsignature: c2ln\n",
+			want: []string{"releases/os-1.yaml:1:10", "version"},
+		},
+		{
+			name:   "device names an unknown app",
+			file:   "devices/d1.yaml",
+			data:   "labels:\n  role: web\nspec:\n  apps:\n    nope: {}\n",
+			device: "d1",
+			want:   []string{"devices/d1.yaml:5:", `no app "nope"`},
+		},
+		{
+			name:   "device names an unknown release",
+			file:   "devices/d1.yaml",
+			data:   "spec:\n  release: os-9\n",
+			device: "d1",
+			want:   []string{"devices/d1.yaml:2:3", `no release "os-9"`},
+		},
+		{
+			name: "cue file with a wrong type",
+			file: "groups/extra.cue",
+			data: "spec: hold: \"yes\"\n",
+			want: []string{"groups/extra.cue:1:13", "hold"},
+		},
+		{
+			name:   "host port used twice",
+			file:   "apps/web2.yaml",
+			data:   "image:\n  ref: example/web@sha256:" + strings.Repeat("a", 64) + "\nports:\n  - host: 8080\n    container: 81\n",
+			extra:  map[string]string{"devices/d1.yaml": "labels:\n  role: web\nspec:\n  apps:\n    web2: {}\n"},
+			device: "d1",
+			want:   []string{"devices/d1.yaml", "apps.web2.ports[0].host", `host port 8080/tcp is also published by app "web"`},
+		},
+		{
+			name:   "dependency on an app the device does not run",
+			file:   "apps/web.yaml",
+			data:   "image:\n  ref: example/web@sha256:" + strings.Repeat("a", 64) + "\ndepends_on: [db]\n",
+			extra:  map[string]string{"apps/db.yaml": "image:\n  ref: example/db@sha256:" + strings.Repeat("c", 64) + "\n"},
+			device: "d1",
+			want:   []string{"apps.web.depends_on[0]", `depends on "db", which this device does not run`},
+		},
+		{
+			name:   "image neither pinned nor sourced",
+			file:   "apps/web.yaml",
+			data:   "image:\n  ref: example/web:latest\n",
+			device: "d1",
+			want:   []string{"apps.web.image", "pinned by digest"},
+		},
+		{
+			name:   "app without an image",
+			file:   "apps/web.yaml",
+			data:   "command: [x]\n",
+			device: "d1",
+			want:   []string{"apps.web.image", "required"},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fsys := base()
+			fsys[tc.file] = &fstest.MapFile{Data: []byte(tc.data)}
+			for name, data := range tc.extra {
+				fsys[name] = &fstest.MapFile{Data: []byte(data)}
+			}
+			f, err := Load(fsys)
+			if tc.device != "" {
+				if err != nil {
+					t.Fatalf("Load: %v", err)
+				}
+				_, err = f.Render(tc.device)
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error is not ErrInvalid: %v", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not contain %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
