@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -85,43 +86,53 @@ func Cleanup(t testing.TB, cli *client.Client, value string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	if err := RemoveLabelled(ctx, cli, value); err != nil {
+		t.Errorf("dockertest cleanup: %v", err)
+	}
+}
+
+// RemoveLabelled removes containers, networks, volumes and images labelled
+// LabelKey=value, returning every failure joined.
+func RemoveLabelled(ctx context.Context, cli *client.Client, value string) error {
+	var errs []error
 	f := filters.NewArgs(filters.Arg("label", LabelKey+"="+value))
 	cs, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
 	if err != nil {
-		t.Errorf("dockertest cleanup: list containers: %v", err)
+		errs = append(errs, fmt.Errorf("list containers: %w", err))
 	}
 	for _, c := range cs {
 		if err := cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !cerrdefs.IsNotFound(err) {
-			t.Errorf("dockertest cleanup: remove container %s: %v", c.ID[:12], err)
+			errs = append(errs, fmt.Errorf("remove container %s: %w", c.ID[:12], err))
 		}
 	}
 	ns, err := cli.NetworkList(ctx, network.ListOptions{Filters: f})
 	if err != nil {
-		t.Errorf("dockertest cleanup: list networks: %v", err)
+		errs = append(errs, fmt.Errorf("list networks: %w", err))
 	}
 	for _, n := range ns {
 		if err := cli.NetworkRemove(ctx, n.ID); err != nil && !cerrdefs.IsNotFound(err) {
-			t.Errorf("dockertest cleanup: remove network %s: %v", n.Name, err)
+			errs = append(errs, fmt.Errorf("remove network %s: %w", n.Name, err))
 		}
 	}
 	vs, err := cli.VolumeList(ctx, volume.ListOptions{Filters: f})
 	if err != nil {
-		t.Errorf("dockertest cleanup: list volumes: %v", err)
+		errs = append(errs, fmt.Errorf("list volumes: %w", err))
 	}
 	for _, v := range vs.Volumes {
 		if err := cli.VolumeRemove(ctx, v.Name, true); err != nil && !cerrdefs.IsNotFound(err) {
-			t.Errorf("dockertest cleanup: remove volume %s: %v", v.Name, err)
+			errs = append(errs, fmt.Errorf("remove volume %s: %w", v.Name, err))
 		}
 	}
 	is, err := cli.ImageList(ctx, image.ListOptions{All: true, Filters: f})
 	if err != nil {
-		t.Errorf("dockertest cleanup: list images: %v", err)
+		errs = append(errs, fmt.Errorf("list images: %w", err))
 	}
 	for _, im := range is {
 		if _, err := cli.ImageRemove(ctx, im.ID, image.RemoveOptions{Force: true, PruneChildren: true}); err != nil && !cerrdefs.IsNotFound(err) {
-			t.Errorf("dockertest cleanup: remove image %s: %v", im.ID, err)
+			errs = append(errs, fmt.Errorf("remove image %s: %w", im.ID, err))
 		}
 	}
+	return errors.Join(errs...)
 }
 
 var (
@@ -156,9 +167,25 @@ func appBinary() ([]byte, error) {
 // image ID for the same program). It returns the image ID; Cleanup removes it.
 func Image(t testing.TB, cli *client.Client, tag, label string, extra map[string]string) string {
 	t.Helper()
-	bin, err := appBinary()
+	labels := map[string]string{LabelKey: label}
+	for k, v := range extra {
+		labels[k] = v
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	id, err := BuildImage(ctx, cli, tag, labels)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return id
+}
+
+// BuildImage is Image for callers with no testing.TB (TestMain, benchmarks
+// programs): it builds the testapp image tagged tag with labels and returns its ID.
+func BuildImage(ctx context.Context, cli *client.Client, tag string, labels map[string]string) (string, error) {
+	bin, err := appBinary()
+	if err != nil {
+		return "", err
 	}
 	var ctxTar bytes.Buffer
 	tw := tar.NewWriter(&ctxTar)
@@ -169,36 +196,30 @@ func Image(t testing.TB, cli *client.Client, tag, label string, extra map[string
 		data []byte
 	}{{"Dockerfile", 0o644, []byte(dockerfile)}, {"app", 0o755, bin}} {
 		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), ModTime: time.Unix(0, 0)}); err != nil {
-			t.Fatal(err)
+			return "", err
 		}
 		if _, err := tw.Write(f.data); err != nil {
-			t.Fatal(err)
+			return "", err
 		}
 	}
 	if err := tw.Close(); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
-	labels := map[string]string{LabelKey: label}
-	for k, v := range extra {
-		labels[k] = v
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	resp, err := cli.ImageBuild(ctx, &ctxTar, build.ImageBuildOptions{
 		Tags: []string{tag}, Labels: labels, Remove: true, ForceRemove: true,
 	})
 	if err != nil {
-		t.Fatalf("build image %s: %v", tag, err)
+		return "", fmt.Errorf("build image %s: %w", tag, err)
 	}
 	defer resp.Body.Close()
 	if err := buildErr(resp.Body); err != nil {
-		t.Fatalf("build image %s: %v", tag, err)
+		return "", fmt.Errorf("build image %s: %w", tag, err)
 	}
 	ins, err := cli.ImageInspect(ctx, tag)
 	if err != nil {
-		t.Fatalf("inspect built image %s: %v", tag, err)
+		return "", fmt.Errorf("inspect built image %s: %w", tag, err)
 	}
-	return ins.ID
+	return ins.ID, nil
 }
 
 // buildErr reads the build's JSON message stream and returns the first error in it.

@@ -1,0 +1,576 @@
+package reconcile
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/shoalfleet/shoal/spec"
+)
+
+// AppError is a failure of one app, naming the spec field at fault and a
+// stable machine reason (image-verify-failed, port-conflict, health-failed, ...).
+type AppError struct {
+	App    string `json:"app"`
+	Field  string `json:"field,omitempty"`
+	Reason string `json:"reason"`
+	Err    error  `json:"-"`
+}
+
+func (e *AppError) Error() string {
+	if e.Field != "" {
+		return fmt.Sprintf("app %q: %s: %v", e.App, e.Field, e.Err)
+	}
+	return fmt.Sprintf("app %q: %v", e.App, e.Err)
+}
+
+func (e *AppError) Unwrap() error { return e.Err }
+
+// MarshalText lets a plan print its problems as JSON.
+func (e *AppError) MarshalText() ([]byte, error) { return []byte(e.Error()), nil }
+
+// Outcomes of one app in a pass.
+const (
+	OutcomeUnchanged  = "unchanged"
+	OutcomeCreated    = "created"
+	OutcomeUpdated    = "updated"
+	OutcomeStarted    = "started"
+	OutcomeRestored   = "restored"
+	OutcomeRemoved    = "removed"
+	OutcomeRolledBack = "rolled-back" // the new version failed; the previous one runs again
+	OutcomeFailed     = "failed"
+	OutcomeHeld       = "held"
+	OutcomeDrift      = "drift" // changed outside Shoal and left alone (policy alert)
+)
+
+// AppResult is what happened to one app, ready to copy into a status report.
+type AppResult struct {
+	App          string    `json:"app"`
+	Action       Kind      `json:"action"`
+	Reason       string    `json:"reason"` // why the action was planned
+	Outcome      string    `json:"outcome"`
+	State        string    `json:"state,omitempty"`
+	Health       string    `json:"health,omitempty"`
+	RestartCount int       `json:"restart_count"`
+	ExitCode     int       `json:"exit_code"`
+	Error        *AppError `json:"error,omitempty"`
+	Logs         []string  `json:"logs,omitempty"` // last lines of the failed version, on rollback or failure
+}
+
+// Result is the outcome of Apply.
+type Result struct {
+	Device string      `json:"device"`
+	Held   bool        `json:"held,omitempty"`
+	Plan   *Plan       `json:"plan"`
+	Apps   []AppResult `json:"apps"`
+	Drift  []Drift     `json:"drift,omitempty"`
+	Errors []*AppError `json:"errors,omitempty"` // failures not tied to an app's rollout (networks, pruning, problems)
+}
+
+// Err joins every app failure, or is nil when all apps converged.
+func (res *Result) Err() error {
+	var errs []error
+	for _, e := range res.Errors {
+		errs = append(errs, e)
+	}
+	for _, a := range res.Apps {
+		if a.Error != nil {
+			errs = append(errs, a.Error)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// logLines is how many lines of a failed container's log a result carries.
+const logLines = 20
+
+// Apply executes p for dev. Apps run in parallel within depends_on order; one
+// app's failure does not stop the others. With p.Held nothing is changed.
+func (r *Reconciler) Apply(ctx context.Context, dev *spec.Device, p *Plan) *Result {
+	res := &Result{Device: dev.ID, Held: p.Held, Plan: p, Drift: p.Drift, Errors: p.Problems}
+	byApp := map[string][]Action{}
+	var order []string
+	for _, a := range p.Actions {
+		if a.App == "" || a.Kind == KindRemove && dev.App(a.App) == nil {
+			continue
+		}
+		if _, ok := byApp[a.App]; !ok {
+			order = append(order, a.App)
+		}
+		byApp[a.App] = append(byApp[a.App], a)
+	}
+	if p.Held {
+		for _, name := range order {
+			acts := byApp[name]
+			last := acts[len(acts)-1]
+			res.Apps = append(res.Apps, AppResult{App: name, Action: last.Kind, Reason: last.Reason, Outcome: OutcomeHeld})
+		}
+		return res
+	}
+	var mu sync.Mutex
+	addErr := func(e *AppError) { mu.Lock(); res.Errors = append(res.Errors, e); mu.Unlock() }
+
+	// Networks, then removals of unwanted containers (in parallel), then apps.
+	for _, a := range p.Actions {
+		if a.Kind == KindNetwork {
+			if err := r.createNetwork(ctx, a.Target); err != nil {
+				addErr(&AppError{App: "", Field: "network", Reason: "network-create-failed", Err: err})
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	for _, a := range p.Actions {
+		if a.Kind != KindRemove || dev.App(a.App) != nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ar := AppResult{App: a.App, Action: a.Kind, Reason: a.Reason, Outcome: OutcomeRemoved}
+			if err := r.removeContainer(ctx, a.ContainerID); err != nil {
+				ar.Outcome = OutcomeFailed
+				ar.Error = &AppError{App: a.App, Reason: "remove-failed", Err: err}
+			} else {
+				r.mu.Lock()
+				delete(r.applied, a.App)
+				delete(r.failed, a.App)
+				r.mu.Unlock()
+			}
+			r.metrics.actions.WithLabelValues(string(a.Kind)).Inc()
+			mu.Lock()
+			res.Apps = append(res.Apps, ar)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+
+	done := map[string]chan struct{}{}
+	okApp := map[string]bool{}
+	for _, name := range order {
+		done[name] = make(chan struct{})
+	}
+	sem := make(chan struct{}, r.o.Parallel)
+	for _, name := range order {
+		app := dev.App(name)
+		acts := byApp[name]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(done[name])
+			ar := r.applyApp(ctx, dev, app, acts, p.hashes[name], done, okApp, &mu, sem)
+			mu.Lock()
+			okApp[name] = ar.Error == nil
+			res.Apps = append(res.Apps, ar)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+
+	for _, a := range p.Actions {
+		if a.Kind == KindPrune {
+			if err := r.prune(ctx, a.Target); err != nil {
+				r.log.Warn("prune image", "ref", a.Target, "err", err)
+			} else {
+				r.metrics.actions.WithLabelValues(string(a.Kind)).Inc()
+			}
+		}
+	}
+	sort.Slice(res.Apps, func(i, j int) bool { return res.Apps[i].App < res.Apps[j].App })
+	return res
+}
+
+// applyApp waits for app's dependencies, then runs its actions.
+func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, app *spec.App, acts []Action, hash string,
+	done map[string]chan struct{}, okApp map[string]bool, mu *sync.Mutex, sem chan struct{}) AppResult {
+	main := acts[len(acts)-1]
+	ar := AppResult{App: app.Name, Action: main.Kind, Reason: main.Reason}
+	for _, d := range app.DependsOn {
+		ch, ok := done[d]
+		if !ok {
+			continue
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			ar.Outcome, ar.Error = OutcomeFailed, &AppError{App: app.Name, Reason: "canceled", Err: ctx.Err()}
+			return ar
+		}
+		mu.Lock()
+		depOK := okApp[d]
+		mu.Unlock()
+		if !depOK {
+			ar.Outcome = OutcomeFailed
+			ar.Error = &AppError{App: app.Name, Field: "depends_on", Reason: "dependency-failed", Err: fmt.Errorf("dependency %q is not healthy", d)}
+			return ar
+		}
+	}
+	if main.Kind == KindKeep {
+		ar.Outcome = OutcomeUnchanged
+		if strings.HasPrefix(main.Reason, "drift left alone") {
+			ar.Outcome = OutcomeDrift
+		}
+		r.fillState(ctx, &ar, main.ContainerID)
+		return ar
+	}
+	select {
+	case sem <- struct{}{}:
+	case <-ctx.Done():
+		ar.Outcome, ar.Error = OutcomeFailed, &AppError{App: app.Name, Reason: "canceled", Err: ctx.Err()}
+		return ar
+	}
+	defer func() { <-sem }()
+	log := r.log.With("app", app.Name)
+	for _, a := range acts {
+		log.Info("apply", "action", a.Kind, "reason", a.Reason)
+		r.metrics.actions.WithLabelValues(string(a.Kind)).Inc()
+		if a.Drift {
+			r.metrics.drift.Inc()
+		}
+		var err error
+		var id string
+		switch a.Kind {
+		case KindPull, KindLoad:
+			err = r.ensureImage(ctx, app, a.Kind)
+		case KindCreate:
+			id, err = r.create(ctx, dev, app, &ar)
+			ar.Outcome = OutcomeCreated
+		case KindRecreate:
+			id, err = r.recreate(ctx, dev, app, a.ContainerID, &ar)
+			ar.Outcome = OutcomeUpdated
+		case KindStart:
+			id, err = a.ContainerID, r.start(ctx, app, a.ContainerID, &ar)
+			ar.Outcome = OutcomeStarted
+		case KindRestore:
+			id, err = a.ContainerID, r.restore(ctx, app, a.ContainerID)
+			ar.Outcome = OutcomeRestored
+		case KindRemove:
+			err = r.removeContainer(ctx, a.ContainerID)
+		}
+		if err != nil {
+			var ae *AppError
+			if !errors.As(err, &ae) {
+				ae = &AppError{App: app.Name, Reason: "engine-error", Err: err}
+			}
+			ar.Error = ae
+			if ar.Outcome != OutcomeRolledBack {
+				ar.Outcome = OutcomeFailed
+			}
+			log.Warn("apply failed", "action", a.Kind, "err", err)
+			return ar
+		}
+		if id != "" {
+			r.fillState(ctx, &ar, id)
+		}
+	}
+	r.mu.Lock()
+	r.applied[app.Name] = hash
+	delete(r.failed, app.Name)
+	r.mu.Unlock()
+	return ar
+}
+
+func (r *Reconciler) fillState(ctx context.Context, ar *AppResult, id string) {
+	if id == "" {
+		return
+	}
+	c, err := r.inspectContainer(ctx, id)
+	if err != nil {
+		return
+	}
+	ar.State, ar.Health, ar.RestartCount, ar.ExitCode = c.State, c.Health, c.RestartCount, c.ExitCode
+}
+
+func (r *Reconciler) createNetwork(ctx context.Context, name string) error {
+	_, err := r.eng.NetworkCreate(ctx, name, network.CreateOptions{Driver: "bridge", Labels: r.ownLabels()})
+	if err != nil && !cerrdefs.IsConflict(err) {
+		return fmt.Errorf("create network %q: %w", name, err)
+	}
+	return nil
+}
+
+// createContainer creates app's container under name and joins its extra networks.
+func (r *Reconciler) createContainer(ctx context.Context, dev *spec.Device, app *spec.App, name string) (string, error) {
+	cfg, host, netCfg, err := r.containerConfig(dev, app)
+	if err != nil {
+		var fe *fieldError
+		if errors.As(err, &fe) {
+			return "", &AppError{App: app.Name, Field: fe.field, Reason: "spec-invalid", Err: errors.New(fe.msg)}
+		}
+		return "", &AppError{App: app.Name, Reason: "spec-invalid", Err: err}
+	}
+	resp, err := r.eng.ContainerCreate(ctx, cfg, host, netCfg, nil, name)
+	if err != nil {
+		return "", r.engineError(app, "create", err)
+	}
+	for _, n := range networksOf(dev, app)[1:] {
+		if err := r.eng.NetworkConnect(ctx, n, resp.ID, endpoint(n, app.Name)); err != nil {
+			r.removeContainer(ctx, resp.ID)
+			return "", &AppError{App: app.Name, Field: "networks", Reason: "network-connect-failed", Err: fmt.Errorf("connect to %q: %w", n, err)}
+		}
+	}
+	return resp.ID, nil
+}
+
+// engineError turns an Engine error from creating or starting a container into
+// an AppError naming the spec field it points at.
+func (r *Reconciler) engineError(app *spec.App, op string, err error) *AppError {
+	msg := err.Error()
+	ae := &AppError{App: app.Name, Reason: op + "-failed", Err: fmt.Errorf("%s: %w", op, err)}
+	switch {
+	case cerrdefs.IsConflict(err) && strings.Contains(msg, "is already in use"):
+		ae.Field, ae.Reason = "name", "name-conflict"
+		ae.Err = fmt.Errorf("%w: container name %q is taken: %w", ErrNotOwned, r.containerName(app.Name), err)
+	case strings.Contains(msg, "port is already allocated") || strings.Contains(msg, "address already in use"):
+		ae.Field, ae.Reason = "ports", "port-conflict"
+		for i, p := range app.Ports {
+			if strings.Contains(msg, fmt.Sprintf(":%d", p.Host)) {
+				ae.Field = fmt.Sprintf("ports[%d].host", i)
+			}
+		}
+	case strings.Contains(msg, "bind source path does not exist") || strings.Contains(msg, "invalid mount config"):
+		ae.Field, ae.Reason = "volumes", "mount-failed"
+		for i, v := range app.Volumes {
+			if v.Source != "" && strings.Contains(msg, v.Source) {
+				ae.Field = fmt.Sprintf("volumes[%d].source", i)
+			}
+		}
+	case strings.Contains(msg, "No such image") || cerrdefs.IsNotFound(err) && strings.Contains(msg, "image"):
+		ae.Field, ae.Reason = "image.ref", "image-missing"
+	case strings.Contains(msg, "error gathering device information") || strings.Contains(msg, "no such file or directory") && len(app.Devices) > 0:
+		ae.Field, ae.Reason = "devices", "device-missing"
+	case strings.Contains(msg, "network") && cerrdefs.IsNotFound(err):
+		ae.Field, ae.Reason = "networks", "network-missing"
+	case strings.Contains(msg, "unable to find user") || strings.Contains(msg, "no matching entries in passwd"):
+		ae.Field, ae.Reason = "user", "user-invalid"
+	case cerrdefs.IsInvalidArgument(err):
+		ae.Reason = "spec-invalid"
+	}
+	return ae
+}
+
+// create makes and starts a new app container, and waits for it to be healthy.
+// A container that fails is removed, its exit code and last logs kept in ar.
+func (r *Reconciler) create(ctx context.Context, dev *spec.Device, app *spec.App, ar *AppResult) (string, error) {
+	id, err := r.createContainer(ctx, dev, app, r.containerName(app.Name))
+	if err != nil {
+		return "", err
+	}
+	if err := r.eng.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		r.capture(ctx, id, ar)
+		r.removeContainer(ctx, id)
+		return "", r.engineError(app, "start", err)
+	}
+	if err := r.waitHealthy(ctx, id, app); err != nil {
+		r.capture(ctx, id, ar)
+		r.removeContainer(ctx, id)
+		r.markFailed(app, dev)
+		return "", err
+	}
+	return id, nil
+}
+
+// recreate replaces old with a container for app. The old one is renamed aside
+// and only removed once the new one is healthy; on any failure the new one is
+// removed and the old one put back and started again.
+func (r *Reconciler) recreate(ctx context.Context, dev *spec.Device, app *spec.App, oldID string, ar *AppResult) (string, error) {
+	name, aside := r.containerName(app.Name), r.asideName(app.Name)
+	old, err := r.eng.ContainerInspect(ctx, oldID)
+	if err != nil {
+		return "", &AppError{App: app.Name, Reason: "engine-error", Err: fmt.Errorf("inspect current container: %w", err)}
+	}
+	wasRunning := old.State != nil && (old.State.Running || old.State.Restarting)
+	if err := r.eng.ContainerRename(ctx, oldID, aside); err != nil {
+		return "", &AppError{App: app.Name, Reason: "engine-error", Err: fmt.Errorf("rename current container aside: %w", err)}
+	}
+	putBack := func() {
+		// A fresh context: a canceled pass must still leave the last good version running.
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		if err := r.eng.ContainerRename(bctx, oldID, name); err != nil {
+			r.log.Error("restore previous version", "app", app.Name, "err", err)
+			return
+		}
+		if wasRunning {
+			if err := r.eng.ContainerStart(bctx, oldID, container.StartOptions{}); err != nil {
+				r.log.Error("restart previous version", "app", app.Name, "err", err)
+			}
+		}
+	}
+	id, err := r.createContainer(ctx, dev, app, name)
+	if err != nil {
+		putBack()
+		return "", err
+	}
+	rollback := func(cause error) error {
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		r.capture(bctx, id, ar)
+		r.removeContainer(bctx, id)
+		putBack()
+		ar.Outcome = OutcomeRolledBack
+		r.metrics.rollbacks.Inc()
+		return cause
+	}
+	if wasRunning {
+		if err := r.stop(ctx, oldID); err != nil {
+			return "", rollback(&AppError{App: app.Name, Reason: "engine-error", Err: fmt.Errorf("stop previous version: %w", err)})
+		}
+	}
+	if err := r.eng.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		return "", rollback(r.engineError(app, "start", err))
+	}
+	if err := r.waitHealthy(ctx, id, app); err != nil {
+		r.markFailed(app, dev)
+		return "", rollback(err)
+	}
+	if err := r.removeContainer(ctx, oldID); err != nil {
+		r.log.Warn("remove previous version", "app", app.Name, "err", err) // the next pass removes it
+	}
+	return id, nil
+}
+
+func (r *Reconciler) markFailed(app *spec.App, dev *spec.Device) {
+	r.mu.Lock()
+	r.failed[app.Name] = specHash(dev, app)
+	r.mu.Unlock()
+}
+
+// start starts (or unpauses) an existing container and waits for it to be healthy.
+func (r *Reconciler) start(ctx context.Context, app *spec.App, id string, ar *AppResult) error {
+	ins, err := r.eng.ContainerInspect(ctx, id)
+	if err != nil {
+		return &AppError{App: app.Name, Reason: "engine-error", Err: err}
+	}
+	if ins.State != nil && ins.State.Paused {
+		err = r.eng.ContainerUnpause(ctx, id)
+	} else {
+		err = r.eng.ContainerStart(ctx, id, container.StartOptions{})
+	}
+	if err != nil {
+		r.capture(ctx, id, ar)
+		return r.engineError(app, "start", err)
+	}
+	if err := r.waitHealthy(ctx, id, app); err != nil {
+		r.capture(ctx, id, ar)
+		return err
+	}
+	return nil
+}
+
+// restore puts a container left aside by an interrupted rollout back under its name.
+func (r *Reconciler) restore(ctx context.Context, app *spec.App, id string) error {
+	if err := r.eng.ContainerRename(ctx, id, r.containerName(app.Name)); err != nil {
+		return &AppError{App: app.Name, Reason: "engine-error", Err: fmt.Errorf("rename back: %w", err)}
+	}
+	if err := r.eng.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		return r.engineError(app, "start", err)
+	}
+	return nil
+}
+
+func (r *Reconciler) stop(ctx context.Context, id string) error {
+	secs := int(r.o.StopTimeout / time.Second)
+	if err := r.eng.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs}); err != nil && !cerrdefs.IsNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+func (r *Reconciler) removeContainer(ctx context.Context, id string) error {
+	if err := r.stop(ctx, id); err != nil {
+		return fmt.Errorf("stop %s: %w", short(id), err)
+	}
+	if err := r.eng.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("remove %s: %w", short(id), err)
+	}
+	return nil
+}
+
+// capture records a failed container's state and last log lines.
+func (r *Reconciler) capture(ctx context.Context, id string, ar *AppResult) {
+	r.fillState(ctx, ar, id)
+	rc, err := r.eng.ContainerLogs(ctx, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: fmt.Sprint(logLines)})
+	if err != nil {
+		return
+	}
+	defer rc.Close()
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := stdcopy.StdCopy(pw, pw, rc)
+		pw.CloseWithError(err)
+	}()
+	sc := bufio.NewScanner(pr)
+	var lines []string
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	pr.Close()
+	if len(lines) > logLines {
+		lines = lines[len(lines)-logLines:]
+	}
+	ar.Logs = lines
+}
+
+// waitHealthy waits until the container is healthy (or, with no healthcheck, has
+// kept running for StableFor), up to the app's health timeout.
+func (r *Reconciler) waitHealthy(ctx context.Context, id string, app *spec.App) error {
+	limit := app.HealthWait.D()
+	if limit <= 0 {
+		limit = r.o.DefaultHealthWait
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	var runningSince time.Time
+	last := "not started"
+	for {
+		ins, err := r.eng.ContainerInspect(ctx, id)
+		if err == nil && ins.State != nil {
+			st := ins.State
+			switch {
+			case st.Health != nil && st.Health.Status != container.NoHealthcheck:
+				if st.Health.Status == container.Healthy && st.Running {
+					return nil
+				}
+				last = "health " + st.Health.Status
+				if n := len(st.Health.Log); n > 0 {
+					last += fmt.Sprintf(" (last probe exit %d: %s)", st.Health.Log[n-1].ExitCode, strings.TrimSpace(st.Health.Log[n-1].Output))
+				}
+			case st.Running && !st.Restarting:
+				if runningSince.IsZero() {
+					runningSince = r.o.Now()
+				}
+				if r.o.Now().Sub(runningSince) >= r.o.StableFor {
+					return nil
+				}
+				last = "running"
+			default:
+				runningSince = time.Time{}
+				last = fmt.Sprintf("%s (exit code %d)", st.Status, st.ExitCode)
+			}
+			// A container that exited and will not be restarted cannot become healthy.
+			if (st.Status == "exited" || st.Status == "dead") && (app.Restart == "" || app.Restart == "no") {
+				return &AppError{App: app.Name, Field: "healthcheck", Reason: "health-failed",
+					Err: fmt.Errorf("%w: exited with code %d", ErrUnhealthy, st.ExitCode)}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return &AppError{App: app.Name, Field: "healthcheck", Reason: "health-failed",
+				Err: fmt.Errorf("%w: not healthy after %s: %s", ErrUnhealthy, limit, last)}
+		case <-tick.C:
+		}
+	}
+}

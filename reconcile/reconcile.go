@@ -1,0 +1,205 @@
+// Package reconcile converges the containers of one device on the apps its
+// rendered spec declares, through the Docker Engine API: Observe what runs,
+// Plan the actions (pure data, each with a reason a person reads), Apply them
+// with a health-gated rollout and rollback, and Watch Docker events for drift.
+//
+// Everything it creates carries its labels; it never touches a container it does
+// not own. The agent and the `shoal plan` command import it.
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Labels Shoal puts on what it creates. Ownership is decided by LabelManagedBy
+// and LabelPrefix together, so several simulated devices can share one Engine.
+const (
+	LabelManagedBy = "io.shoal.managed-by" // always "shoal"
+	LabelPrefix    = "io.shoal.prefix"     // Options.Prefix of the reconciler that owns it
+	LabelApp       = "io.shoal.app"        // app name
+	LabelHash      = "io.shoal.hash"       // per-app spec hash; a change means recreate
+	LabelSpec      = "io.shoal.spec"       // the app's spec JSON, to explain what changed
+	managedByValue = "shoal"
+)
+
+// Sentinel errors by what the caller does next.
+var (
+	// ErrEngine means the Docker Engine was unreachable or answered errors: retry later.
+	ErrEngine = errors.New("docker engine unavailable")
+	// ErrImageVerify means an image tar did not match its sha256: stalled until the spec changes.
+	ErrImageVerify = errors.New("image verification failed")
+	// ErrUnhealthy means a new version did not become healthy in time and was rolled back.
+	ErrUnhealthy = errors.New("not healthy in time")
+	// ErrNotOwned means a container name Shoal needs belongs to a container it does not own.
+	ErrNotOwned = errors.New("container not owned by shoal")
+)
+
+// Engine is the part of the Docker Engine API the reconciler calls.
+// *client.Client implements it.
+type Engine interface {
+	Ping(ctx context.Context) (types.Ping, error)
+	ContainerList(ctx context.Context, options container.ListOptions) ([]container.Summary, error)
+	ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error)
+	ContainerCreate(ctx context.Context, config *container.Config, hostConfig *container.HostConfig, networkingConfig *network.NetworkingConfig, platform *ocispec.Platform, name string) (container.CreateResponse, error)
+	ContainerStart(ctx context.Context, id string, options container.StartOptions) error
+	ContainerStop(ctx context.Context, id string, options container.StopOptions) error
+	ContainerRemove(ctx context.Context, id string, options container.RemoveOptions) error
+	ContainerRename(ctx context.Context, id, newName string) error
+	ContainerUnpause(ctx context.Context, id string) error
+	ContainerLogs(ctx context.Context, id string, options container.LogsOptions) (io.ReadCloser, error)
+	ImageInspect(ctx context.Context, ref string, opts ...client.ImageInspectOption) (image.InspectResponse, error)
+	ImagePull(ctx context.Context, ref string, options image.PullOptions) (io.ReadCloser, error)
+	ImageLoad(ctx context.Context, input io.Reader, opts ...client.ImageLoadOption) (image.LoadResponse, error)
+	ImageRemove(ctx context.Context, ref string, options image.RemoveOptions) ([]image.DeleteResponse, error)
+	NetworkList(ctx context.Context, options network.ListOptions) ([]network.Summary, error)
+	NetworkCreate(ctx context.Context, name string, options network.CreateOptions) (network.CreateResponse, error)
+	NetworkConnect(ctx context.Context, networkID, containerID string, config *network.EndpointSettings) error
+	Events(ctx context.Context, options events.ListOptions) (<-chan events.Message, <-chan error)
+}
+
+// NewClient connects to the Engine named by the environment (DOCKER_HOST or the
+// default socket), negotiating the API version (Docker 20.10 speaks 1.41).
+func NewClient() (*client.Client, error) {
+	c, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	return c, nil
+}
+
+// Options configure a Reconciler. The zero value works but for Prefix, which
+// defaults to "shoal-".
+type Options struct {
+	// Prefix starts every container name and scopes ownership, so several
+	// simulated devices can share one Engine.
+	Prefix string
+	// RepoRoot is the fleet repo checkout that image tar paths are relative to.
+	RepoRoot fs.FS
+	// ImageCache holds downloaded image tars and the record of images Shoal loaded
+	// (pruned when no longer referenced). Empty: no URL sources, no pruning record.
+	ImageCache string
+	// Labels are added to everything created (containers, networks, volumes).
+	Labels map[string]string
+	// Logger gets one line per action; nil discards.
+	Logger *slog.Logger
+	// Registerer, if set, gets the shoal_reconcile_* metrics.
+	Registerer prometheus.Registerer
+	// HTTPClient downloads image tars given by URL; nil uses http.DefaultClient.
+	HTTPClient *http.Client
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+	// Parallel bounds concurrent app rollouts; 0 means 8.
+	Parallel int
+	// StopTimeout is the grace period given to a container being replaced; 0 means 10s.
+	StopTimeout time.Duration
+	// StableFor is how long a container with no healthcheck must keep running to
+	// count as healthy; 0 means 1s.
+	StableFor time.Duration
+	// DefaultHealthWait applies when an app's healthTimeout is zero; 0 means 60s.
+	DefaultHealthWait time.Duration
+	// Debounce coalesces bursts of Docker events in Watch; 0 means 2s.
+	Debounce time.Duration
+	// Retry is the backoff for Engine errors in Reconcile: first wait, cap, attempts.
+	// Zero values mean 500ms, 30s, 5.
+	RetryInitial, RetryMax time.Duration
+	RetryAttempts          int
+}
+
+// Reconciler converges one device's containers. It is safe for one pass at a
+// time; Watch may run concurrently with passes.
+type Reconciler struct {
+	eng     Engine
+	o       Options
+	log     *slog.Logger
+	metrics *metrics
+	images  *imageStore
+
+	mu      sync.Mutex
+	applied map[string]string // app -> spec hash last applied (to tell "removed by hand" from "new")
+	failed  map[string]string // app -> spec hash that failed its health gate and was rolled back
+}
+
+// New returns a Reconciler working through eng.
+func New(eng Engine, o Options) (*Reconciler, error) {
+	if o.Prefix == "" {
+		o.Prefix = "shoal-"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.HTTPClient == nil {
+		o.HTTPClient = http.DefaultClient
+	}
+	if o.Parallel <= 0 {
+		o.Parallel = 8
+	}
+	if o.StopTimeout <= 0 {
+		o.StopTimeout = 10 * time.Second
+	}
+	if o.StableFor <= 0 {
+		o.StableFor = time.Second
+	}
+	if o.DefaultHealthWait <= 0 {
+		o.DefaultHealthWait = 60 * time.Second
+	}
+	if o.Debounce <= 0 {
+		o.Debounce = 2 * time.Second
+	}
+	if o.RetryInitial <= 0 {
+		o.RetryInitial = 500 * time.Millisecond
+	}
+	if o.RetryMax <= 0 {
+		o.RetryMax = 30 * time.Second
+	}
+	if o.RetryAttempts <= 0 {
+		o.RetryAttempts = 5
+	}
+	m, err := newMetrics(o.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Reconciler{
+		eng:     eng,
+		o:       o,
+		log:     o.Logger.With("component", "reconcile", "prefix", o.Prefix),
+		metrics: m,
+		images:  &imageStore{dir: o.ImageCache},
+		applied: map[string]string{},
+		failed:  map[string]string{},
+	}, nil
+}
+
+// containerName is the Docker name of app's container.
+func (r *Reconciler) containerName(app string) string { return r.o.Prefix + app }
+
+// asideName is where the running version waits while its replacement proves healthy.
+func (r *Reconciler) asideName(app string) string { return r.o.Prefix + app + "--prev" }
+
+// ownLabels are the labels on everything this reconciler creates.
+func (r *Reconciler) ownLabels() map[string]string {
+	l := map[string]string{LabelManagedBy: managedByValue, LabelPrefix: r.o.Prefix}
+	for k, v := range r.o.Labels {
+		l[k] = v
+	}
+	return l
+}
