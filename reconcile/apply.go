@@ -243,17 +243,17 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, app *spec.A
 		case KindPull, KindLoad:
 			err = r.ensureImage(ctx, app, a.Kind)
 		case KindCreate:
-			id, err = r.create(ctx, dev, app, &ar)
 			ar.Outcome = OutcomeCreated
+			id, err = r.create(ctx, dev, app, &ar)
 		case KindRecreate:
-			id, err = r.recreate(ctx, dev, app, a.ContainerID, &ar)
 			ar.Outcome = OutcomeUpdated
+			id, err = r.recreate(ctx, dev, app, a.ContainerID, &ar)
 		case KindStart:
-			id, err = a.ContainerID, r.start(ctx, app, a.ContainerID, &ar)
 			ar.Outcome = OutcomeStarted
+			id, err = a.ContainerID, r.start(ctx, app, a.ContainerID, &ar)
 		case KindRestore:
-			id, err = a.ContainerID, r.restore(ctx, app, a.ContainerID)
 			ar.Outcome = OutcomeRestored
+			id, err = a.ContainerID, r.restore(ctx, app, a.ContainerID)
 		case KindRemove:
 			err = r.removeContainer(ctx, a.ContainerID)
 		}
@@ -404,6 +404,17 @@ func (r *Reconciler) recreate(ctx context.Context, dev *spec.Device, app *spec.A
 		if wasRunning {
 			if err := r.eng.ContainerStart(bctx, oldID, container.StartOptions{}); err != nil {
 				r.log.Error("restart previous version", "app", app.Name, "err", err)
+				return
+			}
+			// Report only once the previous version serves again (its own healthcheck, if any).
+			prev := *app
+			if old.Config != nil && old.Config.Labels[LabelSpec] != "" {
+				if c, err := r.inspectContainer(bctx, oldID); err == nil && c.Spec != nil {
+					prev = *c.Spec
+				}
+			}
+			if err := r.waitHealthy(bctx, oldID, &prev); err != nil {
+				r.log.Error("previous version not healthy after restore", "app", app.Name, "err", err)
 			}
 		}
 	}
