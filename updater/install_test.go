@@ -279,7 +279,7 @@ type countingEnv struct {
 }
 
 func (c *countingEnv) Load() (map[string]string, error) { return c.inner.Load() }
-func (c *countingEnv) Save(v map[string]string) error  { c.saves++; return c.inner.Save(v) }
+func (c *countingEnv) Save(v map[string]string) error   { c.saves++; return c.inner.Save(v) }
 
 func TestOneEnvWritePerTransition(t *testing.T) {
 	for _, kind := range bootloaders {
