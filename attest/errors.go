@@ -1,0 +1,84 @@
+package attest
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Verification failures. Each is its own sentinel so the hub can record a
+// stable reason (see Reason); any of them means "not attested".
+var (
+	ErrMalformed         = errors.New("malformed quote")
+	ErrNotQuote          = errors.New("signed structure is not a TPM-generated quote")
+	ErrUnknownKey        = errors.New("quote key is not the device's registered attestation key")
+	ErrBadSignature      = errors.New("bad quote signature")
+	ErrShortNonce        = errors.New("nonce shorter than 16 bytes")
+	ErrWrongNonce        = errors.New("quote is for a nonce not issued to this device")
+	ErrStaleNonce        = errors.New("nonce expired")
+	ErrReplay            = errors.New("nonce already used (replayed quote)")
+	ErrHashBank          = errors.New("quote is not over the sha256 PCR bank")
+	ErrPCRSelection      = errors.New("quote PCR selection differs from the policy's")
+	ErrPCRDigest         = errors.New("reported PCR values do not match the quoted digest")
+	ErrPCRMismatch       = errors.New("PCR value differs from policy")
+	ErrCountersBackwards = errors.New("TPM reset/restart counters went backwards")
+	ErrClockUnsafe       = errors.New("TPM clock info is not safe")
+	ErrPolicy            = errors.New("invalid attestation policy")
+)
+
+// Device-side errors.
+var (
+	// ErrNoTPM means no TPM was found and a software key was not allowed.
+	ErrNoTPM = errors.New("no TPM available")
+	// ErrKeyMismatch means the key blobs in the state dir do not load in this
+	// TPM (it was cleared or replaced); the device must enrol again.
+	ErrKeyMismatch = errors.New("stored keys do not belong to this TPM")
+)
+
+// PCRMismatchError names the PCR whose quoted value differs from the policy.
+type PCRMismatchError struct {
+	PCR       int
+	Got, Want []byte
+}
+
+func (e *PCRMismatchError) Error() string {
+	return fmt.Sprintf("PCR %d: got %x, policy wants %x", e.PCR, e.Got, e.Want)
+}
+
+// Is makes errors.Is(err, ErrPCRMismatch) true.
+func (e *PCRMismatchError) Is(target error) bool { return target == ErrPCRMismatch }
+
+var reasons = []struct {
+	err    error
+	reason string
+}{
+	{ErrMalformed, "malformed"},
+	{ErrNotQuote, "not-quote"},
+	{ErrUnknownKey, "unknown-key"},
+	{ErrBadSignature, "bad-signature"},
+	{ErrShortNonce, "short-nonce"},
+	{ErrWrongNonce, "wrong-nonce"},
+	{ErrStaleNonce, "stale-nonce"},
+	{ErrReplay, "replay"},
+	{ErrHashBank, "hash-bank"},
+	{ErrPCRSelection, "pcr-selection"},
+	{ErrPCRDigest, "pcr-digest"},
+	{ErrPCRMismatch, "pcr-mismatch"},
+	{ErrCountersBackwards, "counters-backwards"},
+	{ErrClockUnsafe, "clock-unsafe"},
+	{ErrPolicy, "policy-invalid"},
+}
+
+// Reason returns the stable machine reason for a verification error
+// ("replay", "pcr-mismatch", ...), "" for nil and "error" for anything else
+// (a store failure, a cancelled context).
+func Reason(err error) string {
+	if err == nil {
+		return ""
+	}
+	for _, r := range reasons {
+		if errors.Is(err, r.err) {
+			return r.reason
+		}
+	}
+	return "error"
+}

@@ -1,0 +1,69 @@
+package attest
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// MemNonceStore is an in-memory NonceStore for a single hub process and tests.
+// Entries are kept for Retain after they expire so a late replay is still
+// recognised as stale rather than unknown. The zero value is ready to use.
+type MemNonceStore struct {
+	Retain time.Duration // default 10 minutes
+
+	mu sync.Mutex
+	m  map[string]*memNonce
+}
+
+type memNonce struct {
+	expires time.Time
+	used    bool
+}
+
+func nonceKey(deviceID string, nonce []byte) string { return deviceID + "\x00" + string(nonce) }
+
+// Issue records nonce for deviceID until expires.
+func (s *MemNonceStore) Issue(ctx context.Context, deviceID string, nonce []byte, expires time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[string]*memNonce{}
+	}
+	retain := s.Retain
+	if retain <= 0 {
+		retain = 10 * time.Minute
+	}
+	// Prune relative to the newest expiry: the store keeps no clock of its own.
+	for k, n := range s.m {
+		if n.expires.Add(retain).Before(expires) && expires.Sub(n.expires) > 2*retain {
+			delete(s.m, k)
+		}
+	}
+	s.m[nonceKey(deviceID, nonce)] = &memNonce{expires: expires}
+	return nil
+}
+
+// Consume uses nonce up; see NonceStore.
+func (s *MemNonceStore) Consume(ctx context.Context, deviceID string, nonce []byte, now time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.m[nonceKey(deviceID, nonce)]
+	switch {
+	case !ok:
+		return ErrWrongNonce
+	case n.used:
+		return ErrReplay
+	case now.After(n.expires):
+		n.used = true
+		return ErrStaleNonce
+	}
+	n.used = true
+	return nil
+}
