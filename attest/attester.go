@@ -111,7 +111,7 @@ func New(ctx context.Context, o Options) (*Attester, error) {
 		}
 		t, a.closer = tc, tc
 	}
-	b, err := newTPMBackend(t, o.StateDir)
+	b, err := newTPMBackend(t, o.StateDir, log)
 	if err != nil {
 		if a.closer != nil {
 			a.closer.Close()

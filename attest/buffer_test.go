@@ -2,6 +2,8 @@ package attest
 
 import (
 	"bytes"
+	"encoding/hex"
+	"slices"
 	"sync"
 )
 
@@ -22,3 +24,7 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+func bytesHex(b []byte) string { return hex.EncodeToString(b) }
+
+func equalInts(a, b []int) bool { return slices.Equal(a, b) }

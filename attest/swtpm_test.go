@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,7 +17,11 @@ import (
 type swtpm struct {
 	Addr  string
 	state string
+	stop  func()
 }
+
+// Stop kills the swtpm now, as a power cut would.
+func (s *swtpm) Stop() { s.stop() }
 
 // startSwtpm starts `swtpm socket` with its state in stateDir (a fresh temp
 // dir if empty) and stops it when the test ends.
@@ -42,11 +47,15 @@ func startSwtpm(t testing.TB, stateDir string) *swtpm {
 		go func() { exited <- cmd.Wait() }()
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		if waitListening(addr, exited, 10*time.Second) {
-			t.Cleanup(func() {
-				_ = cmd.Process.Kill()
-				<-exited
-			})
-			return &swtpm{Addr: addr, state: stateDir}
+			var once sync.Once
+			stop := func() {
+				once.Do(func() {
+					_ = cmd.Process.Kill()
+					<-exited
+				})
+			}
+			t.Cleanup(stop)
+			return &swtpm{Addr: addr, state: stateDir, stop: stop}
 		}
 		_ = cmd.Process.Kill()
 		<-exited

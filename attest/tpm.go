@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -80,8 +81,16 @@ func akTemplate(restricted bool) tpm2.TPMTPublic {
 	}
 }
 
-func newTPMBackend(t transport.TPM, stateDir string) (*tpmBackend, error) {
+func newTPMBackend(t transport.TPM, stateDir string, log *slog.Logger) (*tpmBackend, error) {
 	b := &tpmBackend{t: t}
+	restored, err := restoreClockSafe(t)
+	if err != nil {
+		// Quotes will say the clock is unsafe and fail at the hub, which is
+		// the true state; keep the identity usable for everything else.
+		log.Warn("TPM clock is unsafe after an unorderly shutdown and could not be advanced", "err", err)
+	} else if restored {
+		log.Info("TPM clock advanced past its last saved value after an unorderly shutdown")
+	}
 	ek, cert, err := readEK(t)
 	if err != nil {
 		return nil, err

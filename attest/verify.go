@@ -159,17 +159,20 @@ func (v *Verifier) verify(ctx context.Context, r Request) (*Result, error) {
 	if err := pol.validate(); err != nil {
 		return nil, err
 	}
-	p, err := parseQuote(r.Quote, r.Software)
-	if err != nil {
-		return nil, err
-	}
 	q := r.Quote
+	if q == nil {
+		return nil, fmt.Errorf("no quote: %w", ErrMalformed)
+	}
 	if !sameKey(q.AK, r.AK) {
 		return nil, ErrUnknownKey
 	}
 	key, err := v.key(r.AK, r.Software)
 	if err != nil {
 		return nil, fmt.Errorf("registered key: %v: %w", err, ErrUnknownKey)
+	}
+	p, err := parseQuote(q, r.Software)
+	if err != nil {
+		return nil, err
 	}
 	if !verifySig(key, q.Attest, p) {
 		return nil, ErrBadSignature
