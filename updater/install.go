@@ -65,7 +65,7 @@ func (w *writer) write(ctx context.Context, r io.Reader, start checkpoint) (err 
 			return fmt.Errorf("resume at %d: not a chunk boundary", start.Offset)
 		}
 	}
-	off, last := start.Offset, start
+	off, last, saved := start.Offset, start, start.Offset
 	size := w.rel.Size
 	buf := make([]byte, w.bufSize)
 
@@ -74,7 +74,7 @@ func (w *writer) write(ctx context.Context, r io.Reader, start checkpoint) (err 
 		if err == nil || errors.Is(err, ErrVerify) {
 			return
 		}
-		if f.Sync() == nil && last.Offset > start.Offset {
+		if f.Sync() == nil && last.Offset > saved {
 			if serr := w.save(last); serr != nil {
 				err = errors.Join(err, serr)
 			}
@@ -112,13 +112,14 @@ func (w *writer) write(ctx context.Context, r io.Reader, start checkpoint) (err 
 			if safe {
 				st, _ := h.(encoding.BinaryMarshaler).MarshalBinary()
 				cur := checkpoint{Offset: off, Hash: st}
-				if off-last.Offset >= w.every && off < size {
+				if off-saved >= w.every && off < size {
 					if err := f.Sync(); err != nil {
 						return fmt.Errorf("sync slot %s: %w", w.slot, err)
 					}
 					if err := w.save(cur); err != nil {
 						return err
 					}
+					saved = off
 					w.fault("slot-write")
 				}
 				last = cur

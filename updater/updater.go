@@ -290,6 +290,10 @@ func (u *Updater) step(ctx context.Context, s *session, rel *spec.Release, pol s
 			return u.flip(ctx, s, pol)
 		}
 		if s.booted != st.Target.Slot || s.vars[VarUpgrade] != "1" {
+			if s.vars[VarTry] != trialID(st.Target) {
+				// The power went out before the trial env reached the medium: try again.
+				return u.flip(ctx, s, pol)
+			}
 			return u.fellBack(s, fmt.Sprintf("the bootloader started slot %s instead of %s", s.booted, st.Target.Slot))
 		}
 		st.Phase, st.TrialStart = PhaseTrial, u.o.Now()
@@ -524,7 +528,7 @@ func (u *Updater) flip(ctx context.Context, s *session, pol spec.UpdatePolicy) e
 		limit = defaultBootLimit
 	}
 	limit = min(limit, maxBootLimit)
-	if st.Phase != PhaseRebooting {
+	if st.Phase != PhaseRebooting || st.BootID != s.bootID {
 		st.Phase, st.BootID = PhaseRebooting, s.bootID
 		if err := u.save(st); err != nil {
 			return err
