@@ -145,8 +145,12 @@ func TestPowerCutChild(t *testing.T) {
 	o := d.options()
 	o.Env = &faultEnv{inner: d.env, c: c, path: d.envPath, torn: d.kind == "uboot"}
 	o.Now = time.Now
-	o.BootedSlot = func() (string, error) { return strings.TrimSpace(string(fileBytes(t, filepath.Join(dir, "booted")))), nil }
-	o.BootID = func() (string, error) { return strings.TrimSpace(string(fileBytes(t, filepath.Join(dir, "bootid")))), nil }
+	o.BootedSlot = func() (string, error) {
+		return strings.TrimSpace(string(fileBytes(t, filepath.Join(dir, "booted")))), nil
+	}
+	o.BootID = func() (string, error) {
+		return strings.TrimSpace(string(fileBytes(t, filepath.Join(dir, "bootid")))), nil
+	}
 	rebooted := false
 	o.Rebooter = rebootFunc(func(context.Context) error {
 		rebooted = true
