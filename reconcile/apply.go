@@ -220,8 +220,10 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, app *spec.A
 		if strings.HasPrefix(main.Reason, "drift left alone") {
 			ar.Outcome = OutcomeDrift
 		}
-		r.fillState(ctx, &ar, main.ContainerID)
-		return ar
+		if len(acts) == 1 {
+			r.fillState(ctx, &ar, main.ContainerID)
+			return ar
+		}
 	}
 	select {
 	case sem <- struct{}{}:
@@ -232,8 +234,10 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, app *spec.A
 	defer func() { <-sem }()
 	log := r.log.With("app", app.Name)
 	for _, a := range acts {
-		log.Info("apply", "action", a.Kind, "reason", a.Reason)
-		r.metrics.actions.WithLabelValues(string(a.Kind)).Inc()
+		if a.Kind != KindKeep {
+			log.Info("apply", "action", a.Kind, "reason", a.Reason)
+			r.metrics.actions.WithLabelValues(string(a.Kind)).Inc()
+		}
 		if a.Drift {
 			r.metrics.drift.Inc()
 		}
@@ -256,6 +260,8 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, app *spec.A
 			id, err = a.ContainerID, r.restore(ctx, app, a.ContainerID)
 		case KindRemove:
 			err = r.removeContainer(ctx, a.ContainerID)
+		case KindKeep:
+			id = a.ContainerID
 		}
 		if err != nil {
 			var ae *AppError

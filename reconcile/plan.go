@@ -393,7 +393,14 @@ func dependencyOrder(apps []spec.App) ([]*spec.App, []*AppError) {
 		case done:
 			return !bad[name]
 		case visiting:
-			cycle := append(path, name)
+			cycle := append([]string(nil), path...)
+			for i, n := range cycle {
+				if n == name {
+					cycle = cycle[i:]
+					break
+				}
+			}
+			cycle = append(cycle, name)
 			for _, n := range cycle {
 				bad[n] = true
 			}

@@ -191,3 +191,40 @@ func contains(s []string, v string) bool {
 	}
 	return false
 }
+
+// TestInterruptedRollout: a previous version left aside (as a crash mid-rollout
+// would leave it) is put back; one left beside a running replacement is removed.
+func TestInterruptedRollout(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	dev := e.device(e.plainApp("web"), e.plainApp("api"))
+	e.mustReconcile(dev)
+	webID, _ := e.inspect("web")
+	zero := 0
+	if err := e.cli.ContainerStop(ctx, webID, container.StopOptions{Timeout: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cli.ContainerRename(ctx, webID, e.prefix+"web--prev"); err != nil {
+		t.Fatal(err)
+	}
+	stale, err := e.cli.ContainerCreate(ctx, &container.Config{Image: e.image, Labels: map[string]string{
+		dockertest.LabelKey: e.label, LabelManagedBy: "shoal", LabelPrefix: e.prefix, LabelApp: "api",
+	}}, nil, nil, nil, e.prefix+"api--prev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := e.plan(dev)
+	if !hasAction(p, KindRestore, "web", "interrupted rollout") || !hasAction(p, KindRemove, "api", "interrupted rollout") {
+		t.Fatalf("plan:\n%s", p)
+	}
+	e.mustReconcile(dev)
+	if id, st := e.inspect("web"); id != webID || st != "running" {
+		t.Errorf("web not restored: same %v state %q", id == webID, st)
+	}
+	if _, err := e.cli.ContainerInspect(ctx, stale.ID); err == nil {
+		t.Errorf("aside api left behind")
+	}
+	if p := e.plan(dev); p.Changes() != 0 {
+		t.Errorf("plan not settled:\n%s", p)
+	}
+}
