@@ -48,10 +48,10 @@ func TestPlan(t *testing.T) {
 			want: []want{{KindPull, "web", "image not present"}, {KindCreate, "web", "new app"}},
 		},
 		{
-			name: "dependency cycle and unknown dependency are problems; others planned",
-			apps: []spec.App{app("a", "b"), app("b", "a"), app("c", "nope"), app("d")},
-			obs:  func(*spec.Device) *Observed { return &Observed{Images: map[string]string{"img:1": "x"}} },
-			want: []want{{KindCreate, "d", "new app"}},
+			name:     "dependency cycle and unknown dependency are problems; others planned",
+			apps:     []spec.App{app("a", "b"), app("b", "a"), app("c", "nope"), app("d")},
+			obs:      func(*spec.Device) *Observed { return &Observed{Images: map[string]string{"img:1": "x"}} },
+			want:     []want{{KindCreate, "d", "new app"}},
 			problems: []string{`app "c": depends_on[0]: unknown app "nope"`, "dependency cycle"},
 		},
 		{
@@ -105,7 +105,7 @@ func TestPlan(t *testing.T) {
 			apps: []spec.App{app("web"), app("api")},
 			obs: func(dev *spec.Device) *Observed {
 				aside := func(name string) Container {
-					return running(dev, name, func(c *Container) { c.Name, c.Aside, c.ID = prefix+name+"--prev", true, "aside-" + name })
+					return running(dev, name, func(c *Container) { c.Name, c.Aside, c.ID = prefix+name+"--prev", true, "aside-"+name })
 				}
 				return &Observed{Containers: []Container{aside("web"), aside("api"), running(dev, "api", nil)}}
 			},

@@ -106,4 +106,3 @@ func sortedEnv(env []string) []string {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
-
