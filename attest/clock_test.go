@@ -1,0 +1,242 @@
+package attest
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ntpResponder speaks the NTP wire format on loopback with a clock offset
+// from the system clock by a known amount.
+type ntpResponder struct {
+	offset  time.Duration
+	stratum uint8
+	leap    uint8 // 3 = not synchronised
+	silent  bool  // read requests, never answer
+}
+
+// start serves until the test ends and returns host:port.
+func (r ntpResponder) start(t *testing.T) string {
+	t.Helper()
+	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		conn.Close()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 512)
+		for {
+			n, from, err := conn.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if n < 48 || r.silent {
+				continue
+			}
+			recv := time.Now().Add(r.offset)
+			p := make([]byte, 48)
+			p[0] = r.leap<<6 | (buf[0]>>3&7)<<3 | 4 // LI, the client's version, mode server
+			p[1] = r.stratum
+			p[2] = buf[2]
+			p[3] = 0xec                                   // precision 2^-20 s
+			binary.BigEndian.PutUint32(p[8:], 0x00000010) // root dispersion ~0.2 ms
+			copy(p[12:16], "TEST")                        // reference ID
+			putNTPTime(p[16:], recv.Add(-time.Second))    // reference time
+			copy(p[24:32], buf[40:48])                    // origin = client's transmit
+			putNTPTime(p[32:], recv)                      // receive
+			putNTPTime(p[40:], time.Now().Add(r.offset))  // transmit
+			if _, err := conn.WriteTo(p, from); err != nil {
+				return
+			}
+		}
+	}()
+	return conn.LocalAddr().String()
+}
+
+func putNTPTime(b []byte, t time.Time) {
+	const ntpEpochOffset = 2208988800 // seconds from 1900 to 1970
+	ns := t.UnixNano()
+	sec := uint64(ns/1e9) + ntpEpochOffset
+	frac := (uint64(ns%1e9) << 32) / 1e9
+	binary.BigEndian.PutUint32(b, uint32(sec))
+	binary.BigEndian.PutUint32(b[4:], uint32(frac))
+}
+
+// closedUDPAddr is a loopback address nobody listens on.
+func closedUDPAddr(t *testing.T) string {
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := c.LocalAddr().String()
+	c.Close()
+	return addr
+}
+
+func within(t *testing.T, what string, got, want, tol time.Duration) {
+	t.Helper()
+	if d := got - want; d > tol || d < -tol {
+		t.Errorf("%s = %v, want %v ± %v", what, got, want, tol)
+	}
+}
+
+// TestClockNTP measures real NTP exchanges on loopback against responders
+// whose clocks are offset by known amounts.
+func TestClockNTP(t *testing.T) {
+	const tol = 5 * time.Millisecond
+	tests := []struct {
+		name       string
+		servers    []ntpResponder
+		unreached  int // extra servers nobody answers on
+		wantState  ClockState
+		wantOffset time.Duration
+		wantGood   int
+	}{
+		{"within max skew", []ntpResponder{{offset: 250 * time.Millisecond, stratum: 1}}, 0, ClockOK, 250 * time.Millisecond, 1},
+		{"ahead beyond max skew", []ntpResponder{{offset: 3 * time.Second, stratum: 2}}, 0, ClockSkewed, 3 * time.Second, 1},
+		{"behind beyond max skew", []ntpResponder{{offset: -1500 * time.Millisecond, stratum: 2}}, 0, ClockSkewed, -1500 * time.Millisecond, 1},
+		{"median outvotes a falseticker", []ntpResponder{
+			{offset: 100 * time.Millisecond, stratum: 1}, {offset: 120 * time.Millisecond, stratum: 1}, {offset: 30 * time.Second, stratum: 1},
+		}, 0, ClockOK, 120 * time.Millisecond, 3},
+		{"one server down, one answers", []ntpResponder{{offset: -40 * time.Millisecond, stratum: 1}}, 1, ClockOK, -40 * time.Millisecond, 1},
+		{"kiss of death is no answer", []ntpResponder{{offset: 0, stratum: 0}}, 0, ClockUnknown, 0, 0},
+		{"unsynchronised server is no answer", []ntpResponder{{offset: 0, stratum: 1, leap: 3}}, 0, ClockUnknown, 0, 0},
+		{"no server reachable", nil, 2, ClockUnknown, 0, 0},
+		{"no servers configured", nil, 0, ClockUnknown, 0, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var servers []string
+			for _, r := range tc.servers {
+				servers = append(servers, r.start(t))
+			}
+			for range tc.unreached {
+				servers = append(servers, closedUDPAddr(t))
+			}
+			c := NewClock(ClockOptions{Servers: servers, MaxSkew: time.Second, Timeout: 2 * time.Second})
+			reg := prometheus.NewPedanticRegistry()
+			reg.MustRegister(c.Collectors()...)
+			st := c.Check(context.Background())
+			if st.State != tc.wantState || st.Good != tc.wantGood {
+				t.Fatalf("state %s with %d answers, want %s with %d: %+v", st.State, st.Good, tc.wantState, tc.wantGood, st)
+			}
+			if tc.wantGood > 0 {
+				t.Logf("measured offset %v for %v (error %v), rtt %v", st.Offset, tc.wantOffset, st.Offset-tc.wantOffset, st.RTT)
+				within(t, "offset", st.Offset, tc.wantOffset, tol)
+				if st.RTT <= 0 || st.RTT > 100*time.Millisecond {
+					t.Errorf("rtt %v on loopback", st.RTT)
+				}
+			}
+			if (st.Err() == nil) != (tc.wantState == ClockOK) {
+				t.Errorf("Err() = %v for state %s", st.Err(), st.State)
+			}
+			if got := gaugeValue(t, reg, "shoal_clock_state", string(tc.wantState)); got != 1 {
+				t.Errorf("shoal_clock_state{state=%q} = %v, want 1", tc.wantState, got)
+			}
+			if tc.wantGood > 0 {
+				within(t, "offset metric", time.Duration(gaugeValue(t, reg, "shoal_clock_offset_seconds", "")*1e9), tc.wantOffset, tol)
+			}
+			if c.Status().State != st.State {
+				t.Error("Status() is not the last check")
+			}
+		})
+	}
+}
+
+// TestClockLowerBound: a device without an RTC boots in 1970. Its clock is
+// "untrusted" below the fleet commit and release build times, and the time
+// used for certificate checks never goes below them.
+func TestClockLowerBound(t *testing.T) {
+	start := time.Now()
+	boot1970 := func() time.Time { return time.Unix(0, 0).Add(time.Since(start)) }
+	commit := time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
+	build := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
+
+	t.Run("1970 with NTP", func(t *testing.T) {
+		srv := ntpResponder{stratum: 1}.start(t)
+		c := NewClock(ClockOptions{Servers: []string{srv}, MaxSkew: time.Second, Now: boot1970})
+		c.SetLowerBound("release-build", build)
+		c.SetLowerBound("fleet-commit", commit)
+		st := c.Check(context.Background())
+		if st.State != ClockUntrusted || st.LowerBoundSource != "fleet-commit" || !st.LowerBound.Equal(commit) {
+			t.Fatalf("status %+v: want untrusted below the fleet commit", st)
+		}
+		// NTP still measured how far off the clock is; Now() corrects by it.
+		within(t, "corrected time", time.Until(c.Now()), 0, 5*time.Millisecond)
+	})
+	t.Run("1970 without NTP", func(t *testing.T) {
+		c := NewClock(ClockOptions{Servers: []string{closedUDPAddr(t)}, Now: boot1970, Timeout: time.Second})
+		c.SetLowerBound("release-build", build)
+		st := c.Check(context.Background())
+		if st.State != ClockUntrusted {
+			t.Fatalf("state %s, want untrusted", st.State)
+		}
+		if now := c.Now(); now.Before(build) {
+			t.Fatalf("Now() = %v, below the release build time %v", now, build)
+		}
+		if err := st.Err(); err == nil {
+			t.Fatal("untrusted clock has no error")
+		}
+	})
+	t.Run("NTP answer before the bound is refused", func(t *testing.T) {
+		srv := ntpResponder{stratum: 1, offset: -time.Since(time.Unix(0, 0))}.start(t)
+		c := NewClock(ClockOptions{Servers: []string{srv}})
+		c.SetLowerBound("fleet-commit", commit)
+		st := c.Check(context.Background())
+		if st.State != ClockUnknown || st.Good != 0 || st.Samples[0].Err == "" {
+			t.Fatalf("status %+v: a server claiming 1970 must not count", st)
+		}
+	})
+}
+
+// TestClockCancel: Check returns when ctx ends, not when a silent server's timeout does.
+func TestClockCancel(t *testing.T) {
+	srv := ntpResponder{silent: true}.start(t)
+	c := NewClock(ClockOptions{Servers: []string{srv}, Timeout: time.Minute})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	began := time.Now()
+	st := c.Check(ctx)
+	if took := time.Since(began); took > 10*time.Second {
+		t.Fatalf("Check took %v after ctx ended", took)
+	}
+	if st.State != ClockUnknown || !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		t.Fatalf("status %+v", st)
+	}
+}
+
+func gaugeValue(t *testing.T, reg *prometheus.Registry, name, state string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			match := state == ""
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "state" && l.GetValue() == state {
+					match = true
+				}
+			}
+			if match {
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	t.Fatalf("metric %s{state=%q} not found", name, state)
+	return 0
+}
