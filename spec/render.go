@@ -66,16 +66,30 @@ func (f *Fleet) Render(id string) (*Device, error) {
 	if len(f.loadErrs) > 0 {
 		return nil, f.loadErrs
 	}
+	d, _, err := f.render(id)
+	return d, err
+}
+
+func (f *Fleet) render(id string) (*Device, []string, error) {
+	if len(f.loadErrs) > 0 {
+		return nil, nil, f.loadErrs
+	}
 	r := f.getRenderer()
 	defer f.putRenderer(r)
-	return r.render(id)
+	d, err := r.render(id)
+	var warn []string
+	if d != nil && len(d.Groups) == 0 && len(f.groups) > 0 {
+		warn = append(warn, fmt.Sprintf("%s: device %q matches no group", f.devices[id].path, id))
+	}
+	return d, warn, err
 }
 
 // Result is the outcome of rendering one device in RenderAll.
 type Result struct {
-	ID     string
-	Device *Device
-	Err    error
+	ID       string
+	Device   *Device
+	Warnings []string
+	Err      error
 }
 
 // RenderAll renders every device on up to workers goroutines (each with its
@@ -95,8 +109,8 @@ func (f *Fleet) RenderAll(workers int) []Result {
 		go func() {
 			defer func() { done <- struct{}{} }()
 			for i := range next {
-				d, err := f.Render(ids[i])
-				out[i] = Result{ID: ids[i], Device: d, Err: err}
+				d, warn, err := f.render(ids[i])
+				out[i] = Result{ID: ids[i], Device: d, Warnings: warn, Err: err}
 			}
 		}()
 	}

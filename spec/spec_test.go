@@ -199,3 +199,120 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 }
+
+func TestCanonicalSameForYAMLAndCUE(t *testing.T) {
+	yamlFleet := base()
+	cueFleet := base()
+	// The same app and device, as CUE, with keys in another order and other spacing.
+	delete(cueFleet, "apps/web.yaml")
+	cueFleet["apps/web.cue"] = &fstest.MapFile{Data: []byte(`env: {LOG: "info"}
+ports: [{container: 80, host:    8080}]
+image: ref: "example/web:1.0@sha256:` + strings.Repeat("a", 64) + `"
+`)}
+	delete(cueFleet, "devices/d2.yaml")
+	cueFleet["devices/d2.cue"] = &fstest.MapFile{Data: []byte(`spec: apps: web: env: EXTRA: "1"
+labels: role: "web"`)}
+	hash := func(fsys fstest.MapFS) string {
+		f, err := Load(fsys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := f.Render("d2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.Hash()
+	}
+	if a, b := hash(yamlFleet), hash(cueFleet); a != b {
+		t.Fatalf("hash differs: yaml %s, cue %s", a, b)
+	}
+}
+
+func TestLayering(t *testing.T) {
+	fsys := base()
+	fsys["groups/canary.yaml"] = &fstest.MapFile{Data: []byte(`selector:
+  devices: [d2]
+priority: 5
+defaults:
+  release: os-2
+  apps:
+    web:
+      env:
+        LOG: debug
+`)}
+	fsys["releases/os-2.yaml"] = &fstest.MapFile{Data: []byte("version: 1.3.0\nurl: x\nsize: 1\nsha256: " + strings.Repeat("d", 64) + "\nsignature: c2ln\n")}
+	f, err := Load(fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		device, release, log, groups string
+		extra                        bool
+	}{
+		{device: "d1", release: "os-1", log: "info", groups: "web"},
+		{device: "d2", release: "os-2", log: "debug", groups: "web,canary", extra: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.device, func(t *testing.T) {
+			d, err := f.Render(tc.device)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Release == nil || d.Release.Name != tc.release {
+				t.Errorf("release = %+v, want %s", d.Release, tc.release)
+			}
+			web := d.App("web")
+			if web == nil {
+				t.Fatal("no app web")
+			}
+			if web.Env["LOG"] != tc.log {
+				t.Errorf("LOG = %q, want %q", web.Env["LOG"], tc.log)
+			}
+			if _, ok := web.Env["EXTRA"]; ok != tc.extra {
+				t.Errorf("EXTRA present = %v, want %v", ok, tc.extra)
+			}
+			if got := strings.Join(d.Groups, ","); got != tc.groups {
+				t.Errorf("groups = %s, want %s", got, tc.groups)
+			}
+			// Schema defaults, fleet defaults and fleet spec all reach the device.
+			if web.Restart != "unless-stopped" || d.Network != "plant" || d.Update.BootLimit != 2 ||
+				len(d.Time.Servers) != 1 || d.Time.MaxSkew.D().String() != "2s" {
+				t.Errorf("layers missing: restart=%q network=%q boot_limit=%d time=%+v", web.Restart, d.Network, d.Update.BootLimit, d.Time)
+			}
+		})
+	}
+}
+
+func TestDeviceMatchingNoGroupWarns(t *testing.T) {
+	fsys := base()
+	fsys["devices/lonely.yaml"] = &fstest.MapFile{Data: []byte("labels:\n  role: db\n")}
+	f, err := Load(fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range f.RenderAll(1) {
+		if r.ID != "lonely" {
+			continue
+		}
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		if len(r.Warnings) != 1 || !strings.Contains(r.Warnings[0], `devices/lonely.yaml: device "lonely" matches no group`) {
+			t.Fatalf("warnings = %q", r.Warnings)
+		}
+	}
+}
+
+func TestAllErrorsReported(t *testing.T) {
+	fsys := base()
+	fsys["apps/a.yaml"] = &fstest.MapFile{Data: []byte("bogus: 1\n")}
+	fsys["apps/b.yaml"] = &fstest.MapFile{Data: []byte("cpus: -1\n")}
+	_, err := Load(fsys)
+	var errs Errors
+	if !errors.As(err, &errs) || len(errs) < 2 {
+		t.Fatalf("want at least 2 errors, got %v", err)
+	}
+	if !strings.Contains(err.Error(), "apps/a.yaml:1:1") || !strings.Contains(err.Error(), "apps/b.yaml:1:7") {
+		t.Fatalf("errors:\n%v", err)
+	}
+}

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/shoalfleet/shoal/internal/testenv"
+)
+
+// shoal runs the CLI in-process and returns its exit code, stdout and stderr.
+func shoal(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestFleetCommands(t *testing.T) {
+	bad := t.TempDir()
+	copyDir(t, "../../fleet-repo-example", bad)
+	if err := os.WriteFile(filepath.Join(bad, "apps/metrics-exporter.yaml"), []byte("image:\n  ref: x@sha256:"+strings.Repeat("a", 64)+"\nports:\n  - host: 70000\n    container: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		args     []string
+		code     int
+		stdout   []string
+		stderr   []string
+		noStdout bool
+	}{
+		{name: "validate example", args: []string{"validate", "../../fleet-repo-example"}, code: 0,
+			stdout: []string{"7 devices, 3 groups, 3 apps, 3 releases: ok"}},
+		{name: "validate invalid", args: []string{"validate", bad}, code: 1,
+			stderr: []string{"apps/metrics-exporter.yaml:4:11: ports[0].host: invalid value 70000"},
+			stdout: []string{"error(s)"}},
+		{name: "validate missing dir", args: []string{"validate", "/nonexistent"}, code: 1,
+			stderr: []string{"is not a directory"}},
+		{name: "validate no args", args: []string{"validate"}, code: 2, stderr: []string{"takes 1 argument"}},
+		{name: "render yaml", args: []string{"render", "--device", "gw-01", "../../fleet-repo-example"}, code: 0,
+			stdout: []string{"# device gw-01, spec sha256 ", "LOG_LEVEL: debug", "name: gateway-os-2026.11.0"}},
+		{name: "render json", args: []string{"render", "--json", "--device", "plant-02", "../../fleet-repo-example"}, code: 0,
+			stdout: []string{`"id":"plant-02"`, `"servers":["ntp.office.riverside.example:123"]`}, stderr: []string{"sha256 "}},
+		{name: "render unknown device", args: []string{"render", "--device", "nope", "../../fleet-repo-example"}, code: 1,
+			stderr: []string{`device "nope": unknown device`}},
+		{name: "render without device", args: []string{"render", "../../fleet-repo-example"}, code: 2,
+			stderr: []string{"--device is required"}},
+		{name: "devices", args: []string{"devices", "../../fleet-repo-example"}, code: 0,
+			stdout: []string{"gw-01", "workshop,canary", "plant-02", "role=server"}},
+		{name: "unknown flag", args: []string{"validate", "--bogus", "x"}, code: 2},
+		{name: "unknown command", args: []string{"frobnicate"}, code: 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errs := shoal(t, tc.args...)
+			if code != tc.code {
+				t.Errorf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tc.code, out, errs)
+			}
+			for _, w := range tc.stdout {
+				if !strings.Contains(out, w) {
+					t.Errorf("stdout lacks %q:\n%s", w, out)
+				}
+			}
+			for _, w := range tc.stderr {
+				if !strings.Contains(errs, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, errs)
+				}
+			}
+		})
+	}
+}
+
+func TestDiffBetweenCommits(t *testing.T) {
+	gitBin := testenv.LookPath(t, "git", "git")
+	dir := t.TempDir()
+	copyDir(t, "../../fleet-repo-example", dir)
+	git := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command(gitBin, args...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	git("init", "-q", "-b", "main")
+	git("add", "-A")
+	git("commit", "-qm", "initial")
+	// Bump the aggregator's log level for the workshop: every gateway but the canary changes.
+	p := filepath.Join(dir, "apps/sensor-aggregator.yaml")
+	b, _ := os.ReadFile(p)
+	if err := os.WriteFile(p, bytes.Replace(b, []byte("LOG_LEVEL: info"), []byte("LOG_LEVEL: warn"), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	git("commit", "-qam", "quieter aggregator")
+
+	code, out, errs := shoal(t, "diff", "HEAD~1", "HEAD", dir)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	for _, w := range []string{"device gw-02 changes:", "apps.sensor-aggregator.env.LOG_LEVEL: info -> warn", "4 of 7 devices change"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("diff output lacks %q:\n%s", w, out)
+		}
+	}
+	if strings.Contains(out, "gw-01") || strings.Contains(out, "plant-01") {
+		t.Errorf("diff names devices that do not change:\n%s", out)
+	}
+	code, out, _ = shoal(t, "diff", "--device", "gw-01", "HEAD~1", "HEAD", dir)
+	if code != 0 || !strings.Contains(out, "0 of 1 devices change") {
+		t.Errorf("diff --device gw-01: exit %d\n%s", code, out)
+	}
+	if code, _, errs := shoal(t, "diff", "nope", "HEAD", dir); code != 1 || !strings.Contains(errs, `resolve revision "nope"`) {
+		t.Errorf("bad revision: exit %d, %s", code, errs)
+	}
+}
+
+func copyDir(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.Walk(src, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		target := filepath.Join(dst, rel)
+		if fi.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, b, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
