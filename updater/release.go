@@ -1,6 +1,7 @@
 package updater
 
 import (
+	"cmp"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -13,7 +14,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/shoalfleet/shoal/spec"
 )
@@ -31,7 +36,11 @@ const payloadHeader = "shoal-release-v1\n"
 //	sha256=<hex sha256 of the uncompressed image>
 //	chunk-size=<bytes per chunk, 0 without a chunk manifest>
 //	chunks-sha256=<hex sha256 of the chunk digests, each in lower-case hex followed by "\n"; empty without a manifest>
+//	built=<build time, RFC 3339 in UTC; empty when unset>
+//	pcrs=<expected PCRs as index=hex pairs sorted by index, comma-separated; empty when unset>
 //
+// Build time and PCRs are signed because the device trusts them: the build
+// time is a lower bound for its clock, the PCRs are what attestation expects.
 // The URL and name are not signed: a release may move to a mirror or a USB
 // stick and stay valid. Size and digests describe the image as written to the
 // slot, so a compressed download is verified after decompression.
@@ -54,6 +63,25 @@ func SignedPayload(rel *spec.Release) []byte {
 	}
 	fmt.Fprintf(&b, "chunk-size=%d\n", chunkSize)
 	fmt.Fprintf(&b, "chunks-sha256=%s\n", chunks)
+	built := ""
+	if !rel.Built.IsZero() {
+		built = rel.Built.UTC().Format(time.RFC3339)
+	}
+	fmt.Fprintf(&b, "built=%s\n", built)
+	idx := slices.Sorted(maps.Keys(rel.PCRs))
+	slices.SortFunc(idx, func(a, b string) int {
+		na, ea := strconv.Atoi(a)
+		nb, eb := strconv.Atoi(b)
+		if ea == nil && eb == nil {
+			return cmp.Compare(na, nb)
+		}
+		return strings.Compare(a, b)
+	})
+	pcrs := make([]string, len(idx))
+	for i, k := range idx {
+		pcrs[i] = k + "=" + strings.ToLower(rel.PCRs[k])
+	}
+	fmt.Fprintf(&b, "pcrs=%s\n", strings.Join(pcrs, ","))
 	return []byte(b.String())
 }
 

@@ -253,6 +253,8 @@ func TestVerifyRelease(t *testing.T) {
 			r.Chunks = &spec.ChunkManifest{Size: 10, SHA256: []string{strings.Repeat("00", 32)}}
 		}, ErrSignature},
 		{"not base64", edKey, []crypto.PublicKey{edPub}, func(r *spec.Release) { r.Signature = "%%%" }, ErrSignature},
+		{"pcr edited", edKey, []crypto.PublicKey{edPub}, func(r *spec.Release) { r.PCRs = map[string]string{"7": "00"} }, ErrSignature},
+		{"build time edited", edKey, []crypto.PublicKey{edPub}, func(r *spec.Release) { r.Built = time.Unix(1, 0) }, ErrSignature},
 		{"bad sha256", edKey, []crypto.PublicKey{edPub}, func(r *spec.Release) { r.SHA256 = "xyz" }, ErrInvalidRelease},
 	}
 	for _, tc := range tests {
