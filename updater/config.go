@@ -1,0 +1,88 @@
+package updater
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/shoalfleet/shoal/updater/bootenv"
+)
+
+// Config is the updater's section of the device config: where the slots and
+// the bootloader env are and which keys sign releases. Trust roots come from
+// here, never from the fleet repo the device is asked to trust.
+type Config struct {
+	SlotA          string `json:"slot_a"`                    // block device or file of slot a
+	SlotB          string `json:"slot_b"`                    // block device or file of slot b
+	Bootloader     string `json:"bootloader"`                // uboot | grub
+	FwEnvConfig    string `json:"fw_env_config,omitempty"`   // U-Boot: default /etc/fw_env.config
+	GRUBEnv        string `json:"grub_env,omitempty"`        // GRUB: default /boot/grub/grubenv
+	TrustRoots     string `json:"trust_roots"`               // PEM file of ed25519 / ECDSA P-256 public keys
+	RunningVersion string `json:"running_version,omitempty"` // default: VERSION_ID of /etc/os-release
+}
+
+// Options turns c into Options with the real device's reboot, boot ID and
+// booted slot; the caller adds Logger, Now, Progress and the like.
+func (c Config) Options(stateDir string) (Options, error) {
+	o := Options{StateDir: stateDir, Slots: map[string]string{SlotA: c.SlotA, SlotB: c.SlotB}, RunningVersion: c.RunningVersion}
+	switch c.Bootloader {
+	case "uboot":
+		path := c.FwEnvConfig
+		if path == "" {
+			path = "/etc/fw_env.config"
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return o, fmt.Errorf("updater config: %w", err)
+		}
+		cfg, err := bootenv.ParseFwEnvConfig(bytes.NewReader(b))
+		if err != nil {
+			return o, fmt.Errorf("updater config %s: %w", path, err)
+		}
+		cfg.LockPath = "/var/lock/fw_printenv.lock" // the lock fw_setenv takes
+		env, err := bootenv.NewUBoot(cfg)
+		if err != nil {
+			return o, fmt.Errorf("updater config: %w", err)
+		}
+		o.Env, o.UBoot = env, true
+	case "grub":
+		path := c.GRUBEnv
+		if path == "" {
+			path = "/boot/grub/grubenv"
+		}
+		o.Env = bootenv.NewGRUB(path)
+	default:
+		return o, fmt.Errorf("updater config: bootloader %q: want uboot or grub", c.Bootloader)
+	}
+	if c.TrustRoots == "" {
+		return o, fmt.Errorf("updater config: no trust_roots file: releases cannot be verified")
+	}
+	pemData, err := os.ReadFile(c.TrustRoots)
+	if err != nil {
+		return o, fmt.Errorf("updater config: %w", err)
+	}
+	if o.TrustRoots, err = ParseTrustRoots(pemData); err != nil {
+		return o, fmt.Errorf("updater config %s: %w", c.TrustRoots, err)
+	}
+	if o.RunningVersion == "" {
+		o.RunningVersion = osReleaseVersion("/etc/os-release")
+	}
+	return o, nil
+}
+
+// osReleaseVersion reads VERSION_ID from an os-release file; "" when absent.
+func osReleaseVersion(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VERSION_ID="); ok {
+			return strings.Trim(v, `"'`)
+		}
+	}
+	return ""
+}
