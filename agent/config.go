@@ -1,0 +1,298 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"strings"
+	"time"
+
+	"cuelang.org/go/cue"
+	"cuelang.org/go/cue/cuecontext"
+	"cuelang.org/go/encoding/yaml"
+
+	"github.com/shoalfleet/shoal/api"
+)
+
+// DefaultConfigPath is where shoal-agent looks for its config file.
+const DefaultConfigPath = "/etc/shoal/agent.yaml"
+
+// Config is the agent config file (agent.yaml). Every field is documented in
+// DefaultsYAML, which `shoal-agent config --defaults` prints.
+type Config struct {
+	DeviceID     string     `json:"device_id"`
+	StateDir     string     `json:"state_dir"`
+	Repo         RepoConfig `json:"repo"`
+	BundleDir    string     `json:"bundle_dir"`
+	PollInterval Duration   `json:"poll_interval"`
+	PollJitter   float64    `json:"poll_jitter"`
+	RetryMin     Duration   `json:"retry_min"`
+	RetryMax     Duration   `json:"retry_max"`
+	OutboxMax    int        `json:"outbox_max"`
+	MetricsAddr  string     `json:"metrics_addr"`
+	Pprof        bool       `json:"pprof"`
+	LogFormat    string     `json:"log_format"`
+	LogLevel     string     `json:"log_level"`
+	DockerRoot   string     `json:"docker_root"`
+	HubURL       string     `json:"hub_url"`
+}
+
+// RepoConfig says where the fleet repo is and how to trust it.
+type RepoConfig struct {
+	URL          string        `json:"url"`
+	Branch       string        `json:"branch"`
+	Tag          string        `json:"tag"`
+	Commit       string        `json:"commit"`
+	Depth        int           `json:"depth"`
+	SSHKey       string        `json:"ssh_key"`
+	KnownHosts   string        `json:"known_hosts"`
+	TokenFile    string        `json:"token_file"`
+	TokenUser    string        `json:"token_user"`
+	AllowRewrite bool          `json:"allow_rewrite"`
+	FetchTimeout Duration      `json:"fetch_timeout"`
+	Signers      SignersConfig `json:"signers"`
+}
+
+// SignersConfig names the files holding the keys trusted to sign fleet commits.
+type SignersConfig struct {
+	OpenPGPKeyring string `json:"openpgp_keyring"`
+	SSHKeys        string `json:"ssh_keys"`
+}
+
+// Duration is a time.Duration written as "30s", "5m" in the config file.
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// MarshalJSON writes d as a duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads a duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a duration like \"30s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// DefaultConfig returns the config used for every field the file leaves out.
+func DefaultConfig() Config {
+	return Config{
+		StateDir:     "/var/lib/shoal",
+		Repo:         RepoConfig{Depth: 1, KnownHosts: "/etc/shoal/known_hosts", TokenUser: "git", FetchTimeout: Duration(2 * time.Minute)},
+		PollInterval: Duration(5 * time.Minute),
+		PollJitter:   0.2,
+		RetryMin:     Duration(5 * time.Second),
+		RetryMax:     Duration(5 * time.Minute),
+		OutboxMax:    200,
+		MetricsAddr:  "127.0.0.1:9742",
+		LogFormat:    "text",
+		LogLevel:     "info",
+		DockerRoot:   "/var/lib/docker",
+	}
+}
+
+// DefaultsYAML is the documented default config, printed by `shoal-agent config --defaults`.
+const DefaultsYAML = `# /etc/shoal/agent.yaml: the Shoal device agent's config. Every field is
+# optional except repo.url; the values below are the defaults.
+
+# This device's ID: the name of its devices/<id>.yaml in the fleet repo.
+# Empty: the host name. 1-64 of a-z 0-9 . _ -
+device_id: ""
+# Where the agent keeps its state: repo/ (the fleet repo, bare), state.json,
+# outbox/ (status reports not yet delivered), images/.
+state_dir: /var/lib/shoal
+
+repo:
+  # The fleet repo: file:///path, git://host/path, ssh://user@host[:port]/path
+  # or https://host/path. Credentials never go in the URL.
+  url: ""
+  # Follow one of branch, tag or commit (full 40-hex id); none set: branch main.
+  branch: ""
+  tag: ""
+  commit: ""
+  # Commits fetched by the first clone; later fetches bring only what is new.
+  depth: 1
+  # ssh:// only: the private key, and the known_hosts file the server's host
+  # key is checked against (always checked).
+  ssh_key: ""
+  known_hosts: /etc/shoal/known_hosts
+  # https:// only: a file holding an access token, sent as the basic-auth
+  # password for token_user. Never logged.
+  token_file: ""
+  token_user: git
+  # When the followed ref is force-pushed so that it no longer descends from
+  # the applied commit: true follows it, false refuses it, keeps the applied
+  # commit and reports history-rewritten.
+  allow_rewrite: false
+  # Limit for one fetch.
+  fetch_timeout: 2m0s
+  # Commit signature policy. When either file is set, only commits signed by
+  # one of its keys are applied; others are refused and the last good commit
+  # kept. The keys come from here, never from the fleet repo.
+  signers:
+    # An armored OpenPGP public keyring (gpg --armor --export KEYID).
+    openpgp_keyring: ""
+    # SSH public keys in authorized_keys format, one a line.
+    ssh_keys: ""
+
+# A directory watched for *.bundle files (git bundle create): each new one is
+# imported as if fetched, for USB and air-gapped updates. Empty: off.
+bundle_dir: ""
+
+# Time between passes, shortened at random by up to poll_jitter of itself so
+# a fleet does not fetch in lockstep. A hub poke, SIGHUP or a new bundle start
+# a pass at once.
+poll_interval: 5m0s
+poll_jitter: 0.2
+# Backoff after a failed fetch or delivery: from retry_min, doubling, up to retry_max.
+retry_min: 5s
+retry_max: 5m0s
+
+# Status reports kept on disk while the hub is unreachable; past this,
+# routine reports that a newer one supersedes are dropped first (counted).
+outbox_max: 200
+
+# /metrics (Prometheus), /healthz and, with pprof: true, /debug/pprof/.
+# Empty: no HTTP listener. pprof is only served on a loopback address.
+metrics_addr: 127.0.0.1:9742
+pprof: false
+
+# Logs to stderr: text or json; level debug, info, warn or error.
+log_format: text
+log_level: info
+
+# Docker's data root, whose disk use is reported with the state dir's.
+docker_root: /var/lib/docker
+
+# The hub's base URL; empty: no hub (reports stay queued in the outbox).
+hub_url: ""
+`
+
+// LoadConfig reads the YAML config at path over the defaults and checks it.
+// Unknown fields are errors, named with file:line:col.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return ParseConfig(path, data)
+}
+
+// ParseConfig parses YAML config data (named name in errors) over the defaults and checks it.
+func ParseConfig(name string, data []byte) (*Config, error) {
+	cfg := DefaultConfig()
+	f, err := yaml.Extract(name, data)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	v := cuecontext.New().BuildFile(f)
+	if err := v.Err(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if err := checkFields(v, reflect.TypeOf(cfg), ""); err != nil {
+		return nil, err
+	}
+	if v.Exists() && v.IncompleteKind() != cue.NullKind {
+		b, err := v.MarshalJSON()
+		if err != nil {
+			return nil, fmt.Errorf("config %s: %w", name, err)
+		}
+		if err := json.Unmarshal(b, &cfg); err != nil {
+			return nil, fmt.Errorf("config %s: %w", name, err)
+		}
+	}
+	if err := cfg.Check(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", name, err)
+	}
+	return &cfg, nil
+}
+
+// checkFields reports the first field of v that t has no json tag for.
+func checkFields(v cue.Value, t reflect.Type, prefix string) error {
+	if v.IncompleteKind() != cue.StructKind || t.Kind() != reflect.Struct {
+		return nil
+	}
+	known := map[string]reflect.Type{}
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		known[name] = t.Field(i).Type
+	}
+	it, err := v.Fields()
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	for it.Next() {
+		sel := it.Selector().String()
+		ft, ok := known[sel]
+		if !ok {
+			return fmt.Errorf("%s: unknown field %s%s", it.Value().Pos(), prefix, sel)
+		}
+		if ft == reflect.TypeOf(Duration(0)) {
+			str, err := it.Value().String()
+			if err == nil {
+				_, err = time.ParseDuration(str)
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %s%s: want a duration like \"30s\" or \"5m\"", it.Value().Pos(), prefix, sel)
+			}
+		}
+		if err := checkFields(it.Value(), ft, prefix+sel+"."); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Check validates a config and fills in the device ID from the host name.
+func (c *Config) Check() error {
+	var errs []error
+	if c.DeviceID == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("device_id: empty and no host name: %w", err)
+		}
+		c.DeviceID = strings.ToLower(h)
+	}
+	if !api.ValidDeviceID(c.DeviceID) {
+		errs = append(errs, fmt.Errorf("device_id %q: want 1-64 of a-z 0-9 . _ -", c.DeviceID))
+	}
+	if c.StateDir == "" {
+		errs = append(errs, errors.New("state_dir: empty"))
+	}
+	if c.Repo.URL == "" {
+		errs = append(errs, errors.New("repo.url: required"))
+	}
+	if c.PollInterval.D() < time.Second {
+		errs = append(errs, fmt.Errorf("poll_interval %v: at least 1s", c.PollInterval.D()))
+	}
+	if c.PollJitter < 0 || c.PollJitter > 1 {
+		errs = append(errs, fmt.Errorf("poll_jitter %v: want 0..1", c.PollJitter))
+	}
+	if c.RetryMin.D() <= 0 || c.RetryMax.D() < c.RetryMin.D() {
+		errs = append(errs, errors.New("retry_min and retry_max: want 0 < retry_min <= retry_max"))
+	}
+	if c.OutboxMax < 1 {
+		errs = append(errs, fmt.Errorf("outbox_max %d: at least 1", c.OutboxMax))
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("log_format %q: want text or json", c.LogFormat))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,55 @@
+package agent
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/shoalfleet/shoal/source"
+)
+
+// SourceFromConfig builds the fleet repo source the config describes, with
+// the repo kept in the state dir's repo/. Secret and key files are read now,
+// so a missing one fails at start.
+func SourceFromConfig(cfg *Config, log *slog.Logger) (*source.Source, error) {
+	rc := cfg.Repo
+	o := source.Options{
+		URL: rc.URL, Dir: filepath.Join(cfg.StateDir, "repo"),
+		Branch: rc.Branch, Tag: rc.Tag, Commit: rc.Commit, Depth: rc.Depth,
+		AllowRewrite: rc.AllowRewrite, Timeout: rc.FetchTimeout.D(), Logger: log,
+		Auth: source.Auth{SSHKeyFile: rc.SSHKey, KnownHostsFile: rc.KnownHosts, TokenUser: rc.TokenUser},
+	}
+	if rc.SSHKey == "" {
+		o.Auth.KnownHostsFile = ""
+	}
+	if rc.TokenFile != "" {
+		b, err := os.ReadFile(rc.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("repo.token_file: %w", err)
+		}
+		o.Auth.Token = strings.TrimSpace(string(b))
+	}
+	if s := rc.Signers; s.OpenPGPKeyring != "" || s.SSHKeys != "" {
+		o.Signatures = &source.SignaturePolicy{}
+		if s.OpenPGPKeyring != "" {
+			b, err := os.ReadFile(s.OpenPGPKeyring)
+			if err != nil {
+				return nil, fmt.Errorf("repo.signers.openpgp_keyring: %w", err)
+			}
+			o.Signatures.OpenPGP = string(b)
+		}
+		if s.SSHKeys != "" {
+			b, err := os.ReadFile(s.SSHKeys)
+			if err != nil {
+				return nil, fmt.Errorf("repo.signers.ssh_keys: %w", err)
+			}
+			o.Signatures.SSH = string(b)
+		}
+		if o.Signatures.Empty() {
+			return nil, fmt.Errorf("repo.signers: the key files are empty: no commit could ever be applied")
+		}
+	}
+	return source.New(o)
+}
