@@ -14,6 +14,7 @@ type metrics struct {
 	done      prometheus.Gauge
 	total     prometheus.Gauge
 	rate      prometheus.Gauge
+	eta       prometheus.Gauge
 	installs  *prometheus.CounterVec
 	commits   prometheus.Counter
 	rollbacks prometheus.Counter
@@ -27,6 +28,7 @@ func newMetrics() *metrics {
 		done:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "shoal_update_download_bytes", Help: "Bytes of the image written and hashed so far."}),
 		total: prometheus.NewGauge(prometheus.GaugeOpts{Name: "shoal_update_download_size_bytes", Help: "Size of the image being installed."}),
 		rate:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "shoal_update_download_rate_bytes_per_second", Help: "Install throughput of the current attempt."}),
+		eta:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "shoal_update_download_eta_seconds", Help: "Estimated seconds until the image is written, at the current rate."}),
 		installs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "shoal_update_installs_total", Help: "Install attempts that finished, by result.",
 		}, []string{"result"}),
@@ -48,7 +50,7 @@ func (m *metrics) setPhase(p Phase) {
 // Collectors returns the updater's metrics for the agent's registry.
 func (u *Updater) Collectors() []prometheus.Collector {
 	m := u.m
-	return []prometheus.Collector{m.phase, m.done, m.total, m.rate, m.installs, m.commits, m.rollbacks}
+	return []prometheus.Collector{m.phase, m.done, m.total, m.rate, m.eta, m.installs, m.commits, m.rollbacks}
 }
 
 // Progress of the install in flight.
@@ -121,4 +123,5 @@ func (u *Updater) onProgress(done, total int64) {
 	u.m.done.Set(float64(c.Bytes))
 	u.m.total.Set(float64(c.Total))
 	u.m.rate.Set(c.Rate)
+	u.m.eta.Set(c.ETA.Seconds())
 }

@@ -198,6 +198,7 @@ func (u *Updater) open() (*session, error) {
 	if s.st == nil {
 		s.st = &state{Phase: PhaseIdle, Committed: &ReleaseRef{Version: u.o.RunningVersion, Slot: s.booted}}
 	}
+	u.m.setPhase(s.st.Phase)
 	return s, nil
 }
 

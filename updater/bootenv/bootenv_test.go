@@ -427,3 +427,19 @@ func FuzzDecodeGRUB(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseFwEnvConfig(f *testing.F) {
+	f.Add("/dev/mmcblk0 0x3fe000 0x2000\n/dev/mmcblk0 0x400000 0x2000\n")
+	f.Add("# c\n/f 010 4000 200 2\n")
+	f.Add("/f -1 0x0\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		cfg, err := ParseFwEnvConfig(strings.NewReader(s))
+		if err != nil {
+			return
+		}
+		again, err := ParseFwEnvConfig(strings.NewReader(cfg.String()))
+		if err != nil || fmt.Sprint(again.Copies) != fmt.Sprint(cfg.Copies) {
+			t.Fatalf("round trip of %q: %v, %v != %v", s, err, again.Copies, cfg.Copies)
+		}
+	})
+}

@@ -50,8 +50,8 @@ func ParseFwEnvConfig(r io.Reader) (UBootConfig, error) {
 		}
 		loc := Location{Device: f[0]}
 		var err error
-		if loc.Offset, err = strconv.ParseInt(f[1], 0, 64); err != nil {
-			return cfg, fmt.Errorf("fw_env.config line %d: offset %q: %w", line, f[1], err)
+		if loc.Offset, err = strconv.ParseInt(f[1], 0, 64); err != nil || loc.Offset < 0 {
+			return cfg, fmt.Errorf("fw_env.config line %d: offset %q: not a non-negative integer", line, f[1])
 		}
 		hex := func(s string) (int64, error) {
 			return strconv.ParseInt(strings.TrimPrefix(strings.TrimPrefix(s, "0x"), "0X"), 16, 64)
@@ -60,13 +60,13 @@ func ParseFwEnvConfig(r io.Reader) (UBootConfig, error) {
 			return cfg, fmt.Errorf("fw_env.config line %d: size %q: not a hex size above 8", line, f[2])
 		}
 		if len(f) > 3 {
-			if loc.SectorSize, err = hex(f[3]); err != nil {
-				return cfg, fmt.Errorf("fw_env.config line %d: sector size %q: %w", line, f[3], err)
+			if loc.SectorSize, err = hex(f[3]); err != nil || loc.SectorSize < 0 {
+				return cfg, fmt.Errorf("fw_env.config line %d: sector size %q: not a hex size", line, f[3])
 			}
 		}
 		if len(f) > 4 {
-			if loc.Sectors, err = hex(f[4]); err != nil {
-				return cfg, fmt.Errorf("fw_env.config line %d: sectors %q: %w", line, f[4], err)
+			if loc.Sectors, err = hex(f[4]); err != nil || loc.Sectors < 0 {
+				return cfg, fmt.Errorf("fw_env.config line %d: sectors %q: not a hex count", line, f[4])
 			}
 		}
 		cfg.Copies = append(cfg.Copies, loc)
@@ -91,7 +91,7 @@ func (c UBootConfig) String() string {
 	var b strings.Builder
 	for _, l := range c.Copies {
 		fmt.Fprintf(&b, "%s 0x%x 0x%x", l.Device, l.Offset, l.Size)
-		if l.SectorSize > 0 {
+		if l.SectorSize > 0 || l.Sectors > 0 {
 			fmt.Fprintf(&b, " 0x%x", l.SectorSize)
 			if l.Sectors > 0 {
 				fmt.Fprintf(&b, " 0x%x", l.Sectors)
