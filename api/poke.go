@@ -95,4 +95,41 @@ type TokenResponse struct {
 	DeviceID   string    `json:"deviceID"`
 	Token      string    `json:"token"`
 	Expires    time.Time `json:"expires"`
+	// CAFingerprint is the hex sha256 of the hub CA certificate (DER): with
+	// the token, all a device needs to trust the hub on first contact.
+	CAFingerprint string `json:"caFingerprint"`
+}
+
+// TokenRevokeRequest revokes an unused enrolment token (operator API).
+type TokenRevokeRequest struct {
+	APIVersion string `json:"apiVersion"`
+	Token      string `json:"token"`
+}
+
+// Validate checks a token revocation request.
+func (r *TokenRevokeRequest) Validate() error {
+	if r == nil {
+		return invalid("token revoke: empty")
+	}
+	if err := checkVersion(r.APIVersion); err != nil {
+		return err
+	}
+	if r.Token == "" || len(r.Token) > 256 {
+		return invalid("token: missing or too long")
+	}
+	return nil
+}
+
+// Device is the operator API's view of one device.
+type Device struct {
+	ID           string    `json:"id"`
+	KeyKind      string    `json:"keyKind"`
+	Enrolled     time.Time `json:"enrolled"`
+	Revoked      bool      `json:"revoked,omitempty"`
+	CertNotAfter time.Time `json:"certNotAfter"`
+	State        State     `json:"state,omitempty"`
+	Groups       []string  `json:"groups,omitempty"`
+	LatestSeq    uint64    `json:"latestSeq"`
+	LastSeen     time.Time `json:"lastSeen,omitempty"`
+	AttestOK     *bool     `json:"attestOK,omitempty"`
 }

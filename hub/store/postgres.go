@@ -32,7 +32,8 @@ var postgresSchema = []string{
 		groups TEXT NOT NULL,
 		last_seen BIGINT NOT NULL,
 		attest_ok INTEGER,
-		attest_time BIGINT NOT NULL DEFAULT 0
+		attest_time BIGINT NOT NULL DEFAULT 0,
+		ak BYTEA
 	);
 	CREATE TABLE reports (
 		device_id TEXT NOT NULL,

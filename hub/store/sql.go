@@ -203,11 +203,11 @@ func (s *sqlStore) Enrol(ctx context.Context, tokenHash []byte, now time.Time, d
 	d.Revoked = time.Time{}
 	// Re-enrolment with a fresh token replaces the key and lifts a revocation;
 	// history and sequence numbers are kept.
-	_, err = tx.ExecContext(ctx, s.q(`INSERT INTO devices (id, key_kind, cert_serial, cert_not_after, enrolled, revoked, latest_seq, state, groups, last_seen)
-		VALUES (?, ?, ?, ?, ?, 0, 0, '', '[]', 0)
+	_, err = tx.ExecContext(ctx, s.q(`INSERT INTO devices (id, key_kind, cert_serial, cert_not_after, enrolled, revoked, latest_seq, state, groups, last_seen, ak)
+		VALUES (?, ?, ?, ?, ?, 0, 0, '', '[]', 0, ?)
 		ON CONFLICT (id) DO UPDATE SET key_kind = excluded.key_kind, cert_serial = excluded.cert_serial,
-			cert_not_after = excluded.cert_not_after, enrolled = excluded.enrolled, revoked = 0`),
-		d.ID, d.KeyKind, d.CertSerial, nanos(d.CertNotAfter), nanos(now))
+			cert_not_after = excluded.cert_not_after, enrolled = excluded.enrolled, revoked = 0, ak = excluded.ak`),
+		d.ID, d.KeyKind, d.CertSerial, nanos(d.CertNotAfter), nanos(now), d.AK)
 	if err != nil {
 		return Device{}, fmt.Errorf("enrol device %q: %w", id, err)
 	}
@@ -217,7 +217,7 @@ func (s *sqlStore) Enrol(ctx context.Context, tokenHash []byte, now time.Time, d
 	return d, nil
 }
 
-const deviceCols = `id, key_kind, cert_serial, cert_not_after, enrolled, revoked, latest_seq, state, groups, last_seen, attest_ok, attest_time`
+const deviceCols = `id, key_kind, cert_serial, cert_not_after, enrolled, revoked, latest_seq, state, groups, last_seen, attest_ok, attest_time, ak`
 
 type scanner interface{ Scan(...any) error }
 
@@ -227,7 +227,7 @@ func scanDevice(r scanner) (Device, error) {
 	var latest int64
 	var groups string
 	var attestOK sql.NullInt64
-	if err := r.Scan(&d.ID, &d.KeyKind, &d.CertSerial, &notAfter, &enrolled, &revoked, &latest, &d.State, &groups, &lastSeen, &attestOK, &attestTime); err != nil {
+	if err := r.Scan(&d.ID, &d.KeyKind, &d.CertSerial, &notAfter, &enrolled, &revoked, &latest, &d.State, &groups, &lastSeen, &attestOK, &attestTime, &d.AK); err != nil {
 		return Device{}, err
 	}
 	d.CertNotAfter, d.Enrolled, d.Revoked, d.LastSeen, d.AttestTime = fromNanos(notAfter), fromNanos(enrolled), fromNanos(revoked), fromNanos(lastSeen), fromNanos(attestTime)
@@ -425,7 +425,7 @@ func (s *sqlStore) PutAttestation(ctx context.Context, a Attestation) error {
 	if a.OK {
 		ok = 1
 	}
-	res, err := tx.ExecContext(ctx, s.q(`UPDATE devices SET attest_ok = ?, attest_time = ? WHERE id = ? AND revoked = 0`), ok, nanos(a.Time), a.DeviceID)
+	res, err := tx.ExecContext(ctx, s.q(`UPDATE devices SET attest_ok = ?, attest_time = ?, ak = COALESCE(ak, ?) WHERE id = ? AND revoked = 0`), ok, nanos(a.Time), a.AK, a.DeviceID)
 	if err != nil {
 		return fmt.Errorf("put attestation of device %q: %w", a.DeviceID, err)
 	}

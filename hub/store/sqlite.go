@@ -34,7 +34,8 @@ var sqliteSchema = []string{
 		groups TEXT NOT NULL,
 		last_seen INTEGER NOT NULL,
 		attest_ok INTEGER,
-		attest_time INTEGER NOT NULL DEFAULT 0
+		attest_time INTEGER NOT NULL DEFAULT 0,
+		ak BLOB
 	);
 	CREATE TABLE reports (
 		device_id TEXT NOT NULL,

@@ -54,6 +54,7 @@ type Device struct {
 	LastSeen     time.Time
 	AttestOK     *bool // nil until the first attestation
 	AttestTime   time.Time
+	AK           []byte // attestation key registered at enrolment or first attestation; nil if none
 }
 
 // Report is one stored status report.
@@ -79,6 +80,7 @@ type Attestation struct {
 	Time     time.Time
 	OK       bool
 	Result   []byte // api.AttestResult JSON
+	AK       []byte // registers the device's attestation key if it has none yet
 }
 
 // Poke is news for devices: all devices when Group and Devices are empty.

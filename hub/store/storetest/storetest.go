@@ -364,7 +364,8 @@ func testAttestations(t *testing.T, s store.Store) {
 		t.Errorf("attestation of unknown device: %v", err)
 	}
 	for i, ok := range []bool{false, true} {
-		if err := s.PutAttestation(ctx, store.Attestation{DeviceID: "dev-at", Time: t0.Add(time.Duration(i) * time.Minute), OK: ok, Result: []byte(fmt.Sprintf(`{"ok":%v}`, ok))}); err != nil {
+		ak := []byte(fmt.Sprint("ak", i))
+		if err := s.PutAttestation(ctx, store.Attestation{DeviceID: "dev-at", Time: t0.Add(time.Duration(i) * time.Minute), OK: ok, Result: []byte(fmt.Sprintf(`{"ok":%v}`, ok)), AK: ak}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -376,8 +377,8 @@ func testAttestations(t *testing.T, s store.Store) {
 		t.Errorf("attestations %+v", as)
 	}
 	d, _ := s.Device(ctx, "dev-at")
-	if d.AttestOK == nil || !*d.AttestOK || !d.AttestTime.Equal(t0.Add(time.Minute)) {
-		t.Errorf("device attestation: %v %v", d.AttestOK, d.AttestTime)
+	if d.AttestOK == nil || !*d.AttestOK || !d.AttestTime.Equal(t0.Add(time.Minute)) || string(d.AK) != "ak0" {
+		t.Errorf("device attestation: %v %v, AK %q (the first registered stays)", d.AttestOK, d.AttestTime, d.AK)
 	}
 }
 

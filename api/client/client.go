@@ -1,0 +1,461 @@
+// Package client is the device side of the hub API: enrolment with a
+// one-time token and a CSR signed by the device key, certificate renewal,
+// status reports, attestation round trips and the long-poll poke, all over
+// mutual TLS 1.3 with the certificate the hub issued.
+//
+// The device key is any crypto.Signer over an ECDSA P-256 key: a TPM-backed
+// key or a software one. The package keeps nothing on disk: the caller
+// persists the api.Certificate that Enrol and Renew return (atomically).
+// It imports only api, so the device binary links no hub code.
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/shoalfleet/shoal/api"
+)
+
+// maxResponse bounds any response body the client reads.
+const maxResponse = 4 << 20
+
+// CSR makes a PEM certificate request signed by key. The hub ignores the
+// subject; the enrolment token or the current certificate decides the ID.
+func CSR(key crypto.Signer) (string, error) {
+	pub, ok := key.Public().(*ecdsa.PublicKey)
+	if !ok || pub.Curve != elliptic.P256() {
+		return "", errors.New("csr: device key must be ECDSA P-256")
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject:            pkix.Name{CommonName: "shoal device"},
+		SignatureAlgorithm: x509.ECDSAWithSHA256,
+	}, key)
+	if err != nil {
+		return "", fmt.Errorf("csr: %w", err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), nil
+}
+
+// EnrolOptions say how a device trusts the hub on first contact and whether
+// it attests while enrolling.
+type EnrolOptions struct {
+	// RootCAs verify the hub's server certificate. When nil, CAFingerprint
+	// must pin the hub CA instead.
+	RootCAs *x509.CertPool
+	// CAFingerprint is the hex sha256 of the hub CA certificate's DER (from
+	// `shoal token create`): the hub's chain must include that CA and the
+	// server certificate must verify against it.
+	CAFingerprint string
+	// Attest, when set, answers a hub nonce with a quote (TPM devices).
+	Attest func(ctx context.Context, nonce []byte) (*api.AttestRequest, error)
+	// Timeout bounds each request (default 30s).
+	Timeout time.Duration
+}
+
+// Enrol exchanges a one-time token and a CSR signed by key for the device's
+// first client certificate.
+func Enrol(ctx context.Context, hubURL, token string, key crypto.Signer, keyKind string, o EnrolOptions) (*api.Certificate, error) {
+	base, err := parseHub(hubURL)
+	if err != nil {
+		return nil, err
+	}
+	tc, err := firstContactTLS(base.Hostname(), o)
+	if err != nil {
+		return nil, err
+	}
+	hc := &http.Client{Transport: transport(tc), Timeout: timeout(o.Timeout)}
+	defer hc.CloseIdleConnections()
+	csr, err := CSR(key)
+	if err != nil {
+		return nil, err
+	}
+	req := &api.EnrolRequest{APIVersion: api.Version, Token: token, CSR: csr, KeyKind: keyKind}
+	if o.Attest != nil {
+		var n api.Nonce
+		if err := do(ctx, hc, base, "POST", "/v1/attest/nonce", token, nil, &n); err != nil {
+			return nil, fmt.Errorf("enrol: nonce: %w", err)
+		}
+		if err := n.Validate(); err != nil {
+			return nil, fmt.Errorf("enrol: nonce: %w", err)
+		}
+		if req.Attestation, err = o.Attest(ctx, n.Nonce); err != nil {
+			return nil, fmt.Errorf("enrol: attest: %w", err)
+		}
+	}
+	var c api.Certificate
+	if err := do(ctx, hc, base, "POST", "/v1/enrol", "", req, &c); err != nil {
+		return nil, fmt.Errorf("enrol: %w", err)
+	}
+	if err := checkCert(&c, key); err != nil {
+		return nil, fmt.Errorf("enrol: %w", err)
+	}
+	return &c, nil
+}
+
+func firstContactTLS(serverName string, o EnrolOptions) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS13, ServerName: serverName, RootCAs: o.RootCAs}
+	if o.RootCAs != nil {
+		return tc, nil
+	}
+	fp, err := hex.DecodeString(strings.ToLower(strings.ReplaceAll(o.CAFingerprint, ":", "")))
+	if err != nil || len(fp) != sha256.Size {
+		return nil, errors.New("enrol: need RootCAs or a CA fingerprint (64 hex digits)")
+	}
+	// The standard verification runs below, against the pinned CA only.
+	tc.InsecureSkipVerify = true
+	tc.VerifyConnection = func(cs tls.ConnectionState) error {
+		for _, c := range cs.PeerCertificates[1:] {
+			sum := sha256.Sum256(c.Raw)
+			if !bytes.Equal(sum[:], fp) || !c.IsCA {
+				continue
+			}
+			pool := x509.NewCertPool()
+			pool.AddCert(c)
+			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: pool, DNSName: serverName})
+			return err
+		}
+		return errors.New("hub did not present the pinned CA")
+	}
+	return tc, nil
+}
+
+// checkCert makes sure a certificate response is well formed and for key.
+func checkCert(c *api.Certificate, key crypto.Signer) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	b, _ := pem.Decode([]byte(c.Certificate))
+	cert, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		return fmt.Errorf("certificate: %w", err)
+	}
+	pub, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(key.Public()) {
+		return errors.New("certificate is not for the device key")
+	}
+	return nil
+}
+
+// Options configure a Client.
+type Options struct {
+	// Hub is the hub's base URL, e.g. https://hub.example.com:8443.
+	Hub string
+	// Key is the device key the certificate was issued for.
+	Key crypto.Signer
+	// Cert is the device's current certificate (from Enrol or Renew).
+	Cert *api.Certificate
+	// Timeout bounds each request (default 30s); a long poll adds its wait.
+	Timeout time.Duration
+	Logger  *slog.Logger
+	Now     func() time.Time
+}
+
+// Client talks to the hub as one enrolled device over mutual TLS. It is
+// safe for concurrent use; Renew swaps the certificate in place.
+type Client struct {
+	o    Options
+	base *url.URL
+	hc   *http.Client
+
+	mu   sync.Mutex
+	cert *api.Certificate
+	tc   *tls.Certificate
+	leaf *x509.Certificate
+}
+
+// New builds a client for an enrolled device.
+func New(o Options) (*Client, error) {
+	if o.Key == nil || o.Cert == nil {
+		return nil, errors.New("client: Key and Cert are required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	base, err := parseHub(o.Hub)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{o: o, base: base}
+	if err := c.setCert(o.Cert); err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(o.Cert.CA)) {
+		return nil, errors.New("client: certificate response has no usable CA")
+	}
+	tc := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		ServerName: base.Hostname(),
+		RootCAs:    pool,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return c.tc, nil
+		},
+	}
+	c.hc = &http.Client{Transport: transport(tc)}
+	return c, nil
+}
+
+func (c *Client) setCert(ac *api.Certificate) error {
+	if err := checkCert(ac, c.o.Key); err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	b, _ := pem.Decode([]byte(ac.Certificate))
+	leaf, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	c.mu.Lock()
+	c.cert, c.leaf = ac, leaf
+	c.tc = &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: c.o.Key, Leaf: leaf}
+	c.mu.Unlock()
+	return nil
+}
+
+// DeviceID returns the identity in the current certificate.
+func (c *Client) DeviceID() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.leaf.Subject.CommonName
+}
+
+// Certificate returns the current certificate, to persist after Renew.
+func (c *Client) Certificate() *api.Certificate {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cert
+}
+
+// NeedsRenewal reports whether the certificate is past its RenewAfter time.
+func (c *Client) NeedsRenewal() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.o.Now().Before(c.cert.RenewAfter)
+}
+
+// CloseIdleConnections closes kept-alive connections; after Renew it makes
+// the next request present the new certificate.
+func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
+
+// Renew asks for a fresh certificate for the same key and starts using it.
+func (c *Client) Renew(ctx context.Context) (*api.Certificate, error) {
+	csr, err := CSR(c.o.Key)
+	if err != nil {
+		return nil, err
+	}
+	var ac api.Certificate
+	if err := c.call(ctx, "POST", "/v1/renew", &api.RenewRequest{APIVersion: api.Version, CSR: csr}, &ac); err != nil {
+		return nil, fmt.Errorf("renew certificate: %w", err)
+	}
+	if err := c.setCert(&ac); err != nil {
+		return nil, err
+	}
+	c.hc.CloseIdleConnections()
+	return &ac, nil
+}
+
+// Report sends one status report. A resent report (same Seq) is
+// acknowledged as a duplicate, so the outbox may retry freely.
+func (c *Client) Report(ctx context.Context, s *api.Status) (*api.StatusAck, error) {
+	var ack api.StatusAck
+	if err := c.call(ctx, "POST", "/v1/status", s, &ack); err != nil {
+		return nil, fmt.Errorf("report status %d: %w", s.Seq, err)
+	}
+	return &ack, nil
+}
+
+// Reports returns the device's own stored reports, newest first.
+func (c *Client) Reports(ctx context.Context, limit int) ([]api.Status, error) {
+	var out []api.Status
+	p := "/v1/devices/" + url.PathEscape(c.DeviceID()) + "/reports?limit=" + strconv.Itoa(limit)
+	if err := c.call(ctx, "GET", p, nil, &out); err != nil {
+		return nil, fmt.Errorf("read reports: %w", err)
+	}
+	return out, nil
+}
+
+// Nonce asks the hub for a fresh attestation nonce.
+func (c *Client) Nonce(ctx context.Context) (*api.Nonce, error) {
+	var n api.Nonce
+	if err := c.call(ctx, "POST", "/v1/attest/nonce", nil, &n); err != nil {
+		return nil, fmt.Errorf("attestation nonce: %w", err)
+	}
+	if err := n.Validate(); err != nil {
+		return nil, fmt.Errorf("attestation nonce: %w", err)
+	}
+	return &n, nil
+}
+
+// Attest sends a quote answering a nonce and returns the hub's verdict.
+func (c *Client) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResult, error) {
+	var res api.AttestResult
+	if err := c.call(ctx, "POST", "/v1/attest", req, &res); err != nil {
+		return nil, fmt.Errorf("attest: %w", err)
+	}
+	if err := res.Validate(); err != nil {
+		return nil, fmt.Errorf("attest: %w", err)
+	}
+	return &res, nil
+}
+
+// Poll long-polls for a poke newer than after (after < 0: from now on),
+// waiting at most wait. It returns the poke, or nil when the wait passed,
+// and the cursor to pass as after next time.
+func (c *Client) Poll(ctx context.Context, after int64, wait time.Duration) (*api.Poke, int64, error) {
+	q := url.Values{"wait": {wait.String()}}
+	if after >= 0 {
+		q.Set("after", strconv.FormatInt(after, 10))
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait+timeout(c.o.Timeout))
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, "GET", c.base.JoinPath("/v1/poke").String()+"?"+q.Encode(), nil)
+	if err != nil {
+		return nil, after, fmt.Errorf("poll: %w", err)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, after, fmt.Errorf("poll: %w", &netError{err})
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNoContent {
+		if cur, err := strconv.ParseInt(resp.Header.Get("Shoal-Poke-Cursor"), 10, 64); err == nil {
+			return nil, cur, nil
+		}
+		return nil, after, nil
+	}
+	var p api.Poke
+	if err := readResponse(resp, &p); err != nil {
+		return nil, after, fmt.Errorf("poll: %w", err)
+	}
+	if err := p.Validate(); err != nil {
+		return nil, after, fmt.Errorf("poll: %w", err)
+	}
+	return &p, p.ID, nil
+}
+
+func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout(c.o.Timeout))
+	defer cancel()
+	return do(ctx, c.hc, c.base, method, path, "", in, out)
+}
+
+// Retryable reports whether err may succeed later: network trouble, a 5xx,
+// 429 or 408. A 4xx otherwise means the request itself is refused.
+func Retryable(err error) bool {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return ae.Status >= 500 || ae.Status == http.StatusTooManyRequests || ae.Status == http.StatusRequestTimeout
+	}
+	var ne *netError
+	return errors.As(err, &ne)
+}
+
+// netError marks a transport failure (retryable).
+type netError struct{ err error }
+
+func (e *netError) Error() string { return e.err.Error() }
+func (e *netError) Unwrap() error { return e.err }
+
+func do(ctx context.Context, hc *http.Client, base *url.URL, method, path, bearer string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	u := base.String() + path
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return &netError{err}
+	}
+	defer resp.Body.Close()
+	return readResponse(resp, out)
+}
+
+func readResponse(resp *http.Response, out any) error {
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+	if err != nil {
+		return &netError{err}
+	}
+	if resp.StatusCode >= 400 {
+		ae := &api.Error{}
+		if json.Unmarshal(b, ae) != nil || ae.Reason == "" {
+			ae = &api.Error{Status: resp.StatusCode, Reason: http.StatusText(resp.StatusCode), Message: strings.TrimSpace(string(b))}
+		}
+		ae.Status = resp.StatusCode
+		return ae
+	}
+	if out == nil || resp.StatusCode == http.StatusNoContent {
+		return nil
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("decode %d response: %w", resp.StatusCode, err)
+	}
+	return nil
+}
+
+func parseHub(s string) (*url.URL, error) {
+	u, err := url.Parse(strings.TrimRight(s, "/"))
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("hub URL %q: want https://host[:port]", s)
+	}
+	return u, nil
+}
+
+func timeout(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 30 * time.Second
+	}
+	return d
+}
+
+func transport(tc *tls.Config) *http.Transport {
+	return &http.Transport{
+		Proxy:               http.ProxyFromEnvironment,
+		DialContext:         (&net.Dialer{Timeout: 15 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     tc,
+		TLSHandshakeTimeout: 15 * time.Second,
+		MaxIdleConns:        4,
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     5 * time.Minute,
+		ForceAttemptHTTP2:   true,
+	}
+}

@@ -1,0 +1,375 @@
+package hub
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/hub/store"
+)
+
+// certResponse builds the answer to enrolment and renewal.
+func (h *Hub) certResponse(id string, certPEM []byte, notBefore, notAfter time.Time) *api.Certificate {
+	life := notAfter.Sub(notBefore)
+	return &api.Certificate{
+		APIVersion:  api.Version,
+		DeviceID:    id,
+		Certificate: string(certPEM),
+		CA:          string(h.ca.certPEM),
+		NotAfter:    notAfter,
+		RenewAfter:  notBefore.Add(life * 2 / 3),
+	}
+}
+
+func (h *Hub) handleEnrol(w http.ResponseWriter, r *http.Request) {
+	var req api.EnrolRequest
+	if !decode(w, r, api.MaxEnrolBytes, &req) {
+		h.m.enrolments.WithLabelValues("bad-request").Inc()
+		return
+	}
+	ctx := r.Context()
+	now := h.o.Now()
+	th := hashToken(req.Token)
+	id, err := h.st.PeekEnrolToken(ctx, th, now)
+	if errors.Is(err, store.ErrNotFound) {
+		h.m.enrolments.WithLabelValues("token-invalid").Inc()
+		writeError(w, http.StatusUnauthorized, api.ReasonTokenInvalid, "enrolment token unknown, used, expired or revoked")
+		return
+	}
+	if err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	csr, _ := api.ParseCSR(req.CSR) // checked by Validate
+	var ak []byte
+	if req.Attestation != nil {
+		res, status, reason, err := h.attest(r, id, nil, req.KeyKind == api.KeySoftware, req.Attestation)
+		if err != nil {
+			h.m.enrolments.WithLabelValues(reason).Inc()
+			writeError(w, status, reason, err.Error())
+			return
+		}
+		if !res.OK {
+			h.m.enrolments.WithLabelValues(api.ReasonQuoteInvalid).Inc()
+			writeError(w, http.StatusForbidden, api.ReasonQuoteInvalid, "enrolment attestation failed: "+strings.Join(res.Reasons, "; "))
+			return
+		}
+		ak = req.Attestation.AKPublic
+	}
+	cert, certPEM, err := h.ca.issueClient(id, now, csr, now, h.o.CertTTL)
+	if err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	d, err := h.st.Enrol(ctx, th, now, store.Device{ID: id, KeyKind: req.KeyKind, CertSerial: serialHex(cert), CertNotAfter: cert.NotAfter, AK: ak})
+	if errors.Is(err, store.ErrNotFound) {
+		// Another request used the token first; this certificate is never handed out.
+		h.m.enrolments.WithLabelValues("token-invalid").Inc()
+		writeError(w, http.StatusUnauthorized, api.ReasonTokenInvalid, "enrolment token unknown, used, expired or revoked")
+		return
+	}
+	if err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	h.m.enrolments.WithLabelValues("ok").Inc()
+	h.log.Info("device enrolled", "device", d.ID, "key", req.KeyKind, "attested", ak != nil, "notAfter", cert.NotAfter)
+	writeJSON(w, http.StatusOK, h.certResponse(d.ID, certPEM, cert.NotBefore, cert.NotAfter))
+}
+
+func (h *Hub) handleRenew(w http.ResponseWriter, r *http.Request, d store.Device) {
+	var req api.RenewRequest
+	if !decode(w, r, api.MaxEnrolBytes, &req) {
+		return
+	}
+	csr, _ := api.ParseCSR(req.CSR)
+	cert, certPEM, err := h.ca.issueClient(d.ID, d.Enrolled, csr, h.o.Now(), h.o.CertTTL)
+	if err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	if err := h.st.SetCert(r.Context(), d.ID, serialHex(cert), cert.NotAfter); err != nil {
+		if errors.Is(err, store.ErrRevoked) {
+			writeError(w, http.StatusForbidden, api.ReasonDeviceRevoked, fmt.Sprintf("device %q is revoked", d.ID))
+			return
+		}
+		h.internal(w, r, err)
+		return
+	}
+	h.m.renewals.Inc()
+	h.log.Info("certificate renewed", "device", d.ID, "notAfter", cert.NotAfter)
+	writeJSON(w, http.StatusOK, h.certResponse(d.ID, certPEM, cert.NotBefore, cert.NotAfter))
+}
+
+func (h *Hub) handleStatus(w http.ResponseWriter, r *http.Request, d store.Device) {
+	start := time.Now()
+	var s api.Status
+	if !decode(w, r, api.MaxStatusBytes, &s) {
+		h.m.reports.WithLabelValues("rejected").Inc()
+		return
+	}
+	if s.DeviceID != "" && s.DeviceID != d.ID {
+		h.m.reports.WithLabelValues("rejected").Inc()
+		writeError(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("device %q may not report as %q", d.ID, s.DeviceID))
+		return
+	}
+	s.DeviceID = d.ID
+	body, err := json.Marshal(&s) // normalised: exactly what was validated
+	if err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	dbStart := time.Now()
+	res, err := h.st.PutStatus(r.Context(), store.Report{
+		DeviceID: d.ID, Seq: s.Seq, Time: s.Time, Received: h.o.Now(), State: string(s.State), Groups: s.Groups, Body: body,
+	})
+	h.m.dbLatency.WithLabelValues("put_status").Observe(time.Since(dbStart).Seconds())
+	switch {
+	case errors.Is(err, store.ErrRevoked):
+		h.m.reports.WithLabelValues("rejected").Inc()
+		writeError(w, http.StatusForbidden, api.ReasonDeviceRevoked, fmt.Sprintf("device %q is revoked", d.ID))
+		return
+	case err != nil:
+		h.internal(w, r, err)
+		return
+	}
+	result := "stored"
+	if res.Duplicate {
+		result = "duplicate"
+	}
+	h.m.reports.WithLabelValues(result).Inc()
+	h.m.ingestLatency.Observe(time.Since(start).Seconds())
+	writeJSON(w, http.StatusOK, &api.StatusAck{APIVersion: api.Version, Seq: s.Seq, Duplicate: res.Duplicate, Latest: res.Latest})
+}
+
+// handleNonce issues an attestation nonce to an enrolled device (mutual TLS)
+// or, before enrolment, to the holder of a live enrolment token (Bearer).
+func (h *Hub) handleNonce(w http.ResponseWriter, r *http.Request) {
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		h.device(func(w http.ResponseWriter, r *http.Request, d store.Device) { h.issueNonce(w, r, d.ID) })(w, r)
+		return
+	}
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || tok == "" || len(tok) > 256 {
+		writeError(w, http.StatusUnauthorized, api.ReasonUnauthorized, "a client certificate or an enrolment token is required")
+		return
+	}
+	id, err := h.st.PeekEnrolToken(r.Context(), hashToken(tok), h.o.Now())
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusUnauthorized, api.ReasonTokenInvalid, "enrolment token unknown, used, expired or revoked")
+		return
+	}
+	if err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	h.issueNonce(w, r, id)
+}
+
+func (h *Hub) issueNonce(w http.ResponseWriter, r *http.Request, id string) {
+	n := make([]byte, 32)
+	if _, err := rand.Read(n); err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	exp := h.o.Now().Add(h.o.NonceTTL)
+	if err := h.st.PutNonce(r.Context(), id, n, exp); err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, &api.Nonce{APIVersion: api.Version, Nonce: n, Expires: exp})
+}
+
+// attest consumes the nonce, checks the AK and runs the verifier. On a
+// refusal it returns the status and reason to answer with.
+func (h *Hub) attest(r *http.Request, id string, registeredAK []byte, software bool, req *api.AttestRequest) (api.AttestResult, int, string, error) {
+	if h.o.Verifier == nil {
+		return api.AttestResult{}, http.StatusNotImplemented, api.ReasonUnavailable, errors.New("this hub has no attestation verifier configured")
+	}
+	if registeredAK != nil && !bytes.Equal(registeredAK, req.AKPublic) {
+		h.m.attestations.WithLabelValues("ak-mismatch").Inc()
+		return api.AttestResult{}, http.StatusForbidden, api.ReasonQuoteInvalid, errors.New("quote made with an attestation key other than the registered one")
+	}
+	err := h.st.UseNonce(r.Context(), id, req.Nonce, h.o.Now())
+	if errors.Is(err, store.ErrNotFound) {
+		h.m.attestations.WithLabelValues("nonce-invalid").Inc()
+		return api.AttestResult{}, http.StatusForbidden, api.ReasonNonceInvalid, errors.New("nonce unknown, used, expired or issued to another device")
+	}
+	if err != nil {
+		return api.AttestResult{}, http.StatusInternalServerError, api.ReasonInternal, err
+	}
+	res, err := h.o.Verifier.Verify(r.Context(), id, registeredAK, software, req)
+	if err != nil {
+		h.log.Error("attestation verifier failed", "device", id, "err", err)
+		return api.AttestResult{}, http.StatusInternalServerError, api.ReasonInternal, errors.New("verifier failed")
+	}
+	res.APIVersion = api.Version
+	if res.Time.IsZero() {
+		res.Time = h.o.Now()
+	}
+	if res.OK {
+		h.m.attestations.WithLabelValues("ok").Inc()
+	} else {
+		h.m.attestations.WithLabelValues("failed").Inc()
+	}
+	return res, 0, "", nil
+}
+
+func (h *Hub) handleAttest(w http.ResponseWriter, r *http.Request, d store.Device) {
+	var req api.AttestRequest
+	if !decode(w, r, api.MaxAttestBytes, &req) {
+		return
+	}
+	res, status, reason, err := h.attest(r, d.ID, d.AK, d.KeyKind == api.KeySoftware, &req)
+	if err != nil {
+		if status == http.StatusInternalServerError {
+			h.internal(w, r, err)
+			return
+		}
+		writeError(w, status, reason, err.Error())
+		return
+	}
+	body, _ := json.Marshal(&res)
+	a := store.Attestation{DeviceID: d.ID, Time: res.Time, OK: res.OK, Result: body}
+	if res.OK {
+		a.AK = req.AKPublic // registers the AK on a device's first good quote
+	}
+	if err := h.st.PutAttestation(r.Context(), a); err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	h.log.Info("attestation", "device", d.ID, "ok", res.OK, "reasons", res.Reasons)
+	writeJSON(w, http.StatusOK, &res)
+}
+
+// handlePoll is the long poll: it answers as soon as there is a poke for the
+// device newer than ?after=, or 204 when ?wait= (capped by PollWait) passes,
+// with the cursor to pass next time in the Shoal-Poke-Cursor header.
+// Without ?after= it waits for pokes from now on.
+func (h *Hub) handlePoll(w http.ResponseWriter, r *http.Request, d store.Device) {
+	ctx := r.Context()
+	q := r.URL.Query()
+	wait := h.o.PollWait
+	if ws := q.Get("wait"); ws != "" {
+		dw, err := time.ParseDuration(ws)
+		if err != nil || dw < 0 {
+			writeError(w, http.StatusBadRequest, api.ReasonBadRequest, "wait: want a non-negative duration such as 30s")
+			return
+		}
+		wait = min(dw, wait)
+	}
+	var after int64
+	if as := q.Get("after"); as != "" {
+		v, err := strconv.ParseInt(as, 10, 64)
+		if err != nil || v < 0 {
+			writeError(w, http.StatusBadRequest, api.ReasonBadRequest, "after: want a poke ID")
+			return
+		}
+		after = v
+	} else {
+		latest, err := h.st.LatestPoke(ctx)
+		if err != nil {
+			h.internal(w, r, err)
+			return
+		}
+		after = latest
+	}
+	h.m.polls.Inc()
+	defer h.m.polls.Dec()
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		woken := h.pokes.wait() // before reading, so no poke slips between
+		for {
+			ps, err := h.st.PokesAfter(ctx, after, 200)
+			if err != nil {
+				h.internal(w, r, err)
+				return
+			}
+			var hit *store.Poke
+			for i := range ps {
+				after = ps[i].ID
+				if ps[i].Matches(d.ID, d.Groups) {
+					hit = &ps[i]
+				}
+			}
+			if hit != nil {
+				writeJSON(w, http.StatusOK, &api.Poke{APIVersion: api.Version, ID: after, Commit: hit.Commit, Reason: hit.Reason, Time: hit.Time})
+				return
+			}
+			if len(ps) < 200 {
+				break
+			}
+		}
+		select {
+		case <-woken:
+		case <-timer.C:
+			w.Header().Set("Shoal-Poke-Cursor", strconv.FormatInt(after, 10))
+			w.WriteHeader(http.StatusNoContent)
+			return
+		case <-h.stopping:
+			w.Header().Set("Shoal-Poke-Cursor", strconv.FormatInt(after, 10))
+			w.WriteHeader(http.StatusNoContent)
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// own refuses a device reading another device's records.
+func own(w http.ResponseWriter, r *http.Request, d store.Device) bool {
+	if id := r.PathValue("id"); id != d.ID {
+		writeError(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("device %q may not read device %q", d.ID, id))
+		return false
+	}
+	return true
+}
+
+func (h *Hub) handleOwnDevice(w http.ResponseWriter, r *http.Request, d store.Device) {
+	if own(w, r, d) {
+		writeJSON(w, http.StatusOK, apiDevice(d))
+	}
+}
+
+func (h *Hub) handleOwnReports(w http.ResponseWriter, r *http.Request, d store.Device) {
+	if own(w, r, d) {
+		h.writeReports(w, r, d.ID)
+	}
+}
+
+func (h *Hub) writeReports(w http.ResponseWriter, r *http.Request, id string) {
+	limit := 50
+	if ls := r.URL.Query().Get("limit"); ls != "" {
+		v, err := strconv.Atoi(ls)
+		if err != nil || v < 1 || v > 1000 {
+			writeError(w, http.StatusBadRequest, api.ReasonBadRequest, "limit: want 1..1000")
+			return
+		}
+		limit = v
+	}
+	rs, err := h.st.Reports(r.Context(), id, limit)
+	if err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	out := make([]json.RawMessage, 0, len(rs))
+	for _, rep := range rs {
+		out = append(out, rep.Body)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func apiDevice(d store.Device) api.Device {
+	return api.Device{
+		ID: d.ID, KeyKind: d.KeyKind, Enrolled: d.Enrolled, Revoked: !d.Revoked.IsZero(), CertNotAfter: d.CertNotAfter,
+		State: api.State(d.State), Groups: d.Groups, LatestSeq: d.LatestSeq, LastSeen: d.LastSeen, AttestOK: d.AttestOK,
+	}
+}

@@ -1,0 +1,295 @@
+// Package hub is Shoal's cloud service. It enrols devices with one-time
+// tokens and a CSR signed by the device key, issues short-lived client
+// certificates from its own CA, and then serves the device API over mutual
+// TLS 1.3: status ingest (idempotent by device and sequence number),
+// attestation nonces and quote verification, long-poll pokes, and each
+// device's own report history. An operator API (bearer operator token) makes
+// enrolment tokens, revokes tokens and devices, and pokes devices; a Git
+// webhook pokes too. State lives in hub/store: SQLite by default, or
+// PostgreSQL for several hubs, which then share pokes through LISTEN/NOTIFY.
+//
+// Only cmd/shoal imports it. It must never be linked into the device binary.
+package hub
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/hub/store"
+)
+
+// Verifier checks an attestation quote for a device. The hub has already
+// consumed the nonce (issued to that device, fresh, unused) and checked that
+// the AK is the one registered for the device (ak is nil on a device's first
+// attestation). It returns the verdict; an error means verification could
+// not run at all. attest.Verifier is wired in through a small adapter.
+type Verifier interface {
+	Verify(ctx context.Context, deviceID string, ak []byte, software bool, req *api.AttestRequest) (api.AttestResult, error)
+}
+
+// Options configure a Hub. Store is required; the zero value of the rest works.
+type Options struct {
+	Store store.Store
+	// CACert and CAKey (PEM) give the hub CA. When empty, the CA stored in
+	// the database is used, or a new one is created and stored there.
+	CACert, CAKey []byte
+	// TLSCert overrides the server certificate the hub issues itself for Hosts.
+	TLSCert *tls.Certificate
+	// Hosts are the server certificate's names (default: localhost, 127.0.0.1, ::1 and the host name).
+	Hosts []string
+	// CertTTL is the device certificates' lifetime (default 7 days); devices renew after two thirds.
+	CertTTL time.Duration
+	// NonceTTL is how long an attestation nonce stays fresh (default 5 minutes).
+	NonceTTL time.Duration
+	// Retention keeps reports this long (default 30 days); each device's latest is always kept.
+	Retention time.Duration
+	// PollWait caps a long poll (default 60s); a device may ask for less with ?wait=.
+	PollWait time.Duration
+	// Verifier checks quotes; nil refuses attestation with 501.
+	Verifier Verifier
+	// Web is mounted at / for the status page (hub/web); nil serves JSON 404s.
+	Web http.Handler
+	// Registerer receives the hub's metrics besides its own /metrics registry.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+	Now        func() time.Time
+}
+
+// Hub is the hub service. New builds it, Serve/Run work, Close releases it.
+type Hub struct {
+	o     Options
+	log   *slog.Logger
+	st    store.Store
+	ca    *authority
+	srvTC tls.Certificate
+	reg   *prometheus.Registry
+	m     *metrics
+	pokes *broadcaster
+
+	stopping chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+}
+
+// New loads or creates the CA and prepares the hub.
+func New(ctx context.Context, o Options) (*Hub, error) {
+	if o.Store == nil {
+		return nil, errors.New("hub: Options.Store is required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.CertTTL <= 0 {
+		o.CertTTL = 7 * 24 * time.Hour
+	}
+	if o.NonceTTL <= 0 {
+		o.NonceTTL = 5 * time.Minute
+	}
+	if o.Retention <= 0 {
+		o.Retention = 30 * 24 * time.Hour
+	}
+	if o.PollWait <= 0 {
+		o.PollWait = 60 * time.Second
+	}
+	if len(o.Hosts) == 0 {
+		o.Hosts = []string{"localhost", "127.0.0.1", "::1"}
+		if hn, err := os.Hostname(); err == nil {
+			o.Hosts = append(o.Hosts, hn)
+		}
+	}
+	h := &Hub{o: o, log: o.Logger, st: o.Store, pokes: newBroadcaster(), stopping: make(chan struct{})}
+	var ca store.CA
+	if len(o.CACert) > 0 || len(o.CAKey) > 0 {
+		ca = store.CA{CertPEM: o.CACert, KeyPEM: o.CAKey}
+	} else {
+		var err error
+		ca, err = o.Store.CA(ctx)
+		if errors.Is(err, store.ErrNotFound) {
+			cp, kp, gerr := NewCA("Shoal hub CA", o.Now())
+			if gerr != nil {
+				return nil, gerr
+			}
+			ca, err = o.Store.InitCA(ctx, store.CA{CertPEM: cp, KeyPEM: kp})
+			if err == nil {
+				h.log.Info("hub CA ready", "stored", "database")
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("hub: %w", err)
+		}
+	}
+	auth, err := parseAuthority(ca.CertPEM, ca.KeyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("hub: %w", err)
+	}
+	h.ca = auth
+	if o.TLSCert != nil {
+		h.srvTC = *o.TLSCert
+	} else if h.srvTC, err = auth.serverCert(o.Hosts, o.Now()); err != nil {
+		return nil, fmt.Errorf("hub: %w", err)
+	}
+	h.reg = prometheus.NewRegistry()
+	h.m = newMetrics(h)
+	for _, c := range h.m.collectors() {
+		h.reg.MustRegister(c)
+		if o.Registerer != nil {
+			if err := o.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("hub: register metrics: %w", err)
+			}
+		}
+	}
+	return h, nil
+}
+
+// CAPEM returns the hub CA certificate, PEM encoded.
+func (h *Hub) CAPEM() []byte { return h.ca.certPEM }
+
+// CAFingerprint returns the hex sha256 of the CA certificate's DER.
+func (h *Hub) CAFingerprint() string { return h.ca.fingerprint }
+
+// Collectors returns the hub's metrics.
+func (h *Hub) Collectors() []prometheus.Collector { return h.m.collectors() }
+
+// TLSConfig is the hub's server TLS configuration: TLS 1.3 only, client
+// certificates requested (enrolment has none yet) and checked per request.
+func (h *Hub) TLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{h.srvTC},
+		// Verified by the handler so a wrong certificate gets a JSON 401
+		// rather than a bare handshake failure.
+		ClientAuth: tls.RequestClientCert,
+		NextProtos: []string{"h2", "http/1.1"},
+	}
+}
+
+// Server returns an http.Server for the hub's handler, with TLSConfig and
+// timeouts suited to long polls. Serve it with ServeTLS(l, "", "").
+func (h *Hub) Server() *http.Server {
+	srv := &http.Server{
+		Handler:           h.Handler(),
+		TLSConfig:         h.TLSConfig(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      h.o.PollWait + 30*time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ConnContext:       withConnAuth,
+		ErrorLog:          slog.NewLogLogger(h.log.Handler(), slog.LevelDebug),
+	}
+	srv.RegisterOnShutdown(h.stop)
+	return srv
+}
+
+func (h *Hub) stop() { h.stopOnce.Do(func() { close(h.stopping) }) }
+
+// Run serves on l until ctx ends, then shuts down gracefully: it stops
+// accepting, ends long polls, and waits up to 20 seconds for requests in
+// flight. It also runs retention and, on PostgreSQL, the poke listener.
+func (h *Hub) Run(ctx context.Context, l net.Listener) error {
+	srv := h.Server()
+	bg, cancel := context.WithCancel(ctx)
+	defer cancel()
+	h.wg.Add(1)
+	go func() { defer h.wg.Done(); h.retention(bg) }()
+	if ln, ok := h.st.(store.Listener); ok {
+		h.wg.Add(1)
+		go func() { defer h.wg.Done(); h.listen(bg, ln) }()
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(l, "", "") }()
+	h.log.Info("hub listening", "addr", l.Addr().String(), "db", h.st.Backend(), "ca", h.ca.fingerprint)
+	select {
+	case err := <-errc:
+		cancel()
+		h.wg.Wait()
+		return fmt.Errorf("hub: serve: %w", err)
+	case <-ctx.Done():
+	}
+	h.stop()
+	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
+	defer scancel()
+	err := srv.Shutdown(sctx)
+	cancel()
+	h.wg.Wait()
+	if err != nil {
+		return fmt.Errorf("hub: shutdown: %w", err)
+	}
+	h.log.Info("hub stopped")
+	return nil
+}
+
+// listen relays other hubs' pokes to this hub's long polls, reconnecting
+// with a pause after a failure.
+func (h *Hub) listen(ctx context.Context, ln store.Listener) {
+	for {
+		err := ln.Listen(ctx, h.pokes.notify)
+		if ctx.Err() != nil {
+			return
+		}
+		h.log.Warn("poke listener failed; retrying", "err", err)
+		// Wake pollers so they re-read the store: a poke may have been missed.
+		h.pokes.notify(0)
+		t := time.NewTimer(2 * time.Second)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// retention prunes old reports hourly.
+func (h *Hub) retention(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		n, err := h.st.PruneReports(ctx, h.o.Now().Add(-h.o.Retention))
+		if err != nil && ctx.Err() == nil {
+			h.log.Warn("prune reports", "err", err)
+		} else if n > 0 {
+			h.log.Info("pruned reports", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// broadcaster wakes every long poll when a poke may be waiting.
+type broadcaster struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func newBroadcaster() *broadcaster { return &broadcaster{ch: make(chan struct{})} }
+
+// wait returns a channel closed at the next notify.
+func (b *broadcaster) wait() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ch
+}
+
+func (b *broadcaster) notify(int64) {
+	b.mu.Lock()
+	close(b.ch)
+	b.ch = make(chan struct{})
+	b.mu.Unlock()
+}
