@@ -270,3 +270,36 @@ func (o *Outbox) Flush(ctx context.Context, r Reporter) (int, error) {
 		}
 	}
 }
+
+// OutboxStats is what an outbox holds, read without opening it for writing.
+type OutboxStats struct {
+	Queued  int    `json:"queued"`
+	Seq     uint64 `json:"seq"`
+	Dropped uint64 `json:"dropped"`
+}
+
+// ReadOutboxStats counts the reports queued in dir; it changes nothing, so
+// `shoal-agent status` may call it while the agent runs.
+func ReadOutboxStats(dir string) (OutboxStats, error) {
+	var s OutboxStats
+	if b, err := os.ReadFile(filepath.Join(dir, "meta.json")); err == nil {
+		var m outboxMeta
+		if err := json.Unmarshal(b, &m); err != nil {
+			return s, fmt.Errorf("outbox meta: %w", err)
+		}
+		s.Seq, s.Dropped = m.Seq, m.Dropped
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return s, fmt.Errorf("outbox meta: %w", err)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return s, fmt.Errorf("outbox: %w", err)
+	}
+	for _, e := range ents {
+		if seq, ok := parseEntryName(e.Name()); ok {
+			s.Queued++
+			s.Seq = max(s.Seq, seq)
+		}
+	}
+	return s, nil
+}

@@ -1,0 +1,275 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shoalfleet/shoal/agent"
+	"github.com/shoalfleet/shoal/internal/testenv"
+)
+
+// wiredRoot is the root command with the agent's run, status and config
+// commands, as main wires them.
+func wiredRoot() *cobra.Command {
+	root := newRootCmd()
+	if root.RunE == nil {
+		root.RunE = agentRunE(root, agentWiring{})
+	}
+	have := map[string]bool{}
+	for _, c := range root.Commands() {
+		have[c.Name()] = true
+	}
+	for _, c := range []*cobra.Command{newAgentRunCmd(agentWiring{}), newAgentStatusCmd(), newAgentConfigCmd()} {
+		if !have[c.Name()] {
+			root.AddCommand(c)
+		}
+	}
+	return root
+}
+
+// TestAgentProcess is the shoal-agent process the tests below start; it does
+// nothing unless started by them.
+func TestAgentProcess(t *testing.T) {
+	argv := os.Getenv("SHOAL_AGENT_ARGS")
+	if argv == "" {
+		t.Skip("started as a child process by the shoal-agent tests")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	root := wiredRoot()
+	root.SetArgs(strings.Split(argv, "\x1f"))
+	err := root.ExecuteContext(ctx)
+	stop()
+	code := exitOK
+	var ue usageError
+	var ce interface{ ExitCode() int }
+	switch {
+	case err == nil:
+	case errors.As(err, &ue):
+		code = exitUsage
+	case errors.As(err, &ce):
+		code = ce.ExitCode()
+	default:
+		code = exitFailed
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "shoal-agent:", err)
+	}
+	os.Exit(code)
+}
+
+func agentCmd(args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestAgentProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "SHOAL_AGENT_ARGS="+strings.Join(args, "\x1f"))
+	return cmd
+}
+
+func runAgentCmd(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	cmd := agentCmd(args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return out.String(), ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), 0
+}
+
+type fleet struct {
+	t   *testing.T
+	dir string
+	env []string
+}
+
+func newFleet(t *testing.T) *fleet {
+	testenv.LookPath(t, "git", "git")
+	home := t.TempDir()
+	f := &fleet{t: t, dir: filepath.Join(t.TempDir(), "fleet"), env: append(os.Environ(), "HOME="+home,
+		"GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL="+filepath.Join(home, "gitconfig"),
+		"GIT_AUTHOR_NAME=Op", "GIT_AUTHOR_EMAIL=op@example.com", "GIT_COMMITTER_NAME=Op", "GIT_COMMITTER_EMAIL=op@example.com")}
+	os.MkdirAll(f.dir, 0o755)
+	f.git("init", "-q", "-b", "main")
+	return f
+}
+
+func (f *fleet) git(args ...string) {
+	f.t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir, cmd.Env = f.dir, f.env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		f.t.Fatalf("git %v: %v\n%s", args, err, out)
+	}
+}
+
+func (f *fleet) commit(files map[string]string) {
+	f.t.Helper()
+	for name, content := range files {
+		p := filepath.Join(f.dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			f.t.Fatal(err)
+		}
+		f.git("add", name)
+	}
+	f.git("commit", "-q", "-m", "change")
+}
+
+var digest = strings.Repeat("a", 64)
+
+func validFleet() map[string]string {
+	return map[string]string{
+		"fleet.cue":       "spec: network: \"plant\"\n",
+		"devices/d1.yaml": "labels:\n  role: web\n",
+		"groups/web.yaml": "selector:\n  match_labels:\n    role: web\nspec:\n  apps:\n    web: {}\n",
+		"apps/web.yaml":   "image:\n  ref: example/web:1.0@sha256:" + digest + "\n",
+	}
+}
+
+func writeConfig(t *testing.T, repoURL, metricsAddr string) (string, string) {
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	p := filepath.Join(dir, "agent.yaml")
+	cfg := fmt.Sprintf("device_id: d1\nstate_dir: %s\nrepo:\n  url: %s\nmetrics_addr: %q\ndocker_root: \"\"\npoll_interval: 1h\n", state, repoURL, metricsAddr)
+	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p, state
+}
+
+func TestAgentOnceAndStatus(t *testing.T) {
+	f := newFleet(t)
+	f.commit(validFleet())
+	cfgPath, _ := writeConfig(t, "file://"+f.dir, "")
+
+	out, code := runAgentCmd(t, "--config", cfgPath, "--once")
+	if code != exitOK || !strings.Contains(out, "converged") {
+		t.Fatalf("--once on a valid fleet: exit %d\n%s", code, out)
+	}
+	out, code = runAgentCmd(t, "--config", cfgPath, "status")
+	if code != exitOK || !strings.Contains(out, "state      converged") || !strings.Contains(out, "outbox     1 queued") {
+		t.Fatalf("status: exit %d\n%s", code, out)
+	}
+
+	f.commit(map[string]string{"apps/web.yaml": "image:\n  ref: example/web:1.0@sha256:" + digest + "\nports:\n  - host: eighty\n"})
+	out, code = runAgentCmd(t, "--config", cfgPath, "--once")
+	if code != exitUnready || !strings.Contains(out, "stalled spec-invalid") || !strings.Contains(out, "apps/web.yaml:4") {
+		t.Fatalf("--once on an invalid commit: exit %d (want %d)\n%s", code, exitUnready, out)
+	}
+	out, code = runAgentCmd(t, "--config", cfgPath, "status", "--json")
+	var st struct {
+		agent.State
+		Outbox agent.OutboxStats `json:"outbox"`
+	}
+	if err := json.Unmarshal([]byte(out[:strings.LastIndex(out, "}")+1]), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	if code != exitUnready || st.Applied.Commit == "" || st.Attempted.Commit == st.Applied.Commit || st.Outbox.Queued != 2 {
+		t.Fatalf("status --json: exit %d %+v", code, st)
+	}
+}
+
+func TestAgentConfigAndHelp(t *testing.T) {
+	out, code := runAgentCmd(t, "config", "--defaults")
+	if code != 0 || out != agent.DefaultsYAML {
+		t.Fatalf("config --defaults: exit %d, output differs from agent.DefaultsYAML", code)
+	}
+	out, code = runAgentCmd(t, "--help")
+	for _, want := range []string{"--once", "--config", "status", "config", "Exit codes"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Fatalf("--help lacks %q:\n%s", want, out)
+		}
+	}
+	bad := filepath.Join(t.TempDir(), "agent.yaml")
+	os.WriteFile(bad, []byte("device_id: d1\nrepo:\n  url: x\n  brnach: main\n"), 0o600)
+	out, code = runAgentCmd(t, "--config", bad, "config")
+	if code != exitFailed || !strings.Contains(out, "agent.yaml:4:3: unknown field repo.brnach") {
+		t.Fatalf("config check of a typo: exit %d\n%s", code, out)
+	}
+	if _, code := runAgentCmd(t, "--no-such-flag"); code != exitUsage {
+		t.Fatalf("bad flag: exit %d, want %d", code, exitUsage)
+	}
+}
+
+func TestAgentDaemonSIGHUPAndSIGTERM(t *testing.T) {
+	f := newFleet(t)
+	f.commit(validFleet())
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	cfgPath, _ := writeConfig(t, "file://"+f.dir, addr)
+	cmd := agentCmd("--config", cfgPath)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	passes := func() int {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err != nil {
+			return -1
+		}
+		defer resp.Body.Close()
+		var h struct{ Passes int }
+		b, _ := io.ReadAll(resp.Body)
+		json.Unmarshal(b, &h)
+		return h.Passes
+	}
+	waitUntil(t, "the first pass", func() bool { return passes() == 1 })
+	cmd.Process.Signal(syscall.SIGHUP)
+	waitUntil(t, "a pass after SIGHUP", func() bool { return passes() == 2 })
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), `shoal_agent_passes_total{state="converged"} 2`) {
+		t.Fatalf("metrics after two passes:\n%s", b)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, out.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("no exit 15s after SIGTERM\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "agent stopped") {
+		t.Fatalf("no clean stop logged:\n%s", out.String())
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-time.After(20 * time.Millisecond)
+	}
+}
