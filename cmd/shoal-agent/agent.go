@@ -311,4 +311,3 @@ func newAgentConfigCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&defaults, "defaults", false, "print every field with its default and what it does")
 	return cmd
 }
-
