@@ -168,7 +168,7 @@ func (r *Reconciler) Apply(ctx context.Context, dev *spec.Device, p *Plan) *Resu
 		go func() {
 			defer wg.Done()
 			defer close(done[name])
-			ar := r.applyApp(ctx, dev, app, acts, p.hashes[name], done, okApp, &mu, sem)
+			ar := r.applyApp(ctx, dev, app, acts, p.hashes[name], p.observed[name], done, okApp, &mu, sem)
 			mu.Lock()
 			okApp[name] = ar.Error == nil
 			res.Apps = append(res.Apps, ar)
@@ -191,7 +191,7 @@ func (r *Reconciler) Apply(ctx context.Context, dev *spec.Device, p *Plan) *Resu
 }
 
 // applyApp waits for app's dependencies, then runs its actions.
-func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, app *spec.App, acts []Action, hash string,
+func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, app *spec.App, acts []Action, hash string, observed *Container,
 	done map[string]chan struct{}, okApp map[string]bool, mu *sync.Mutex, sem chan struct{}) AppResult {
 	main := acts[len(acts)-1]
 	ar := AppResult{App: app.Name, Action: main.Kind, Reason: main.Reason}
@@ -221,7 +221,10 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, app *spec.A
 			ar.Outcome = OutcomeDrift
 		}
 		if len(acts) == 1 {
-			r.fillState(ctx, &ar, main.ContainerID)
+			// Report what Observe saw: a no-op pass makes no further Engine calls.
+			if c := observed; c != nil {
+				ar.State, ar.Health, ar.RestartCount, ar.ExitCode = c.State, c.Health, c.RestartCount, c.ExitCode
+			}
 			return ar
 		}
 	}

@@ -54,7 +54,7 @@ func randHex(n int) string {
 
 // env is one test's reconciler against the real Engine, with its own prefix and label.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	cli    *client.Client
 	label  string
 	prefix string
@@ -63,7 +63,7 @@ type env struct {
 	opts   Options
 }
 
-func newEnv(t *testing.T, tweak func(*Options)) *env {
+func newEnv(t testing.TB, tweak func(*Options)) *env {
 	t.Helper()
 	cli := dockertest.Client(t)
 	baseOnce.Do(func() {

@@ -66,7 +66,7 @@ func (r *Reconciler) Observe(ctx context.Context, dev *spec.Device) (*Observed, 
 	// Inspect in parallel: exit code, restart count, health and resources are not in the list.
 	var (
 		wg       sync.WaitGroup
-		sem      = make(chan struct{}, 8)
+		sem      = make(chan struct{}, 16)
 		mu       sync.Mutex
 		firstErr error
 	)

@@ -54,7 +54,8 @@ type Plan struct {
 	Drift    []Drift     `json:"drift,omitempty"`
 	Problems []*AppError `json:"problems,omitempty"` // apps that cannot be planned (bad depends_on)
 
-	hashes map[string]string // app -> spec hash, for Apply
+	hashes   map[string]string     // app -> spec hash, for Apply
+	observed map[string]*Container // app -> its container as observed, for reporting kept apps
 }
 
 // Changes counts the actions that are not keep.
@@ -114,7 +115,7 @@ func (r *Reconciler) Plan(dev *spec.Device, obs *Observed) *Plan {
 
 // PlanFor is Plan for a reconciler with the given container-name prefix.
 func PlanFor(dev *spec.Device, obs *Observed, prefix string) *Plan {
-	p := &Plan{Device: dev.ID, Held: dev.Hold, hashes: map[string]string{}}
+	p := &Plan{Device: dev.ID, Held: dev.Hold, hashes: map[string]string{}, observed: map[string]*Container{}}
 	byApp := map[string]*Container{}
 	asideOf := map[string]*Container{}
 	wanted := map[string]bool{}
@@ -147,6 +148,7 @@ func PlanFor(dev *spec.Device, obs *Observed, prefix string) *Plan {
 			p.Actions = append(p.Actions, Action{Kind: KindRemove, App: c.App, Target: c.Name, ContainerID: c.ID, Reason: "duplicate container of app " + c.App})
 		default:
 			byApp[c.App] = c
+			p.observed[c.App] = c
 		}
 	}
 
