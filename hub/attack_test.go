@@ -51,10 +51,10 @@ func TestAttacks(t *testing.T) {
 		ctx := t.Context()
 		clA, keyA := th.enrol(t, "dev-a")
 		clB, _ := th.enrol(t, "dev-b")
-		if _, err := clA.Report(ctx, status("dev-a", 1, api.StateConverged)); err != nil {
+		if _, err := clA.Send(ctx, status("dev-a", 1, api.StateConverged)); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := clB.Report(ctx, status("dev-b", 1, api.StateConverged)); err != nil {
+		if _, err := clB.Send(ctx, status("dev-b", 1, api.StateConverged)); err != nil {
 			t.Fatal(err)
 		}
 		certA := deviceCert(t, clA, keyA)
@@ -188,7 +188,7 @@ func TestAttacks(t *testing.T) {
 		// Re-enrolling with a fresh token lifts the revocation for the new
 		// key only: the old certificate stays refused.
 		clA2, _ := th.enrol(t, "dev-a")
-		if _, err := clA2.Report(ctx, status("dev-a", 2, api.StateConverged)); err != nil {
+		if _, err := clA2.Send(ctx, status("dev-a", 2, api.StateConverged)); err != nil {
 			t.Fatalf("re-enrolled device: %v", err)
 		}
 		code, ae, _ = call(t, th.raw(t, certA), "POST", th.URL+"/v1/status", "", mustJSON(t, status("dev-a", 3, api.StateConverged)))

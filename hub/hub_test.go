@@ -266,7 +266,7 @@ func TestEnrolReportRenew(t *testing.T) {
 			{"late", 3, api.StateWaiting, false, 4},
 		}
 		for _, s := range steps {
-			ack, err := cl.Report(ctx, status("dev-1", s.seq, s.state))
+			ack, err := cl.Send(ctx, status("dev-1", s.seq, s.state))
 			if err != nil {
 				t.Fatalf("%s: %v", s.name, err)
 			}
@@ -301,7 +301,7 @@ func TestEnrolReportRenew(t *testing.T) {
 		if d2.CertSerial == d.CertSerial {
 			t.Error("renewal not recorded")
 		}
-		if _, err := cl.Report(ctx, status("dev-1", 5, api.StateConverged)); err != nil {
+		if _, err := cl.Send(ctx, status("dev-1", 5, api.StateConverged)); err != nil {
 			t.Fatalf("report with renewed certificate: %v", err)
 		}
 	})

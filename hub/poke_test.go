@@ -76,15 +76,15 @@ func operatorPoke(t *testing.T, th *testHub, req api.PokeRequest) api.PokeResult
 func TestPoke(t *testing.T) {
 	th := startHub(t, openSQLite(t))
 	ctx := t.Context()
-	edge, _ := th.enrol(t, "dev-edge")
+	edge, edgeKey := th.enrol(t, "dev-edge")
 	lab, _ := th.enrol(t, "dev-lab")
 	// Reports tell the hub each device's groups.
-	if _, err := edge.Report(ctx, status("dev-edge", 1, api.StateConverged)); err != nil {
+	if _, err := edge.Send(ctx, status("dev-edge", 1, api.StateConverged)); err != nil {
 		t.Fatal(err)
 	}
 	st := status("dev-lab", 1, api.StateConverged)
 	st.Groups = []string{"lab"}
-	if _, err := lab.Report(ctx, st); err != nil {
+	if _, err := lab.Send(ctx, st); err != nil {
 		t.Fatal(err)
 	}
 
@@ -111,6 +111,17 @@ func TestPoke(t *testing.T) {
 	p, cur, err := lab.Poll(ctx, gl.cursor, 5*time.Second)
 	if err != nil || p == nil || cur != res2.ID {
 		t.Fatalf("missed poke: %+v %d %v", p, cur, err)
+	}
+
+	// WaitPoke, the agent's Poker, starts from now: old pokes are not
+	// replayed to a restarted agent, and a timeout is a nil poke.
+	wc, err := client.New(client.Options{Hub: th.URL, Key: edgeKey, Cert: edge.Certificate(), PollWait: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wc.CloseIdleConnections()
+	if p, err := wc.WaitPoke(ctx, 0); p != nil || err != nil {
+		t.Fatalf("WaitPoke replayed %+v, %v", p, err)
 	}
 
 	// A Git webhook pokes everyone.
@@ -143,13 +154,13 @@ func TestTwoHubs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer clB.CloseIdleConnections()
-	if _, err := clA.Report(ctx, status("dev-2h", 1, api.StateConverged)); err != nil {
+	if _, err := clA.Send(ctx, status("dev-2h", 1, api.StateConverged)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := clB.Report(ctx, status("dev-2h", 2, api.StateConverged)); err != nil {
+	if _, err := clB.Send(ctx, status("dev-2h", 2, api.StateConverged)); err != nil {
 		t.Fatal(err)
 	}
-	if ack, err := clB.Report(ctx, status("dev-2h", 1, api.StateConverged)); err != nil || !ack.Duplicate {
+	if ack, err := clB.Send(ctx, status("dev-2h", 1, api.StateConverged)); err != nil || !ack.Duplicate {
 		t.Fatalf("resend through the other hub: %+v %v", ack, err)
 	}
 	pb := poll(t, b, clB, -1, 30*time.Second)
@@ -167,7 +178,7 @@ func TestTwoHubs(t *testing.T) {
 	if code != 204 {
 		t.Fatalf("revoke: %d", code)
 	}
-	if _, err := clB.Report(ctx, status("dev-2h", 3, api.StateConverged)); !isAPI(err, 403, api.ReasonDeviceRevoked) {
+	if _, err := clB.Send(ctx, status("dev-2h", 3, api.StateConverged)); !isAPI(err, 403, api.ReasonDeviceRevoked) {
 		t.Fatalf("revoked device at hub B: %v", err)
 	}
 }
@@ -175,7 +186,7 @@ func TestTwoHubs(t *testing.T) {
 func TestHealthMetricsShutdown(t *testing.T) {
 	th := startHub(t, openSQLite(t))
 	cl, _ := th.enrol(t, "dev-m")
-	if _, err := cl.Report(t.Context(), status("dev-m", 1, api.StateDegraded)); err != nil {
+	if _, err := cl.Send(t.Context(), status("dev-m", 1, api.StateDegraded)); err != nil {
 		t.Fatal(err)
 	}
 	hc := th.raw(t, nil)

@@ -168,8 +168,10 @@ type Options struct {
 	Cert *api.Certificate
 	// Timeout bounds each request (default 30s); a long poll adds its wait.
 	Timeout time.Duration
-	Logger  *slog.Logger
-	Now     func() time.Time
+	// PollWait is how long WaitPoke waits (default 55s; the hub caps it).
+	PollWait time.Duration
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 // Client talks to the hub as one enrolled device over mutual TLS. It is
@@ -179,10 +181,11 @@ type Client struct {
 	base *url.URL
 	hc   *http.Client
 
-	mu   sync.Mutex
-	cert *api.Certificate
-	tc   *tls.Certificate
-	leaf *x509.Certificate
+	mu     sync.Mutex
+	cert   *api.Certificate
+	tc     *tls.Certificate
+	leaf   *x509.Certificate
+	cursor int64 // WaitPoke's next ?after=; -1 = from now
 }
 
 // New builds a client for an enrolled device.
@@ -200,7 +203,10 @@ func New(o Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{o: o, base: base}
+	if o.PollWait <= 0 {
+		o.PollWait = 55 * time.Second
+	}
+	c := &Client{o: o, base: base, cursor: -1}
 	if err := c.setCert(o.Cert); err != nil {
 		return nil, err
 	}
@@ -280,9 +286,15 @@ func (c *Client) Renew(ctx context.Context) (*api.Certificate, error) {
 	return &ac, nil
 }
 
-// Report sends one status report. A resent report (same Seq) is
-// acknowledged as a duplicate, so the outbox may retry freely.
-func (c *Client) Report(ctx context.Context, s *api.Status) (*api.StatusAck, error) {
+// Report delivers one status report (the agent outbox's Reporter). A
+// resent report (same Seq) is acknowledged as a duplicate, which is success.
+func (c *Client) Report(ctx context.Context, s api.Status) error {
+	_, err := c.Send(ctx, &s)
+	return err
+}
+
+// Send sends one status report and returns the hub's acknowledgement.
+func (c *Client) Send(ctx context.Context, s *api.Status) (*api.StatusAck, error) {
 	var ack api.StatusAck
 	if err := c.call(ctx, "POST", "/v1/status", s, &ack); err != nil {
 		return nil, fmt.Errorf("report status %d: %w", s.Seq, err)
@@ -322,6 +334,26 @@ func (c *Client) Attest(ctx context.Context, req *api.AttestRequest) (*api.Attes
 		return nil, fmt.Errorf("attest: %w", err)
 	}
 	return &res, nil
+}
+
+// WaitPoke long-polls for the next poke (the agent's Poker): it returns the
+// poke, or nil when PollWait passed with none. after is the last poke ID the
+// caller saw; 0 means "continue from this client's cursor", which starts at
+// "now", so a restarted agent is not poked by old news.
+func (c *Client) WaitPoke(ctx context.Context, after int64) (*api.Poke, error) {
+	c.mu.Lock()
+	if after <= 0 {
+		after = c.cursor
+	}
+	c.mu.Unlock()
+	p, cur, err := c.Poll(ctx, after, c.o.PollWait)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.cursor = cur
+	c.mu.Unlock()
+	return p, nil
 }
 
 // Poll long-polls for a poke newer than after (after < 0: from now on),
