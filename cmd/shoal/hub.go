@@ -1,0 +1,392 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/hub"
+	"github.com/shoalfleet/shoal/hub/store"
+)
+
+const defaultHubDB = "sqlite:///var/lib/shoal-hub/hub.db"
+
+// newHubCmd is `shoal hub` (run the hub) with `shoal hub token create`
+// (an operator token, written straight to the hub's database).
+func newHubCmd() *cobra.Command {
+	var (
+		listen, db, caCert, caKey, tlsCert, tlsKey, logLevel string
+		hosts                                                []string
+		certTTL, retention, pollWait                         time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "hub",
+		Short: "Run the Shoal hub: enrolment, device status, attestation, pokes",
+		Long: `shoal hub serves the device API (mutual TLS 1.3) and the operator API.
+
+The database is SQLite by default (one hub) or PostgreSQL (several hubs on
+one database; pokes reach devices polling any of them). Migrations run at
+start. The hub CA is taken from --ca-cert/--ca-key, or from the database,
+where it is created on first start.`,
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := hubLogger(cmd.ErrOrStderr(), logLevel)
+			if err != nil {
+				return usageError{err}
+			}
+			ctx := cmd.Context()
+			o := hub.Options{Hosts: hosts, CertTTL: certTTL, Retention: retention, PollWait: pollWait, Logger: log}
+			if (caCert == "") != (caKey == "") {
+				return usageError{errors.New("--ca-cert and --ca-key go together")}
+			}
+			if caCert != "" {
+				if o.CACert, err = os.ReadFile(caCert); err != nil {
+					return err
+				}
+				if o.CAKey, err = os.ReadFile(caKey); err != nil {
+					return err
+				}
+			}
+			if (tlsCert == "") != (tlsKey == "") {
+				return usageError{errors.New("--tls-cert and --tls-key go together")}
+			}
+			if tlsCert != "" {
+				tc, err := tls.LoadX509KeyPair(tlsCert, tlsKey)
+				if err != nil {
+					return fmt.Errorf("server certificate: %w", err)
+				}
+				o.TLSCert = &tc
+			}
+			st, err := store.Open(ctx, db)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			o.Store = st
+			h, err := hub.New(ctx, o)
+			if err != nil {
+				return err
+			}
+			l, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("listen: %w", err)
+			}
+			return h.Run(ctx, l)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&listen, "listen", ":8443", "address to serve HTTPS on")
+	f.StringVar(&db, "db", defaultHubDB, "database: sqlite:///path or postgres://…")
+	f.StringVar(&caCert, "ca-cert", "", "hub CA certificate (PEM); default: the CA in the database")
+	f.StringVar(&caKey, "ca-key", "", "hub CA private key (PEM)")
+	f.StringVar(&tlsCert, "tls-cert", "", "server certificate (PEM); default: issued by the hub CA for --host")
+	f.StringVar(&tlsKey, "tls-key", "", "server certificate key (PEM)")
+	f.StringSliceVar(&hosts, "host", nil, "names and IPs for the server certificate (default localhost, loopback and the host name)")
+	f.DurationVar(&certTTL, "cert-ttl", 7*24*time.Hour, "device certificate lifetime (devices renew after two thirds)")
+	f.DurationVar(&retention, "retention", 30*24*time.Hour, "keep status reports this long (each device's latest is kept)")
+	f.DurationVar(&pollWait, "poll-wait", 60*time.Second, "longest long poll")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+
+	tok := &cobra.Command{Use: "token", Short: "Operator tokens for the hub's operator API"}
+	var ttl time.Duration
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Create an operator token (printed once; only its hash is stored)",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := store.Open(cmd.Context(), db)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			t, err := hub.CreateOperatorToken(cmd.Context(), st, ttl, time.Now())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), t)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&db, "db", defaultHubDB, "the hub's database")
+	create.Flags().DurationVar(&ttl, "ttl", 0, "lifetime (0: until revoked)")
+	revoke := &cobra.Command{
+		Use:   "revoke TOKEN",
+		Short: "Revoke an operator or enrolment token in the hub's database",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := store.Open(cmd.Context(), db)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			return hub.RevokeToken(cmd.Context(), st, args[0])
+		},
+	}
+	revoke.Flags().StringVar(&db, "db", defaultHubDB, "the hub's database")
+	tok.AddCommand(create, revoke)
+
+	dev := &cobra.Command{Use: "device", Short: "Devices enrolled with a hub (operator API)"}
+	var oc opConn
+	revokeDev := &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke a device: its certificate is refused at once",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return oc.do(cmd.Context(), "POST", "/v1/admin/devices/"+url.PathEscape(args[0])+"/revoke", nil, nil)
+		},
+	}
+	oc.flags(revokeDev)
+	var oc2 opConn
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List devices with their latest state",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var ds []api.Device
+			if err := oc2.do(cmd.Context(), "GET", "/v1/admin/devices", nil, &ds); err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "%-24s %-10s %-8s %-8s %s\n", "DEVICE", "STATE", "SEQ", "KEY", "LAST SEEN")
+			for _, d := range ds {
+				state := string(d.State)
+				if d.Revoked {
+					state = "revoked"
+				}
+				seen := "-"
+				if !d.LastSeen.IsZero() {
+					seen = d.LastSeen.Format(time.RFC3339)
+				}
+				fmt.Fprintf(w, "%-24s %-10s %-8d %-8s %s\n", d.ID, dash(state), d.LatestSeq, d.KeyKind, seen)
+			}
+			return nil
+		},
+	}
+	oc2.flags(list)
+	dev.AddCommand(revokeDev, list)
+	cmd.AddCommand(tok, dev)
+	return cmd
+}
+
+func hubLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// newTokenCmd is `shoal token create --device ID [--ttl 24h]`: a one-time
+// enrolment token from the hub's operator API.
+func newTokenCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "token", Short: "Enrolment tokens for devices"}
+	var (
+		oc     opConn
+		device string
+		ttl    time.Duration
+		asJSON bool
+	)
+	create := &cobra.Command{
+		Use:   "create --device ID",
+		Short: "Create a one-time enrolment token for a device",
+		Long: `Create a one-time enrolment token for a device. Give the token and the CA
+fingerprint to the device (provisioning does):
+
+  shoal-agent enrol --hub URL --token TOKEN --ca-fingerprint FP`,
+		Args: exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if device == "" {
+				return usageError{errors.New("--device is required")}
+			}
+			if !api.ValidDeviceID(device) {
+				return usageError{fmt.Errorf("--device %q: lowercase letters, digits, '.', '_', '-'; at most 64", device)}
+			}
+			var tr api.TokenResponse
+			if err := oc.do(cmd.Context(), "POST", "/v1/admin/tokens", &api.TokenRequest{APIVersion: api.Version, DeviceID: device, TTL: ttl}, &tr); err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			if asJSON {
+				return json.NewEncoder(w).Encode(&tr)
+			}
+			fmt.Fprintf(w, "token:          %s\nexpires:        %s\nca-fingerprint: %s\n", tr.Token, tr.Expires.Format(time.RFC3339), tr.CAFingerprint)
+			return nil
+		},
+	}
+	oc.flags(create)
+	create.Flags().StringVar(&device, "device", "", "device ID the token enrols")
+	create.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token stays usable")
+	create.Flags().BoolVar(&asJSON, "json", false, "print the token response as JSON")
+	var oc2 opConn
+	revoke := &cobra.Command{
+		Use:   "revoke TOKEN",
+		Short: "Revoke an unused enrolment token",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return oc2.do(cmd.Context(), "POST", "/v1/admin/tokens/revoke", &api.TokenRevokeRequest{APIVersion: api.Version, Token: args[0]}, nil)
+		},
+	}
+	oc2.flags(revoke)
+	cmd.AddCommand(create, revoke)
+	return cmd
+}
+
+// newPokeCmd is `shoal poke [--group G] [--device ID]… [--commit C]`: tell
+// devices to fetch now.
+func newPokeCmd() *cobra.Command {
+	var (
+		oc      opConn
+		group   string
+		devices []string
+		commit  string
+	)
+	cmd := &cobra.Command{
+		Use:   "poke",
+		Short: "Tell devices (all, a group, or some) to fetch the fleet repo now",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req := &api.PokeRequest{APIVersion: api.Version, Group: group, Devices: devices, Commit: commit, Reason: "operator"}
+			if err := req.Validate(); err != nil {
+				return usageError{err}
+			}
+			var res api.PokeResult
+			if err := oc.do(cmd.Context(), "POST", "/v1/admin/pokes", req, &res); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "poke %d sent to %d device(s)\n", res.ID, res.Devices)
+			return nil
+		},
+	}
+	oc.flags(cmd)
+	cmd.Flags().StringVar(&group, "group", "", "only devices in this fleet group")
+	cmd.Flags().StringSliceVar(&devices, "device", nil, "only these devices (repeatable)")
+	cmd.Flags().StringVar(&commit, "commit", "", "the commit to announce")
+	return cmd
+}
+
+// opConn is the operator's connection to a hub: URL, token, and how to trust it.
+type opConn struct {
+	hubURL, tokenFile, caFile, caFingerprint string
+}
+
+func (o *opConn) flags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&o.hubURL, "hub", os.Getenv("SHOAL_HUB"), "hub URL, e.g. https://hub:8443 (env SHOAL_HUB)")
+	f.StringVar(&o.tokenFile, "token-file", os.Getenv("SHOAL_OPERATOR_TOKEN_FILE"), "file holding the operator token (env SHOAL_OPERATOR_TOKEN_FILE; or set SHOAL_OPERATOR_TOKEN)")
+	f.StringVar(&o.caFile, "ca", os.Getenv("SHOAL_HUB_CA"), "hub CA certificate (PEM) to trust (env SHOAL_HUB_CA)")
+	f.StringVar(&o.caFingerprint, "ca-fingerprint", os.Getenv("SHOAL_HUB_CA_FINGERPRINT"), "sha256 of the hub CA to trust instead of --ca (env SHOAL_HUB_CA_FINGERPRINT)")
+}
+
+func (o *opConn) client() (*http.Client, *url.URL, string, error) {
+	if o.hubURL == "" {
+		return nil, nil, "", usageError{errors.New("--hub (or SHOAL_HUB) is required")}
+	}
+	u, err := url.Parse(strings.TrimRight(o.hubURL, "/"))
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, nil, "", usageError{fmt.Errorf("--hub %q: want https://host[:port]", o.hubURL)}
+	}
+	tok := os.Getenv("SHOAL_OPERATOR_TOKEN")
+	if o.tokenFile != "" {
+		b, err := os.ReadFile(o.tokenFile)
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("operator token: %w", err)
+		}
+		tok = strings.TrimSpace(string(b))
+	}
+	if tok == "" {
+		return nil, nil, "", usageError{errors.New("an operator token is required: --token-file or SHOAL_OPERATOR_TOKEN (make one with `shoal hub token create`)")}
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS13, ServerName: u.Hostname()}
+	switch {
+	case o.caFile != "":
+		b, err := os.ReadFile(o.caFile)
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("--ca: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(b) {
+			return nil, nil, "", fmt.Errorf("--ca %s: no PEM certificate", o.caFile)
+		}
+	case o.caFingerprint != "":
+		fp, err := hex.DecodeString(strings.ReplaceAll(o.caFingerprint, ":", ""))
+		if err != nil || len(fp) != sha256.Size {
+			return nil, nil, "", usageError{errors.New("--ca-fingerprint: want 64 hex digits")}
+		}
+		// Standard verification against the pinned CA only, done below.
+		tc.InsecureSkipVerify = true
+		tc.VerifyConnection = func(cs tls.ConnectionState) error {
+			for _, c := range cs.PeerCertificates[1:] {
+				if sum := sha256.Sum256(c.Raw); bytes.Equal(sum[:], fp) && c.IsCA {
+					pool := x509.NewCertPool()
+					pool.AddCert(c)
+					_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: pool, DNSName: u.Hostname()})
+					return err
+				}
+			}
+			return errors.New("hub did not present the pinned CA")
+		}
+	}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, Proxy: http.ProxyFromEnvironment}}
+	return hc, u, tok, nil
+}
+
+func (o *opConn) do(ctx context.Context, method, path string, in, out any) error {
+	hc, u, tok, err := o.client()
+	if err != nil {
+		return err
+	}
+	defer hc.CloseIdleConnections()
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String()+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("hub: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("hub: %w", err)
+	}
+	if resp.StatusCode >= 400 {
+		var ae api.Error
+		if json.Unmarshal(b, &ae) == nil && ae.Reason != "" {
+			return &ae
+		}
+		return fmt.Errorf("hub: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	if out != nil && resp.StatusCode != http.StatusNoContent {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("hub: decode response: %w", err)
+		}
+	}
+	return nil
+}
