@@ -3,6 +3,7 @@ package reconcile
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,18 +15,20 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/shoalfleet/shoal/spec"
 )
 
 // AppError is a failure of one app, naming the spec field at fault and a
-// stable machine reason (image-verify-failed, port-conflict, health-failed, ...).
+// stable machine code (image-verify-failed, port-conflict, health-failed, ...).
+// The agent reads Reason and Stalled to decide whether to retry.
 type AppError struct {
-	App    string `json:"app"`
-	Field  string `json:"field,omitempty"`
-	Reason string `json:"reason"`
-	Err    error  `json:"-"`
+	App   string
+	Field string
+	Code  string
+	Err   error
 }
 
 func (e *AppError) Error() string {
@@ -37,8 +40,27 @@ func (e *AppError) Error() string {
 
 func (e *AppError) Unwrap() error { return e.Err }
 
-// MarshalText lets a plan print its problems as JSON.
-func (e *AppError) MarshalText() ([]byte, error) { return []byte(e.Error()), nil }
+// Reason is the stable machine reason for status reports.
+func (e *AppError) Reason() string { return e.Code }
+
+// stalledCodes need a change to the spec (or a person) before a retry can help.
+var stalledCodes = map[string]bool{
+	"spec-invalid": true, "image-verify-failed": true, "health-failed": true,
+	"name-conflict": true, "dependency-failed": false,
+}
+
+// Stalled reports whether retrying the same spec cannot help.
+func (e *AppError) Stalled() bool { return stalledCodes[e.Code] }
+
+// MarshalJSON writes the error as {app, field, reason, message} for status reports.
+func (e *AppError) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		App     string `json:"app"`
+		Field   string `json:"field,omitempty"`
+		Reason  string `json:"reason"`
+		Message string `json:"message"`
+	}{e.App, e.Field, e.Code, e.Error()})
+}
 
 // Outcomes of one app in a pass.
 const (
@@ -64,6 +86,7 @@ type AppResult struct {
 	Health       string    `json:"health,omitempty"`
 	RestartCount int       `json:"restart_count"`
 	ExitCode     int       `json:"exit_code"`
+	Drift        string    `json:"drift,omitempty"` // what changed outside Shoal, if anything
 	Error        *AppError `json:"error,omitempty"`
 	Logs         []string  `json:"logs,omitempty"` // last lines of the failed version, on rollback or failure
 }
@@ -76,6 +99,43 @@ type Result struct {
 	Apps   []AppResult `json:"apps"`
 	Drift  []Drift     `json:"drift,omitempty"`
 	Errors []*AppError `json:"errors,omitempty"` // failures not tied to an app's rollout (networks, pruning, problems)
+}
+
+// Converged reports whether every app is as the spec says: nothing failed,
+// nothing held, no drift left alone.
+func (res *Result) Converged() bool {
+	if res.Held || len(res.Errors) > 0 {
+		return false
+	}
+	for _, a := range res.Apps {
+		if a.Error != nil || a.Outcome == OutcomeDrift {
+			return false
+		}
+	}
+	return true
+}
+
+// Summary is one line for logs and status, e.g. "3 apps: 1 updated, 2 unchanged".
+func (res *Result) Summary() string {
+	counts := map[string]int{}
+	for _, a := range res.Apps {
+		counts[a.Outcome]++
+	}
+	var parts []string
+	for _, o := range sortedKeys(counts) {
+		parts = append(parts, fmt.Sprintf("%d %s", counts[o], o))
+	}
+	s := fmt.Sprintf("%d apps", len(res.Apps))
+	if len(parts) > 0 {
+		s += ": " + strings.Join(parts, ", ")
+	}
+	if res.Held {
+		s += fmt.Sprintf(" (held; %d change(s) pending)", res.Plan.Changes())
+	}
+	if len(res.Drift) > 0 {
+		s += fmt.Sprintf("; %d drifted", len(res.Drift))
+	}
+	return s
 }
 
 // Err joins every app failure, or is nil when all apps converged.
@@ -114,8 +174,13 @@ func (r *Reconciler) Apply(ctx context.Context, dev *spec.Device, p *Plan) *Resu
 		for _, name := range order {
 			acts := byApp[name]
 			last := acts[len(acts)-1]
-			res.Apps = append(res.Apps, AppResult{App: name, Action: last.Kind, Reason: last.Reason, Outcome: OutcomeHeld})
+			ar := AppResult{App: name, Action: last.Kind, Reason: last.Reason, Outcome: OutcomeHeld}
+			if c := p.observed[name]; c != nil {
+				ar.State, ar.Health, ar.RestartCount, ar.ExitCode = c.State, c.Health, c.RestartCount, c.ExitCode
+			}
+			res.Apps = append(res.Apps, ar)
 		}
+		res.finish()
 		return res
 	}
 	var mu sync.Mutex
@@ -125,7 +190,7 @@ func (r *Reconciler) Apply(ctx context.Context, dev *spec.Device, p *Plan) *Resu
 	for _, a := range p.Actions {
 		if a.Kind == KindNetwork {
 			if err := r.createNetwork(ctx, a.Target); err != nil {
-				addErr(&AppError{App: "", Field: "network", Reason: "network-create-failed", Err: err})
+				addErr(&AppError{App: "", Field: "network", Code: "network-create-failed", Err: err})
 			}
 		}
 	}
@@ -140,7 +205,7 @@ func (r *Reconciler) Apply(ctx context.Context, dev *spec.Device, p *Plan) *Resu
 			ar := AppResult{App: a.App, Action: a.Kind, Reason: a.Reason, Outcome: OutcomeRemoved}
 			if err := r.removeContainer(ctx, a.ContainerID); err != nil {
 				ar.Outcome = OutcomeFailed
-				ar.Error = &AppError{App: a.App, Reason: "remove-failed", Err: err}
+				ar.Error = &AppError{App: a.App, Code: "remove-failed", Err: err}
 			} else {
 				r.mu.Lock()
 				delete(r.applied, a.App)
@@ -186,8 +251,20 @@ func (r *Reconciler) Apply(ctx context.Context, dev *spec.Device, p *Plan) *Resu
 			}
 		}
 	}
-	sort.Slice(res.Apps, func(i, j int) bool { return res.Apps[i].App < res.Apps[j].App })
+	res.finish()
 	return res
+}
+
+// finish sorts the apps and attaches each app's drift.
+func (res *Result) finish() {
+	sort.Slice(res.Apps, func(i, j int) bool { return res.Apps[i].App < res.Apps[j].App })
+	for _, d := range res.Drift {
+		for i := range res.Apps {
+			if res.Apps[i].App == d.App {
+				res.Apps[i].Drift = d.What
+			}
+		}
+	}
 }
 
 // applyApp waits for app's dependencies, then runs its actions.
@@ -203,7 +280,7 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, app *spec.A
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			ar.Outcome, ar.Error = OutcomeFailed, &AppError{App: app.Name, Reason: "canceled", Err: ctx.Err()}
+			ar.Outcome, ar.Error = OutcomeFailed, &AppError{App: app.Name, Code: "canceled", Err: ctx.Err()}
 			return ar
 		}
 		mu.Lock()
@@ -211,7 +288,7 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, app *spec.A
 		mu.Unlock()
 		if !depOK {
 			ar.Outcome = OutcomeFailed
-			ar.Error = &AppError{App: app.Name, Field: "depends_on", Reason: "dependency-failed", Err: fmt.Errorf("dependency %q is not healthy", d)}
+			ar.Error = &AppError{App: app.Name, Field: "depends_on", Code: "dependency-failed", Err: fmt.Errorf("dependency %q is not healthy", d)}
 			return ar
 		}
 	}
@@ -231,7 +308,7 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, app *spec.A
 	select {
 	case sem <- struct{}{}:
 	case <-ctx.Done():
-		ar.Outcome, ar.Error = OutcomeFailed, &AppError{App: app.Name, Reason: "canceled", Err: ctx.Err()}
+		ar.Outcome, ar.Error = OutcomeFailed, &AppError{App: app.Name, Code: "canceled", Err: ctx.Err()}
 		return ar
 	}
 	defer func() { <-sem }()
@@ -269,7 +346,7 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, app *spec.A
 		if err != nil {
 			var ae *AppError
 			if !errors.As(err, &ae) {
-				ae = &AppError{App: app.Name, Reason: "engine-error", Err: err}
+				ae = &AppError{App: app.Name, Code: "engine-error", Err: err}
 			}
 			ar.Error = ae
 			if ar.Outcome != OutcomeRolledBack {
@@ -314,9 +391,9 @@ func (r *Reconciler) createContainer(ctx context.Context, dev *spec.Device, app 
 	if err != nil {
 		var fe *fieldError
 		if errors.As(err, &fe) {
-			return "", &AppError{App: app.Name, Field: fe.field, Reason: "spec-invalid", Err: errors.New(fe.msg)}
+			return "", &AppError{App: app.Name, Field: fe.field, Code: "spec-invalid", Err: errors.New(fe.msg)}
 		}
-		return "", &AppError{App: app.Name, Reason: "spec-invalid", Err: err}
+		return "", &AppError{App: app.Name, Code: "spec-invalid", Err: err}
 	}
 	resp, err := r.eng.ContainerCreate(ctx, cfg, host, netCfg, nil, name)
 	if err != nil {
@@ -325,7 +402,7 @@ func (r *Reconciler) createContainer(ctx context.Context, dev *spec.Device, app 
 	for _, n := range networksOf(dev, app)[1:] {
 		if err := r.eng.NetworkConnect(ctx, n, resp.ID, endpoint(n, app.Name)); err != nil {
 			r.removeContainer(ctx, resp.ID)
-			return "", &AppError{App: app.Name, Field: "networks", Reason: "network-connect-failed", Err: fmt.Errorf("connect to %q: %w", n, err)}
+			return "", &AppError{App: app.Name, Field: "networks", Code: "network-connect-failed", Err: fmt.Errorf("connect to %q: %w", n, err)}
 		}
 	}
 	return resp.ID, nil
@@ -335,35 +412,37 @@ func (r *Reconciler) createContainer(ctx context.Context, dev *spec.Device, app 
 // an AppError naming the spec field it points at.
 func (r *Reconciler) engineError(app *spec.App, op string, err error) *AppError {
 	msg := err.Error()
-	ae := &AppError{App: app.Name, Reason: op + "-failed", Err: fmt.Errorf("%s: %w", op, err)}
+	ae := &AppError{App: app.Name, Code: op + "-failed", Err: fmt.Errorf("%s: %w", op, err)}
 	switch {
+	case client.IsErrConnectionFailed(err) || cerrdefs.IsUnavailable(err):
+		ae.Code, ae.Err = "engine-unavailable", fmt.Errorf("%s: %w: %w", op, ErrEngine, err)
 	case cerrdefs.IsConflict(err) && strings.Contains(msg, "is already in use"):
-		ae.Field, ae.Reason = "name", "name-conflict"
+		ae.Field, ae.Code = "name", "name-conflict"
 		ae.Err = fmt.Errorf("%w: container name %q is taken: %w", ErrNotOwned, r.containerName(app.Name), err)
 	case strings.Contains(msg, "port is already allocated") || strings.Contains(msg, "address already in use"):
-		ae.Field, ae.Reason = "ports", "port-conflict"
+		ae.Field, ae.Code = "ports", "port-conflict"
 		for i, p := range app.Ports {
 			if strings.Contains(msg, fmt.Sprintf(":%d", p.Host)) {
 				ae.Field = fmt.Sprintf("ports[%d].host", i)
 			}
 		}
 	case strings.Contains(msg, "bind source path does not exist") || strings.Contains(msg, "invalid mount config"):
-		ae.Field, ae.Reason = "volumes", "mount-failed"
+		ae.Field, ae.Code = "volumes", "mount-failed"
 		for i, v := range app.Volumes {
 			if v.Source != "" && strings.Contains(msg, v.Source) {
 				ae.Field = fmt.Sprintf("volumes[%d].source", i)
 			}
 		}
 	case strings.Contains(msg, "No such image") || cerrdefs.IsNotFound(err) && strings.Contains(msg, "image"):
-		ae.Field, ae.Reason = "image.ref", "image-missing"
+		ae.Field, ae.Code = "image.ref", "image-missing"
 	case strings.Contains(msg, "error gathering device information") || strings.Contains(msg, "no such file or directory") && len(app.Devices) > 0:
-		ae.Field, ae.Reason = "devices", "device-missing"
+		ae.Field, ae.Code = "devices", "device-missing"
 	case strings.Contains(msg, "network") && cerrdefs.IsNotFound(err):
-		ae.Field, ae.Reason = "networks", "network-missing"
+		ae.Field, ae.Code = "networks", "network-missing"
 	case strings.Contains(msg, "unable to find user") || strings.Contains(msg, "no matching entries in passwd"):
-		ae.Field, ae.Reason = "user", "user-invalid"
+		ae.Field, ae.Code = "user", "user-invalid"
 	case cerrdefs.IsInvalidArgument(err):
-		ae.Reason = "spec-invalid"
+		ae.Code = "spec-invalid"
 	}
 	return ae
 }
@@ -396,11 +475,11 @@ func (r *Reconciler) recreate(ctx context.Context, dev *spec.Device, app *spec.A
 	name, aside := r.containerName(app.Name), r.asideName(app.Name)
 	old, err := r.eng.ContainerInspect(ctx, oldID)
 	if err != nil {
-		return "", &AppError{App: app.Name, Reason: "engine-error", Err: fmt.Errorf("inspect current container: %w", err)}
+		return "", &AppError{App: app.Name, Code: "engine-error", Err: fmt.Errorf("inspect current container: %w", err)}
 	}
 	wasRunning := old.State != nil && (old.State.Running || old.State.Restarting)
 	if err := r.eng.ContainerRename(ctx, oldID, aside); err != nil {
-		return "", &AppError{App: app.Name, Reason: "engine-error", Err: fmt.Errorf("rename current container aside: %w", err)}
+		return "", &AppError{App: app.Name, Code: "engine-error", Err: fmt.Errorf("rename current container aside: %w", err)}
 	}
 	putBack := func() {
 		// A fresh context: a canceled pass must still leave the last good version running.
@@ -444,7 +523,7 @@ func (r *Reconciler) recreate(ctx context.Context, dev *spec.Device, app *spec.A
 	}
 	if wasRunning {
 		if err := r.stop(ctx, oldID); err != nil {
-			return "", rollback(&AppError{App: app.Name, Reason: "engine-error", Err: fmt.Errorf("stop previous version: %w", err)})
+			return "", rollback(&AppError{App: app.Name, Code: "engine-error", Err: fmt.Errorf("stop previous version: %w", err)})
 		}
 	}
 	if err := r.eng.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
@@ -470,7 +549,7 @@ func (r *Reconciler) markFailed(app *spec.App, dev *spec.Device) {
 func (r *Reconciler) start(ctx context.Context, app *spec.App, id string, ar *AppResult) error {
 	ins, err := r.eng.ContainerInspect(ctx, id)
 	if err != nil {
-		return &AppError{App: app.Name, Reason: "engine-error", Err: err}
+		return &AppError{App: app.Name, Code: "engine-error", Err: err}
 	}
 	if ins.State != nil && ins.State.Paused {
 		err = r.eng.ContainerUnpause(ctx, id)
@@ -491,7 +570,7 @@ func (r *Reconciler) start(ctx context.Context, app *spec.App, id string, ar *Ap
 // restore puts a container left aside by an interrupted rollout back under its name.
 func (r *Reconciler) restore(ctx context.Context, app *spec.App, id string) error {
 	if err := r.eng.ContainerRename(ctx, id, r.containerName(app.Name)); err != nil {
-		return &AppError{App: app.Name, Reason: "engine-error", Err: fmt.Errorf("rename back: %w", err)}
+		return &AppError{App: app.Name, Code: "engine-error", Err: fmt.Errorf("rename back: %w", err)}
 	}
 	if err := r.eng.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
 		return r.engineError(app, "start", err)
@@ -582,13 +661,13 @@ func (r *Reconciler) waitHealthy(ctx context.Context, id string, app *spec.App) 
 			}
 			// A container that exited and will not be restarted cannot become healthy.
 			if (st.Status == "exited" || st.Status == "dead") && (app.Restart == "" || app.Restart == "no") {
-				return &AppError{App: app.Name, Field: "healthcheck", Reason: "health-failed",
+				return &AppError{App: app.Name, Field: "healthcheck", Code: "health-failed",
 					Err: fmt.Errorf("%w: exited with code %d", ErrUnhealthy, st.ExitCode)}
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return &AppError{App: app.Name, Field: "healthcheck", Reason: "health-failed",
+			return &AppError{App: app.Name, Field: "healthcheck", Code: "health-failed",
 				Err: fmt.Errorf("%w: not healthy after %s: %s", ErrUnhealthy, limit, last)}
 		case <-tick.C:
 		}

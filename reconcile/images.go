@@ -112,7 +112,7 @@ func (r *Reconciler) ensureImage(ctx context.Context, app *spec.App, kind Kind) 
 	switch kind {
 	case KindPull:
 		if err := r.pull(ctx, ref); err != nil {
-			return &AppError{App: app.Name, Field: "image.ref", Reason: "image-pull-failed", Err: err}
+			return &AppError{App: app.Name, Field: "image.ref", Code: "image-pull-failed", Err: err}
 		}
 		return nil
 	case KindLoad:
@@ -142,7 +142,7 @@ func (r *Reconciler) load(ctx context.Context, app *spec.App) error {
 	src := app.Image.Source
 	ref := app.Image.Ref
 	fail := func(field, reason string, err error) error {
-		return &AppError{App: app.Name, Field: field, Reason: reason, Err: err}
+		return &AppError{App: app.Name, Field: field, Code: reason, Err: err}
 	}
 	if !validSHA256(src.SHA256) {
 		return fail("image.source.sha256", "spec-invalid", fmt.Errorf("%q is not 64 lowercase hex digits", src.SHA256))

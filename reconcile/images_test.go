@@ -87,7 +87,7 @@ func TestImageTarsLoadedVerifiedAndPruned(t *testing.T) {
 	bad.Image = spec.Image{Ref: "shoal-reconcile-test/tampered:" + e.label, Source: &spec.ImageSource{URL: srv.URL + "/app.tar", SHA256: repoSum}}
 	dev.Apps = append(dev.Apps, bad)
 	res = e.reconcile(dev)
-	if a := appResult(t, res, "tampered"); a.Error == nil || a.Error.Reason != "image-verify-failed" || !strings.Contains(a.Error.Error(), "image.source.sha256") {
+	if a := appResult(t, res, "tampered"); a.Error == nil || a.Error.Code != "image-verify-failed" || !strings.Contains(a.Error.Error(), "image.source.sha256") {
 		t.Errorf("tampered: %+v", a.Error)
 	}
 	if _, err := e.cli.ImageInspect(context.Background(), bad.Image.Ref); !cerrdefs.IsNotFound(err) {

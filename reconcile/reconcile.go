@@ -41,8 +41,9 @@ const (
 
 // Sentinel errors by what the caller does next.
 var (
-	// ErrEngine means the Docker Engine was unreachable or answered errors: retry later.
-	ErrEngine = errors.New("docker engine unavailable")
+	// ErrEngine means the Docker Engine was unreachable or answered errors: retry
+	// later. Its Reason is "engine-unavailable".
+	ErrEngine error = &reasonError{"docker engine unavailable", "engine-unavailable"}
 	// ErrImageVerify means an image tar did not match its sha256: stalled until the spec changes.
 	ErrImageVerify = errors.New("image verification failed")
 	// ErrUnhealthy means a new version did not become healthy in time and was rolled back.
@@ -50,6 +51,12 @@ var (
 	// ErrNotOwned means a container name Shoal needs belongs to a container it does not own.
 	ErrNotOwned = errors.New("container not owned by shoal")
 )
+
+// reasonError is a sentinel that also carries a stable machine reason.
+type reasonError struct{ msg, reason string }
+
+func (e *reasonError) Error() string  { return e.msg }
+func (e *reasonError) Reason() string { return e.reason }
 
 // Engine is the part of the Docker Engine API the reconciler calls.
 // *client.Client implements it.

@@ -46,7 +46,7 @@ func TestRollbackOnFailedHealth(t *testing.T) {
 			start := time.Now()
 			res := e.reconcile(dev)
 			a := appResult(t, res, "web")
-			if a.Outcome != OutcomeRolledBack || !errors.Is(a.Error, ErrUnhealthy) || a.Error.Reason != "health-failed" {
+			if a.Outcome != OutcomeRolledBack || !errors.Is(a.Error, ErrUnhealthy) || a.Error.Code != "health-failed" {
 				t.Fatalf("want rolled-back with ErrUnhealthy, got %+v (err %v)", a, a.Error)
 			}
 			if a.ExitCode != tc.exitCode {
@@ -120,8 +120,12 @@ func TestFaultsNameAppAndField(t *testing.T) {
 			if a.Error == nil {
 				t.Fatalf("bad app did not fail: %+v", a)
 			}
-			if a.Error.Field != tc.field || a.Error.Reason != tc.reason || !strings.Contains(a.Error.Error(), `app "bad": `+tc.field) {
-				t.Errorf("error %q (field %q reason %q), want field %q reason %q", a.Error, a.Error.Field, a.Error.Reason, tc.field, tc.reason)
+			if a.Error.Field != tc.field || a.Error.Code != tc.reason || !strings.Contains(a.Error.Error(), `app "bad": `+tc.field) {
+				t.Errorf("error %q (field %q reason %q), want field %q reason %q", a.Error, a.Error.Field, a.Error.Code, tc.field, tc.reason)
+			}
+			var reason interface{ Reason() string }
+			if !errors.As(res.Err(), &reason) || reason.Reason() != tc.reason {
+				t.Errorf("the pass error does not carry reason %q: %v", tc.reason, res.Err())
 			}
 			if id, st := e.inspect("bad"); id != badID || st != "running" {
 				t.Errorf("last good container of bad: same %v, state %q", id == badID, st)
@@ -170,6 +174,10 @@ func TestEngineUnavailable(t *testing.T) {
 			}
 			if attempts != 3 {
 				t.Errorf("%d attempts, want 3", attempts)
+			}
+			var reason interface{ Reason() string }
+			if !errors.As(err, &reason) || reason.Reason() != "engine-unavailable" {
+				t.Errorf("error carries no engine-unavailable reason: %v", err)
 			}
 			if !strings.Contains(err.Error(), "after 3 attempt") {
 				t.Errorf("error does not say it retried: %v", err)
