@@ -12,8 +12,9 @@ import (
 type MemNonceStore struct {
 	Retain time.Duration // default 10 minutes
 
-	mu sync.Mutex
-	m  map[string]*memNonce
+	mu     sync.Mutex
+	m      map[string]*memNonce
+	issued int
 }
 
 type memNonce struct {
@@ -37,10 +38,13 @@ func (s *MemNonceStore) Issue(ctx context.Context, deviceID string, nonce []byte
 	if retain <= 0 {
 		retain = 10 * time.Minute
 	}
-	// Prune relative to the newest expiry: the store keeps no clock of its own.
-	for k, n := range s.m {
-		if n.expires.Add(retain).Before(expires) && expires.Sub(n.expires) > 2*retain {
-			delete(s.m, k)
+	// Prune now and then, relative to the newest expiry: the store keeps no
+	// clock of its own.
+	if s.issued++; s.issued%256 == 0 {
+		for k, n := range s.m {
+			if expires.Sub(n.expires) > retain {
+				delete(s.m, k)
+			}
 		}
 	}
 	s.m[nonceKey(deviceID, nonce)] = &memNonce{expires: expires}

@@ -178,7 +178,7 @@ func (v *Verifier) verify(ctx context.Context, r Request) (*Result, error) {
 		return nil, ErrBadSignature
 	}
 
-	nonce := p.attest.ExtraData.Buffer
+	nonce := p.extraData
 	if len(nonce) < MinNonce {
 		return nil, fmt.Errorf("nonce is %d bytes: %w", len(nonce), ErrShortNonce)
 	}
@@ -190,7 +190,7 @@ func (v *Verifier) verify(ctx context.Context, r Request) (*Result, error) {
 		return nil, err
 	}
 
-	ci := p.attest.ClockInfo
+	ci := p.clock
 	if ci.Safe != tpm2.TPMIYesNo(true) {
 		return nil, ErrClockUnsafe
 	}
@@ -208,14 +208,13 @@ func (v *Verifier) verify(ctx context.Context, r Request) (*Result, error) {
 		}
 	}
 
-	sels := p.info.PCRSelect.PCRSelections
-	if len(sels) != 1 {
-		return nil, fmt.Errorf("%d PCR banks selected, want 1: %w", len(sels), ErrPCRSelection)
+	if len(p.banks) != 1 {
+		return nil, fmt.Errorf("%d PCR banks selected, want 1: %w", len(p.banks), ErrPCRSelection)
 	}
-	if sels[0].Hash != tpm2.TPMAlgSHA256 {
-		return nil, fmt.Errorf("bank %#x: %w", uint16(sels[0].Hash), ErrHashBank)
+	if p.banks[0].hash != tpm2.TPMAlgSHA256 {
+		return nil, fmt.Errorf("bank %#x: %w", uint16(p.banks[0].hash), ErrHashBank)
 	}
-	got := selectedPCRs(sels[0].PCRSelect)
+	got := selectedPCRs(p.banks[0].bitmap)
 	if !slices.Equal(got, want) {
 		return nil, fmt.Errorf("quoted PCRs %v, policy selects %v: %w", got, want, ErrPCRSelection)
 	}
@@ -227,12 +226,12 @@ func (v *Verifier) verify(ctx context.Context, r Request) (*Result, error) {
 			return nil, fmt.Errorf("PCR %d value is %d bytes: %w", i, len(q.PCRs[i]), ErrPCRDigest)
 		}
 	}
-	if !bytes.Equal(pcrDigest(want, q.PCRs), p.info.PCRDigest.Buffer) {
+	if !bytes.Equal(pcrDigest(want, q.PCRs), p.pcrDigest) {
 		return nil, ErrPCRDigest
 	}
 
 	res := &Result{DeviceID: r.DeviceID, Counters: c, PCRs: q.PCRs, Software: r.Software,
-		FirmwareVersion: p.attest.FirmwareVersion, At: now}
+		FirmwareVersion: p.firmware, At: now}
 	var mismatches []error
 	for _, i := range want {
 		exp, ok := pol.Expected[i]

@@ -257,14 +257,14 @@ func TestVerifySwtpm(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ci := p.attest.ClockInfo
+			ci := p.clock
 			return Request{DeviceID: "dev-a", Quote: q, AK: ak, Policy: pol,
 				Last: &Counters{ResetCount: ci.ResetCount + 1, RestartCount: 0}}
 		}, ErrCountersBackwards},
 		{"restart counter went backwards", func(t *testing.T) Request {
 			q := goodQuote(t, dev, issue(t, "dev-a"))
 			p, _ := parseQuote(q, false)
-			ci := p.attest.ClockInfo
+			ci := p.clock
 			return Request{DeviceID: "dev-a", Quote: q, AK: ak, Policy: pol,
 				Last: &Counters{ResetCount: ci.ResetCount, RestartCount: ci.RestartCount + 1}}
 		}, ErrCountersBackwards},
