@@ -16,7 +16,7 @@ import (
 // the verifier and not a store.
 type acceptAll struct{}
 
-func (acceptAll) Issue(context.Context, string, []byte, time.Time) error  { return nil }
+func (acceptAll) Issue(context.Context, string, []byte, time.Time) error   { return nil }
 func (acceptAll) Consume(context.Context, string, []byte, time.Time) error { return nil }
 
 // BenchmarkVerify verifies one quote a real TPM (swtpm) signed, over eight
