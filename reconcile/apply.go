@@ -207,10 +207,10 @@ func (r *Reconciler) Apply(ctx context.Context, dev *spec.Device, p *Plan) *Resu
 				ar.Outcome = OutcomeFailed
 				ar.Error = &AppError{App: a.App, Code: "remove-failed", Err: err}
 			} else {
-				r.mu.Lock()
-				delete(r.applied, a.App)
-				delete(r.failed, a.App)
-				r.mu.Unlock()
+				r.remember(func(applied, failed map[string]string) {
+					delete(applied, a.App)
+					delete(failed, a.App)
+				})
 			}
 			r.metrics.actions.WithLabelValues(string(a.Kind)).Inc()
 			mu.Lock()
@@ -359,10 +359,10 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, app *spec.A
 			r.fillState(ctx, &ar, id)
 		}
 	}
-	r.mu.Lock()
-	r.applied[app.Name] = hash
-	delete(r.failed, app.Name)
-	r.mu.Unlock()
+	r.remember(func(applied, failed map[string]string) {
+		applied[app.Name] = hash
+		delete(failed, app.Name)
+	})
 	return ar
 }
 
@@ -540,9 +540,7 @@ func (r *Reconciler) recreate(ctx context.Context, dev *spec.Device, app *spec.A
 }
 
 func (r *Reconciler) markFailed(app *spec.App, dev *spec.Device) {
-	r.mu.Lock()
-	r.failed[app.Name] = specHash(dev, app)
-	r.mu.Unlock()
+	r.remember(func(_, failed map[string]string) { failed[app.Name] = specHash(dev, app) })
 }
 
 // start starts (or unpauses) an existing container and waits for it to be healthy.

@@ -9,12 +9,16 @@ package reconcile
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -26,6 +30,8 @@ import (
 	"github.com/docker/docker/client"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/shoalfleet/shoal/internal/atomicfile"
 )
 
 // Labels Shoal puts on what it creates. Ownership is decided by LabelManagedBy
@@ -102,6 +108,10 @@ type Options struct {
 	// ImageCache holds downloaded image tars and the record of images Shoal loaded
 	// (pruned when no longer referenced). Empty: no URL sources, no pruning record.
 	ImageCache string
+	// StateFile remembers, across restarts, which version of each app was applied
+	// and which failed its health gate (so it is not retried blindly). Empty:
+	// ImageCache/reconcile.json, or memory only when ImageCache is empty too.
+	StateFile string
 	// Labels are added to everything created (containers, networks, volumes).
 	Labels map[string]string
 	// Logger gets one line per action; nil discards.
@@ -181,11 +191,14 @@ func New(eng Engine, o Options) (*Reconciler, error) {
 	if o.RetryAttempts <= 0 {
 		o.RetryAttempts = 5
 	}
+	if o.StateFile == "" && o.ImageCache != "" {
+		o.StateFile = filepath.Join(o.ImageCache, "reconcile.json")
+	}
 	m, err := newMetrics(o.Registerer)
 	if err != nil {
 		return nil, err
 	}
-	return &Reconciler{
+	r := &Reconciler{
 		eng:     eng,
 		o:       o,
 		log:     o.Logger.With("component", "reconcile", "prefix", o.Prefix),
@@ -193,7 +206,64 @@ func New(eng Engine, o Options) (*Reconciler, error) {
 		images:  &imageStore{dir: o.ImageCache},
 		applied: map[string]string{},
 		failed:  map[string]string{},
-	}, nil
+	}
+	r.loadMemory()
+	return r, nil
+}
+
+// stateVersion versions the StateFile format.
+const stateVersion = 1
+
+type memoryFile struct {
+	Version int               `json:"version"`
+	Applied map[string]string `json:"applied"` // app -> spec hash
+	Failed  map[string]string `json:"failed"`  // app -> spec hash rolled back
+}
+
+// loadMemory reads StateFile. A missing or damaged file starts empty: it only
+// refines drift reports and retries, and must never stop the agent.
+func (r *Reconciler) loadMemory() {
+	if r.o.StateFile == "" {
+		return
+	}
+	b, err := os.ReadFile(r.o.StateFile)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			r.log.Warn("read reconcile state; starting empty", "err", err)
+		}
+		return
+	}
+	var m memoryFile
+	if err := json.Unmarshal(b, &m); err != nil || m.Version != stateVersion {
+		r.log.Warn("reconcile state unreadable; starting empty", "file", r.o.StateFile, "err", err, "version", m.Version)
+		return
+	}
+	for k, v := range m.Applied {
+		r.applied[k] = v
+	}
+	for k, v := range m.Failed {
+		r.failed[k] = v
+	}
+}
+
+// remember changes the applied/failed memory under r.mu and persists it when it changed.
+func (r *Reconciler) remember(f func(applied, failed map[string]string)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a0, f0 := cloneMap(r.applied), cloneMap(r.failed)
+	f(r.applied, r.failed)
+	if r.o.StateFile == "" || (maps.Equal(a0, r.applied) && maps.Equal(f0, r.failed)) {
+		return
+	}
+	b, err := json.Marshal(memoryFile{Version: stateVersion, Applied: r.applied, Failed: r.failed})
+	if err == nil {
+		if err = os.MkdirAll(filepath.Dir(r.o.StateFile), 0o755); err == nil {
+			err = atomicfile.WriteFile(r.o.StateFile, b, 0o644)
+		}
+	}
+	if err != nil {
+		r.log.Warn("write reconcile state", "err", err)
+	}
 }
 
 // containerName is the Docker name of app's container.

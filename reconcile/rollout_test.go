@@ -69,6 +69,14 @@ func TestRollbackOnFailedHealth(t *testing.T) {
 			if !hasAction(p, KindKeep, "web", "failed its health gate") {
 				t.Errorf("failed version would be retried:\n%s", p)
 			}
+			// Nor after a restart of the agent: the failure is remembered on disk.
+			r2, err := New(e.cli, e.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p, err := r2.DryRun(context.Background(), dev); err != nil || !hasAction(p, KindKeep, "web", "failed its health gate") {
+				t.Errorf("after restart the failed version would be retried (%v):\n%s", err, p)
+			}
 		})
 	}
 }
