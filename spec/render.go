@@ -18,16 +18,23 @@ type renderer struct {
 	f      *Fleet
 	ctx    *cue.Context
 	schema cue.Value
-	defs   struct{ deviceFile, spec, rendered cue.Value }
+	defs   struct{ deviceFile cue.Value }
 	// sets caches the unified hard layers of each combination of groups.
 	sets map[string]*groupSet
+	// renders counts uses: a CUE context keeps all it ever built, so a
+	// renderer is retired after rendererUses renders to bound memory.
+	renders int
 }
 
+const rendererUses = 500
+
 type groupSet struct {
-	hard  cue.Value
-	errs  Errors
-	soft  map[string]any
-	names []string
+	hard     cue.Value      // fleet and group spec sections, unified
+	hardGo   map[string]any // the concrete part of hard
+	concrete bool           // hard holds no constraints beyond hardGo
+	errs     Errors
+	soft     map[string]any
+	names    []string
 }
 
 func newRenderer(f *Fleet) *renderer {
@@ -38,8 +45,6 @@ func newRenderer(f *Fleet) *renderer {
 func newRendererFrom(f *Fleet, ctx *cue.Context, schema cue.Value) *renderer {
 	r := &renderer{f: f, ctx: ctx, schema: schema, sets: map[string]*groupSet{}}
 	r.defs.deviceFile = schema.LookupPath(cue.ParsePath("#DeviceFile"))
-	r.defs.spec = schema.LookupPath(cue.ParsePath("#Spec"))
-	r.defs.rendered = schema.LookupPath(cue.ParsePath("#Rendered"))
 	return r
 }
 
@@ -55,6 +60,10 @@ func (f *Fleet) getRenderer() *renderer {
 }
 
 func (f *Fleet) putRenderer(r *renderer) {
+	r.renders++
+	if r.renders >= rendererUses {
+		return
+	}
 	f.mu.Lock()
 	f.pool = append(f.pool, r)
 	f.mu.Unlock()
@@ -133,12 +142,14 @@ func (r *renderer) render(id string) (*Device, error) {
 	if err != nil {
 		return nil, toErrors(err, fl.path)
 	}
-	v := raw.Unify(r.defs.deviceFile)
-	if err := v.Validate(); err != nil {
+	// Each layer is checked against the schema on its own (shared files by
+	// Load, the device file here); the layers are then combined without the
+	// schema, which is what keeps a render cheap.
+	if err := raw.Unify(r.defs.deviceFile).Validate(); err != nil {
 		return nil, sortErrors(toErrors(err, fl.path))
 	}
 	var labels map[string]string
-	if lv := v.LookupPath(cue.ParsePath("labels")); lv.Exists() {
+	if lv := raw.LookupPath(cue.ParsePath("labels")); lv.Exists() {
 		if err := lv.Decode(&labels); err != nil {
 			return nil, toErrors(err, fl.path)
 		}
@@ -147,26 +158,31 @@ func (r *renderer) render(id string) (*Device, error) {
 	if len(set.errs) > 0 {
 		return nil, set.errs
 	}
-	devSpec := v.LookupPath(cue.ParsePath("spec"))
-	hard := set.hard
-	if devSpec.Exists() {
-		if errs := refErrors(r.f, raw.LookupPath(cue.ParsePath("spec"))); len(errs) > 0 {
+	hard, hardGo, concrete := set.hard, set.hardGo, set.concrete
+	if devSpec := raw.LookupPath(cue.ParsePath("spec")); devSpec.Exists() {
+		if errs := refErrors(r.f, devSpec); len(errs) > 0 {
 			return nil, sortErrors(errs)
 		}
 		hard = hard.Unify(devSpec)
 		if err := hard.Validate(); err != nil {
 			return nil, sortErrors(toErrors(err, fl.path))
 		}
+		hardGo, concrete = concreteGo(hard)
 	}
-	hardGo, _ := concreteGo(hard).(map[string]any)
 	soft := r.softFor(set.soft, hardGo)
-	full := hard.Unify(r.ctx.Encode(soft)).Unify(r.defs.rendered)
-	if err := full.Validate(cue.Concrete(true)); err != nil {
-		return nil, sortErrors(toErrors(err, fl.path))
+	var b []byte
+	if concrete {
+		b, err = json.Marshal(mergeSoft(soft, hardGo))
+	} else {
+		// Some hard layer holds constraints (a .cue file): let CUE apply them to the soft values too.
+		full := hard.Unify(r.ctx.Encode(soft))
+		if err := full.Validate(cue.Concrete(true)); err != nil {
+			return nil, sortErrors(toErrors(err, fl.path))
+		}
+		b, err = full.MarshalJSON()
 	}
-	b, err := full.MarshalJSON()
 	if err != nil {
-		return nil, sortErrors(toErrors(err, fl.path))
+		return nil, Errors{{File: fl.path, Msg: "encode rendered spec: " + err.Error()}}
 	}
 	var rs rawSpec
 	if err := json.Unmarshal(b, &rs); err != nil {
@@ -198,7 +214,7 @@ func (r *renderer) groupSet(id string, labels map[string]string) *groupSet {
 	if s := r.sets[key.String()]; s != nil {
 		return s
 	}
-	s := &groupSet{hard: r.defs.spec}
+	s := &groupSet{hard: r.ctx.CompileString("{}")}
 	soft := r.f.defaults
 	if r.f.fleetFile != nil {
 		soft = mergeSoft(soft, r.f.fleetSoft)
@@ -217,6 +233,7 @@ func (r *renderer) groupSet(id string, labels map[string]string) *groupSet {
 			s.errs = sortErrors(toErrors(err, ""))
 		}
 	}
+	s.hardGo, s.concrete = concreteGo(s.hard)
 	r.sets[key.String()] = s
 	return s
 }
@@ -307,30 +324,38 @@ func subtractHard(soft, hard map[string]any) map[string]any {
 	return out
 }
 
-// concreteGo returns the concrete part of v as plain data: structs as maps,
-// defaults taken, values that are not concrete left out.
-func concreteGo(v cue.Value) any {
+// concreteGo returns the concrete part of v as plain data (structs as maps,
+// defaults taken) and whether v held nothing else.
+func concreteGo(v cue.Value) (map[string]any, bool) {
+	all := true
+	m, _ := concreteValue(v, &all).(map[string]any)
+	if m == nil {
+		m = map[string]any{}
+	}
+	return m, all
+}
+
+func concreteValue(v cue.Value, all *bool) any {
 	if d, ok := v.Default(); ok {
 		v = d
 	}
 	if v.IncompleteKind() == cue.StructKind {
 		it, err := v.Fields()
 		if err != nil {
+			*all = false
 			return nil
 		}
 		m := map[string]any{}
 		for it.Next() {
-			if c := concreteGo(it.Value()); c != nil {
+			if c := concreteValue(it.Value(), all); c != nil {
 				m[it.Selector().Unquoted()] = c
 			}
 		}
 		return m
 	}
-	if !v.IsConcrete() {
-		return nil
-	}
 	var x any
-	if err := v.Decode(&x); err != nil {
+	if !v.IsConcrete() || v.Decode(&x) != nil {
+		*all = false
 		return nil
 	}
 	return x
@@ -373,6 +398,11 @@ func (f *Fleet) build(id string, labels map[string]string, groups []string, raw 
 	for _, name := range sortedKeys(raw.Apps) {
 		ra := raw.Apps[name]
 		if ra.Enabled != nil && !*ra.Enabled {
+			continue
+		}
+		if ra.Image.Ref == "" {
+			errs = append(errs, &Error{Path: "apps." + name + ".image",
+				Msg: fmt.Sprintf("required: app %q has no image (set image.ref in %s)", name, f.appFiles[name])})
 			continue
 		}
 		a := ra.App
