@@ -233,7 +233,8 @@ func TestWindowAndHold(t *testing.T) {
 		envBefore := fileBytes(t, d.envPath)
 		pol := spec.UpdatePolicy{Windows: win, DownloadOutsideWindow: true}
 		st, err := u.Step(ctx, rel, pol, pass)
-		if err != nil || st.Phase != PhaseInstalled || st.Reason != ReasonWindow || !strings.Contains(st.Message, "2026-03-05T02:00:00Z") {
+		if err != nil || st.Phase != PhaseInstalled || st.Waiting != ReasonWindow || !strings.Contains(st.Message, "waiting for window") ||
+			!st.NextWindow.Equal(time.Date(2026, 3, 5, 2, 0, 0, 0, time.UTC)) {
 			t.Fatalf("outside the window: %+v, %v", st, err)
 		}
 		if d.rebooted != 0 || !bytes.Equal(fileBytes(t, d.envPath), envBefore) {
@@ -260,7 +261,7 @@ func TestWindowAndHold(t *testing.T) {
 		u := d.updater()
 		rel := d.release("1.1.0", randBytes(t, 50<<10))
 		st, err := u.Step(ctx, rel, spec.UpdatePolicy{Hold: true}, pass)
-		if err != nil || st.Phase != PhaseIdle || st.Reason != ReasonHeld || len(fileBytes(t, d.slots[SlotB])) != 0 {
+		if err != nil || st.Phase != PhaseIdle || st.Waiting != ReasonHeld || !strings.Contains(st.Message, "held") || len(fileBytes(t, d.slots[SlotB])) != 0 {
 			t.Fatalf("held: %+v, %v", st, err)
 		}
 		if st, err = u.Step(ctx, rel, spec.UpdatePolicy{}, pass); err != nil || st.Phase != PhaseRebooting {

@@ -166,6 +166,7 @@ type session struct {
 	booted string
 	bootID string
 	vars   map[string]string
+	next   time.Time // when the next update window opens, while waiting for it
 	unlock func()
 }
 
@@ -241,7 +242,11 @@ func trialID(t *ReleaseRef) string {
 
 func (u *Updater) status(s *session) Status {
 	st := s.st
-	out := Status{Phase: st.Phase, BootedSlot: s.booted, Committed: st.Committed, Target: st.Target, Reason: st.Reason, Message: st.Error}
+	out := Status{Phase: st.Phase, BootedSlot: s.booted, Committed: st.Committed, Target: st.Target, Reason: st.Reason, Message: st.Error, NextWindow: s.next}
+	switch st.Reason {
+	case ReasonWindow, ReasonHeld, ReasonHealthWait:
+		out.Waiting = st.Reason
+	}
 	if len(st.Bad) > 0 {
 		out.Bad = maps.Clone(st.Bad)
 	}
@@ -369,7 +374,7 @@ func (u *Updater) step(ctx context.Context, s *session, rel *spec.Release, pol s
 		}
 	}
 	if pol.Hold {
-		st.Reason = ReasonHeld
+		st.Reason, st.Error = ReasonHeld, "held: no new installs until the hold is lifted"
 		return nil
 	}
 	open, next, err := windowState(pol.Windows, u.o.Now())
@@ -403,7 +408,7 @@ func (u *Updater) step(ctx context.Context, s *session, rel *spec.Release, pol s
 }
 
 func (u *Updater) waitWindow(s *session, next time.Time) error {
-	s.st.Reason = ReasonWindow
+	s.st.Reason, s.next = ReasonWindow, next
 	s.st.Error = "waiting for window"
 	if !next.IsZero() {
 		s.st.Error += " (opens " + next.UTC().Format(time.RFC3339) + ")"

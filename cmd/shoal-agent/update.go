@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -228,7 +229,13 @@ func printStatus(w io.Writer, st updater.Status, asJSON bool) error {
 	if p := st.Progress; p != nil && p.Total > 0 {
 		fmt.Fprintf(w, "progress:    %d of %d bytes (%.0f%%)\n", p.Bytes, p.Total, 100*float64(p.Bytes)/float64(p.Total))
 	}
-	if st.Reason != "" {
+	if st.Waiting != "" {
+		fmt.Fprintf(w, "waiting:     %s\n", st.Waiting)
+	}
+	if !st.NextWindow.IsZero() {
+		fmt.Fprintf(w, "next window: %s\n", st.NextWindow.Format(time.RFC3339))
+	}
+	if st.Reason != "" && st.Reason != st.Waiting {
 		fmt.Fprintf(w, "reason:      %s\n", st.Reason)
 	}
 	if st.Message != "" {
