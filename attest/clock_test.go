@@ -217,6 +217,12 @@ func TestClockCancel(t *testing.T) {
 
 func gaugeValue(t *testing.T, reg *prometheus.Registry, name, state string) float64 {
 	t.Helper()
+	return metricValue(t, reg, name, "state", state)
+}
+
+// metricValue reads a gauge or counter with the given label value ("" for none).
+func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -226,17 +232,21 @@ func gaugeValue(t *testing.T, reg *prometheus.Registry, name, state string) floa
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			match := state == ""
+			match := value == ""
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "state" && l.GetValue() == state {
+				if l.GetName() == label && l.GetValue() == value {
 					match = true
 				}
 			}
-			if match {
-				return m.GetGauge().GetValue()
+			if !match {
+				continue
 			}
+			if m.GetCounter() != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
 		}
 	}
-	t.Fatalf("metric %s{state=%q} not found", name, state)
+	t.Fatalf("metric %s{%s=%q} not found", name, label, value)
 	return 0
 }

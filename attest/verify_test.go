@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // fakeClock is a settable time source for nonce expiry.
@@ -295,6 +296,16 @@ func TestVerifySwtpm(t *testing.T) {
 			t.Logf("%s: %v", Reason(err), err)
 		})
 	}
+
+	t.Run("metrics count results by reason", func(t *testing.T) {
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(v.Collectors()...)
+		for result, atLeast := range map[string]float64{"ok": 2, "replay": 1, "wrong-nonce": 3, "pcr-selection": 2, "not-quote": 3} {
+			if got := metricValue(t, reg, "shoal_attest_verifications_total", "result", result); got < atLeast {
+				t.Errorf("shoal_attest_verifications_total{result=%q} = %v, want >= %v", result, got, atLeast)
+			}
+		}
+	})
 
 	t.Run("PCR mismatch names the PCR", func(t *testing.T) {
 		p := Policy{PCRs: pol.PCRs, Expected: map[int][]byte{AppPCR: pol.Expected[AppPCR], 5: bytes.Repeat([]byte{7}, 32)}}

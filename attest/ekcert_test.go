@@ -1,0 +1,90 @@
+package attest
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// provisionEKCert stores cert at the ECC EK certificate index, as a TPM maker
+// does at the factory (here with owner auth, which swtpm permits).
+func provisionEKCert(t *testing.T, tpm transport.TPM, cert []byte) {
+	t.Helper()
+	owner := tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)}
+	pub := tpm2.TPMSNVPublic{
+		NVIndex: tpm2.TPMHandle(ekCertNVECC),
+		NameAlg: tpm2.TPMAlgSHA256,
+		Attributes: tpm2.TPMANV{OwnerWrite: true, OwnerRead: true, AuthRead: true, NoDA: true,
+			NT: tpm2.TPMNTOrdinary},
+		DataSize: uint16(len(cert)),
+	}
+	if _, err := (tpm2.NVDefineSpace{AuthHandle: owner, PublicInfo: tpm2.New2B(pub)}).Execute(tpm); err != nil {
+		t.Fatalf("define EK cert index: %v", err)
+	}
+	rp, err := tpm2.NVReadPublic{NVIndex: tpm2.TPMHandle(ekCertNVECC)}.Execute(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < len(cert); off += 512 {
+		end := min(off+512, len(cert))
+		if _, err := (tpm2.NVWrite{
+			AuthHandle: owner,
+			NVIndex:    tpm2.NamedHandle{Handle: tpm2.TPMHandle(ekCertNVECC), Name: rp.NVName},
+			Data:       tpm2.TPM2BMaxNVBuffer{Buffer: cert[off:end]},
+			Offset:     uint16(off),
+		}).Execute(tpm); err != nil {
+			t.Fatalf("write EK cert: %v", err)
+		}
+	}
+}
+
+// TestEKCertificate: when the TPM holds an EK certificate, the identity
+// reports it (read in chunks from NV) beside the EK public key.
+func TestEKCertificate(t *testing.T) {
+	sw := startSwtpm(t, "")
+	tpm := sw.Open(t)
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test TPM maker EK"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		// Long enough to need more than one NV read.
+		DNSNames: []string{"a-rather-long-name-to-make-the-certificate-bigger-than-one-nv-read.example"},
+	}
+	for len(tmpl.DNSNames) < 12 {
+		tmpl.DNSNames = append(tmpl.DNSNames, tmpl.DNSNames[0])
+	}
+	cert, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cert) <= 512 {
+		t.Fatalf("certificate is %d bytes; the test wants a multi-chunk read", len(cert))
+	}
+	provisionEKCert(t, tpm, cert)
+
+	a, err := New(context.Background(), Options{StateDir: t.TempDir(), TPM: tpm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	id := a.Identity()
+	if !bytes.Equal(id.EKCert, cert) {
+		t.Fatalf("EK cert: got %d bytes, want the %d provisioned", len(id.EKCert), len(cert))
+	}
+	if _, err := x509.ParsePKIXPublicKey(id.EKPublic); err != nil {
+		t.Fatalf("EK public: %v", err)
+	}
+}
