@@ -41,7 +41,7 @@ func (f *updateFlags) bind(cmd *cobra.Command) {
 	p.StringVar(&f.booted, "booted-slot", "", "slot the running system booted from (default: shoal.slot= on the kernel command line)")
 }
 
-func (f *updateFlags) updater(progress bool) (*updater.Updater, error) {
+func (f *updateFlags) updater(cmd *cobra.Command, progress bool) (*updater.Updater, error) {
 	o, err := f.cfg.Options(f.stateDir)
 	if err != nil {
 		return nil, err
@@ -53,7 +53,7 @@ func (f *updateFlags) updater(progress bool) (*updater.Updater, error) {
 		o.BootedSlot = func() (string, error) { return f.booted, nil }
 	}
 	if f.noReboot {
-		o.Rebooter = announceReboot{}
+		o.Rebooter = announceReboot{cmd.ErrOrStderr()}
 	}
 	if progress && term.IsTerminal(int(os.Stderr.Fd())) {
 		o.Progress = os.Stderr
@@ -63,10 +63,10 @@ func (f *updateFlags) updater(progress bool) (*updater.Updater, error) {
 }
 
 // announceReboot leaves the reboot to the operator.
-type announceReboot struct{}
+type announceReboot struct{ w io.Writer }
 
-func (announceReboot) Reboot(context.Context) error {
-	fmt.Fprintln(os.Stderr, "bootloader env set; reboot to start the trial (--no-reboot given)")
+func (a announceReboot) Reboot(context.Context) error {
+	fmt.Fprintln(a.w, "bootloader env set; reboot when ready (--no-reboot given)")
 	return nil
 }
 
@@ -97,7 +97,7 @@ func newUpdateStatusCmd(f *updateFlags) *cobra.Command {
 		Short: "Show the update state machine, slots and the last failure",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			u, err := f.updater(false)
+			u, err := f.updater(cmd, false)
 			if err != nil {
 				return err
 			}
@@ -146,7 +146,7 @@ device spec) comes from --release, by default FILE.release.json.`,
 				return fmt.Errorf("release metadata %s: %w", relPath, err)
 			}
 			rel.URL = src
-			u, err := f.updater(true)
+			u, err := f.updater(cmd, true)
 			if err != nil {
 				return err
 			}
@@ -170,7 +170,7 @@ func newUpdateCommitCmd(f *updateFlags) *cobra.Command {
 		Short: "End the running trial as passed: the new slot becomes the default",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			u, err := f.updater(false)
+			u, err := f.updater(cmd, false)
 			if err != nil {
 				return err
 			}
@@ -189,7 +189,7 @@ func newUpdateRollbackCmd(f *updateFlags) *cobra.Command {
 		Short: "End the running trial as failed and reboot into the previous slot, or cancel a pending install",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			u, err := f.updater(false)
+			u, err := f.updater(cmd, false)
 			if err != nil {
 				return err
 			}
