@@ -60,6 +60,7 @@ const (
 	ReasonHeld        = "held"
 	ReasonHealthWait  = "waiting-for-health"
 	ReasonMinVersion  = "min-version-not-met"
+	ReasonInvalid     = "release-invalid"
 	defaultTrial      = 10 * time.Minute
 	defaultBootLimit  = 3
 	maxBootLimit      = 9 // the GRUB snippet counts boots with a lookup up to 10
@@ -361,6 +362,9 @@ func (u *Updater) step(ctx context.Context, s *session, rel *spec.Release, pol s
 	}
 	if err := VerifyRelease(rel, u.o.TrustRoots); err != nil {
 		st.Reason = ReasonSignature
+		if errors.Is(err, ErrInvalidRelease) {
+			st.Reason = ReasonInvalid
+		}
 		return err
 	}
 	if reason, err := checkVersion(st.Committed, rel, pol); err != nil {
@@ -424,7 +428,7 @@ func (u *Updater) cancel(st *state) error {
 func checkVersion(committed *ReleaseRef, rel *spec.Release, pol spec.UpdatePolicy) (string, error) {
 	want, err := semver.NewVersion(rel.Version)
 	if err != nil {
-		return ReasonDowngrade, fmt.Errorf("release %q: %w: version is not semver", rel.Version, ErrInvalidRelease)
+		return ReasonInvalid, fmt.Errorf("release %q: %w: version is not semver", rel.Version, ErrInvalidRelease)
 	}
 	if committed == nil || committed.Version == "" {
 		return "", nil

@@ -195,6 +195,9 @@ func TestRefused(t *testing.T) {
 			writeFile(d.t, rel.URL, append(fileBytes(d.t, rel.URL), 0))
 		}, ErrVerify, ReasonVerify},
 		{"older release", func(d *device, rel *spec.Release) { rel.Version = "0.9.0"; d.sign(rel) }, ErrDowngrade, ReasonDowngrade},
+		{"version not semver", func(d *device, rel *spec.Release) { rel.Version = "latest"; d.sign(rel) }, ErrInvalidRelease, ReasonInvalid},
+		{"min version not met", func(d *device, rel *spec.Release) { rel.MinVersion = "1.0.5"; d.sign(rel) }, ErrInvalidRelease, ReasonMinVersion},
+		{"sha256 not hex", func(d *device, rel *spec.Release) { rel.SHA256 = "zz"; d.sign(rel) }, ErrInvalidRelease, ReasonInvalid},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
