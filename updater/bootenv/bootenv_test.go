@@ -262,6 +262,25 @@ func TestParseFwEnvConfig(t *testing.T) {
 	}
 }
 
+// TestUBootLockShared takes the lock file fw_setenv takes, with fw_setenv
+// writing through the same env in between.
+func TestUBootLockShared(t *testing.T) {
+	cfgPath, _, cfg := ubootFixture(t, true)
+	cfg.LockPath = filepath.Join(t.TempDir(), "lock", "fw_printenv.lock")
+	env, err := NewUBoot(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Save(map[string]string{"a": "1"}); err != nil {
+		t.Fatal(err)
+	}
+	fwSetenv(t, cfgPath, "b", "2")
+	got, err := env.Load()
+	if err != nil || !maps.Equal(got, map[string]string{"a": "1", "b": "2"}) {
+		t.Fatalf("after our save and fw_setenv: %v, %v", got, err)
+	}
+}
+
 func TestUBootTooLarge(t *testing.T) {
 	_, err := EncodeUBoot(map[string]string{"x": strings.Repeat("y", 100)}, 64, true, 0)
 	if !errors.Is(err, ErrTooLarge) {

@@ -8,6 +8,7 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -221,6 +222,9 @@ func (u *UBoot) readCopies() ([][]byte, error) {
 func (u *UBoot) lock() (func(), error) {
 	if u.cfg.LockPath == "" {
 		return func() {}, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(u.cfg.LockPath), 0o755); err != nil {
+		return nil, fmt.Errorf("u-boot env: lock %s: %w", u.cfg.LockPath, err)
 	}
 	f, err := os.OpenFile(u.cfg.LockPath, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
