@@ -11,6 +11,7 @@ import (
 
 	"github.com/beevik/ntp"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/shoalfleet/shoal/spec"
 )
 
 // ClockState is the verdict on the device clock.
@@ -144,6 +145,9 @@ func (c *Clock) SetPolicy(servers []string, maxSkew time.Duration) {
 	}
 }
 
+// SetTimePolicy applies the rendered device's time policy (servers, max skew).
+func (c *Clock) SetTimePolicy(p spec.TimePolicy) { c.SetPolicy(p.Servers, p.MaxSkew.D()) }
+
 // SetLowerBound records t as a time known to be past, named by source
 // ("fleet-commit": the committer time of the last verified fleet commit;
 // "release-build": the running release's build time). A later call for the
@@ -175,7 +179,8 @@ func (c *Clock) Status() ClockStatus {
 
 // Now is the time to check certificates against: the local clock corrected
 // by the last NTP offset, and never before the lower bound, so a device that
-// booted in 1970 does not reject every certificate as "not yet valid".
+// booted in 1970 does not reject every certificate as "not yet valid". Use it
+// as tls.Config.Time and x509.VerifyOptions.CurrentTime.
 func (c *Clock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -44,6 +44,7 @@ type tcpTPM struct {
 	mu      sync.Mutex
 	c       net.Conn
 	timeout time.Duration // bounds one command; key generation on a slow TPM takes seconds
+	broken  error         // after a failed exchange the stream is out of step: refuse further commands
 }
 
 // maxResponse bounds a TPM response (TPM2 responses are at most a few KiB).
@@ -52,6 +53,18 @@ const maxResponse = 64 << 10
 func (t *tcpTPM) Send(cmd []byte) ([]byte, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.broken != nil {
+		return nil, fmt.Errorf("TPM connection unusable after: %w", t.broken)
+	}
+	rsp, err := t.exchange(cmd)
+	if err != nil {
+		t.broken = err
+		t.c.Close()
+	}
+	return rsp, err
+}
+
+func (t *tcpTPM) exchange(cmd []byte) ([]byte, error) {
 	if err := t.c.SetDeadline(time.Now().Add(t.timeout)); err != nil {
 		return nil, err
 	}

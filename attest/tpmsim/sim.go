@@ -36,3 +36,16 @@ func (t *TPM) Reset() error { return t.sim.Reset() }
 func (t *TPM) Close() error { return t.sim.Close() }
 
 var _ transport.TPMCloser = (*TPM)(nil)
+
+// OpenSeeded is Open with the hierarchy seeds derived from seed, so that key
+// blobs saved by an earlier process load again (a demo agent that restarts).
+// Anyone who knows the seed knows the keys: for demos only. The simulator's
+// NV and counters still start afresh, so a hub that saw the device before
+// finds its reset counter gone backwards until the device enrols again.
+func OpenSeeded(seed int64) (*TPM, error) {
+	s, err := simulator.GetWithFixedSeedInsecure(seed)
+	if err != nil {
+		return nil, fmt.Errorf("start TPM simulator: %w", err)
+	}
+	return &TPM{sim: s}, nil
+}

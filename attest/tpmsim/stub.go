@@ -20,3 +20,6 @@ func (*TPM) Reset() error { return ErrUnsupported }
 func (*TPM) Close() error { return nil }
 
 var _ transport.TPMCloser = (*TPM)(nil)
+
+// OpenSeeded returns ErrUnsupported: the simulator is not compiled in.
+func OpenSeeded(int64) (*TPM, error) { return nil, ErrUnsupported }
