@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"sort"
 	"strings"
 	"sync"
@@ -79,6 +80,7 @@ const (
 // AppResult is what happened to one app, ready to copy into a status report.
 type AppResult struct {
 	App          string    `json:"app"`
+	Image        string    `json:"image,omitempty"` // the image ref the spec names
 	Action       Kind      `json:"action"`
 	Reason       string    `json:"reason"` // why the action was planned
 	Outcome      string    `json:"outcome"`
@@ -158,6 +160,11 @@ const logLines = 20
 // Apply executes p for dev. Apps run in parallel within depends_on order; one
 // app's failure does not stop the others. With p.Held nothing is changed.
 func (r *Reconciler) Apply(ctx context.Context, dev *spec.Device, p *Plan) *Result {
+	return r.apply(ctx, dev, p, r.o.RepoRoot)
+}
+
+// apply is Apply with image tar paths resolved in repo.
+func (r *Reconciler) apply(ctx context.Context, dev *spec.Device, p *Plan, repo fs.FS) *Result {
 	res := &Result{Device: dev.ID, Held: p.Held, Plan: p, Drift: p.Drift, Errors: p.Problems}
 	byApp := map[string][]Action{}
 	var order []string
@@ -174,7 +181,7 @@ func (r *Reconciler) Apply(ctx context.Context, dev *spec.Device, p *Plan) *Resu
 		for _, name := range order {
 			acts := byApp[name]
 			last := acts[len(acts)-1]
-			ar := AppResult{App: name, Action: last.Kind, Reason: last.Reason, Outcome: OutcomeHeld}
+			ar := AppResult{App: name, Image: dev.App(name).Image.Ref, Action: last.Kind, Reason: last.Reason, Outcome: OutcomeHeld}
 			if c := p.observed[name]; c != nil {
 				ar.State, ar.Health, ar.RestartCount, ar.ExitCode = c.State, c.Health, c.RestartCount, c.ExitCode
 			}
@@ -233,7 +240,7 @@ func (r *Reconciler) Apply(ctx context.Context, dev *spec.Device, p *Plan) *Resu
 		go func() {
 			defer wg.Done()
 			defer close(done[name])
-			ar := r.applyApp(ctx, dev, app, acts, p.hashes[name], p.observed[name], done, okApp, &mu, sem)
+			ar := r.applyApp(ctx, dev, repo, app, acts, p.hashes[name], p.observed[name], done, okApp, &mu, sem)
 			mu.Lock()
 			okApp[name] = ar.Error == nil
 			res.Apps = append(res.Apps, ar)
@@ -268,10 +275,10 @@ func (res *Result) finish() {
 }
 
 // applyApp waits for app's dependencies, then runs its actions.
-func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, app *spec.App, acts []Action, hash string, observed *Container,
+func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, repo fs.FS, app *spec.App, acts []Action, hash string, observed *Container,
 	done map[string]chan struct{}, okApp map[string]bool, mu *sync.Mutex, sem chan struct{}) AppResult {
 	main := acts[len(acts)-1]
-	ar := AppResult{App: app.Name, Action: main.Kind, Reason: main.Reason}
+	ar := AppResult{App: app.Name, Image: app.Image.Ref, Action: main.Kind, Reason: main.Reason}
 	for _, d := range app.DependsOn {
 		ch, ok := done[d]
 		if !ok {
@@ -325,7 +332,7 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, app *spec.A
 		var id string
 		switch a.Kind {
 		case KindPull, KindLoad:
-			err = r.ensureImage(ctx, app, a.Kind)
+			err = r.ensureImage(ctx, app, a.Kind, repo)
 		case KindCreate:
 			ar.Outcome = OutcomeCreated
 			id, err = r.create(ctx, dev, app, &ar)

@@ -107,7 +107,7 @@ func validSHA256(s string) bool {
 }
 
 // ensureImage makes app's image present: pulled, or loaded from a verified tar.
-func (r *Reconciler) ensureImage(ctx context.Context, app *spec.App, kind Kind) error {
+func (r *Reconciler) ensureImage(ctx context.Context, app *spec.App, kind Kind, repo fs.FS) error {
 	ref := app.Image.Ref
 	switch kind {
 	case KindPull:
@@ -116,7 +116,7 @@ func (r *Reconciler) ensureImage(ctx context.Context, app *spec.App, kind Kind) 
 		}
 		return nil
 	case KindLoad:
-		return r.load(ctx, app)
+		return r.load(ctx, app, repo)
 	}
 	return nil
 }
@@ -138,7 +138,7 @@ func (r *Reconciler) pull(ctx context.Context, ref string) error {
 }
 
 // load verifies the app's image tar against its sha256, then hands it to ImageLoad.
-func (r *Reconciler) load(ctx context.Context, app *spec.App) error {
+func (r *Reconciler) load(ctx context.Context, app *spec.App, repo fs.FS) error {
 	src := app.Image.Source
 	ref := app.Image.Ref
 	fail := func(field, reason string, err error) error {
@@ -151,14 +151,14 @@ func (r *Reconciler) load(ctx context.Context, app *spec.App) error {
 	field := "image.source.path"
 	switch {
 	case src.Path != "":
-		if r.o.RepoRoot == nil {
+		if repo == nil {
 			return fail(field, "image-missing", errors.New("no fleet repo to load the image tar from"))
 		}
 		p := path.Clean(strings.TrimPrefix(src.Path, "/"))
 		if !fs.ValidPath(p) {
 			return fail(field, "spec-invalid", fmt.Errorf("%q is not a path inside the fleet repo", src.Path))
 		}
-		open = func() (io.ReadCloser, error) { return r.o.RepoRoot.Open(p) }
+		open = func() (io.ReadCloser, error) { return repo.Open(p) }
 		sum, err := hashOf(open)
 		if err != nil {
 			return fail(field, "image-missing", err)

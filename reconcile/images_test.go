@@ -57,7 +57,7 @@ func TestImageTarsLoadedVerifiedAndPruned(t *testing.T) {
 		http.ServeContent(w, r, "app.tar", e.r.o.Now(), bytes.NewReader(urlTar))
 	}))
 	defer srv.Close()
-	e.r.o.RepoRoot = fstest.MapFS{"images/app.tar": {Data: repoTar}}
+	repo := fstest.MapFS{"images/app.tar": {Data: repoTar}}
 
 	fromRepo := e.plainApp("fromrepo")
 	fromRepo.Image = spec.Image{Ref: refRepo, Source: &spec.ImageSource{Path: "images/app.tar", SHA256: repoSum}}
@@ -71,7 +71,11 @@ func TestImageTarsLoadedVerifiedAndPruned(t *testing.T) {
 			t.Fatalf("plan lacks load-image for %s:\n%s", app, p)
 		}
 	}
-	res := e.mustReconcile(dev)
+	// The repo tree comes with the pass (the agent's checkout at the commit applied).
+	res, err := e.r.ReconcileRepo(context.Background(), dev, repo)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, res.Plan)
+	}
 	for _, app := range []string{"fromrepo", "fromurl"} {
 		if a := appResult(t, res, app); a.State != "running" {
 			t.Errorf("%s: %+v", app, a)

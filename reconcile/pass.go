@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"time"
 
 	"github.com/docker/docker/api/types/events"
@@ -17,7 +18,13 @@ import (
 // backoff), plan, apply. The error wraps ErrEngine when the Engine stayed
 // unreachable (retry later), or joins the apps' failures; the Result is
 // non-nil whenever the Engine could be observed.
-func (r *Reconciler) Reconcile(ctx context.Context, dev *spec.Device) (res *Result, err error) {
+func (r *Reconciler) Reconcile(ctx context.Context, dev *spec.Device) (*Result, error) {
+	return r.ReconcileRepo(ctx, dev, r.o.RepoRoot)
+}
+
+// ReconcileRepo is Reconcile with image tar paths resolved in repo, the fleet
+// repo tree at the commit being applied (the agent's Target.FS).
+func (r *Reconciler) ReconcileRepo(ctx context.Context, dev *spec.Device, repo fs.FS) (res *Result, err error) {
 	start := r.o.Now()
 	defer func() {
 		r.metrics.duration.Observe(r.o.Now().Sub(start).Seconds())
@@ -37,7 +44,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, dev *spec.Device) (res *Resu
 		return nil, err
 	}
 	p := r.Plan(dev, obs)
-	res = r.Apply(ctx, dev, p)
+	res = r.apply(ctx, dev, p, repo)
 	return res, res.Err()
 }
 
