@@ -150,6 +150,7 @@ func New(o Options) (*Updater, error) {
 // Status is what the updater reports; the agent copies it into its status report.
 type Status struct {
 	Phase      Phase             `json:"phase"`
+	Since      time.Time         `json:"since,omitzero"` // when the phase was last persisted
 	BootedSlot string            `json:"bootedSlot,omitempty"`
 	Committed  *ReleaseRef       `json:"committed,omitempty"`
 	Target     *ReleaseRef       `json:"target,omitempty"`
@@ -243,7 +244,7 @@ func trialID(t *ReleaseRef) string {
 
 func (u *Updater) status(s *session) Status {
 	st := s.st
-	out := Status{Phase: st.Phase, BootedSlot: s.booted, Committed: st.Committed, Target: st.Target, Reason: st.Reason, Message: st.Error, NextWindow: s.next}
+	out := Status{Phase: st.Phase, Since: st.Changed, BootedSlot: s.booted, Committed: st.Committed, Target: st.Target, Reason: st.Reason, Message: st.Error, NextWindow: s.next}
 	switch st.Reason {
 	case ReasonWindow, ReasonHeld, ReasonHealthWait:
 		out.Waiting = st.Reason
