@@ -31,6 +31,7 @@ type Identity struct {
 	// DeviceKey is the device identity key (PKIX DER) that signs the CSR and TLS.
 	DeviceKey []byte `json:"deviceKey"`
 	EKPublic  []byte `json:"ekPublic,omitempty"` // endorsement key, PKIX DER
+	EKArea    []byte `json:"ekArea,omitempty"`   // the same EK as a TPMT_PUBLIC, for MakeCredential
 	EKCert    []byte `json:"ekCert,omitempty"`   // DER, when the TPM maker stored one
 }
 
@@ -56,6 +57,7 @@ type backend interface {
 	resetApp() error
 	extendApp(digest []byte) error
 	quote(nonce []byte, pcrs []int) (*Quote, error)
+	activate(c Credential) ([]byte, error)
 	close() error
 }
 
@@ -170,6 +172,19 @@ func (a *Attester) Quote(ctx context.Context, nonce []byte, pcrs []int) (*Quote,
 		return nil, err
 	}
 	return a.b.quote(nonce, sel)
+}
+
+// ActivateCredential answers the hub's enrolment challenge (MakeCredential):
+// the TPM releases the secret only if the AK named in the challenge is loaded
+// in the same TPM as the EK it was encrypted to. A software key has no EK and
+// returns ErrNoTPM.
+func (a *Attester) ActivateCredential(ctx context.Context, c Credential) ([]byte, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return a.b.activate(c)
 }
 
 // Signer returns the device identity key as a crypto.Signer (ECDSA P-256,

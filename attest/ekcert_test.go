@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"math/big"
 	"testing"
 	"time"
@@ -86,5 +87,9 @@ func TestEKCertificate(t *testing.T) {
 	}
 	if _, err := x509.ParsePKIXPublicKey(id.EKPublic); err != nil {
 		t.Fatalf("EK public: %v", err)
+	}
+	// This certificate is for another key than the TPM's EK: the hub must see it.
+	if err := CheckEK(id); !errors.Is(err, ErrEKMismatch) {
+		t.Fatalf("CheckEK with a certificate for another key = %v, want ErrEKMismatch", err)
 	}
 }

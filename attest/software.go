@@ -153,4 +153,8 @@ func (b *softwareBackend) quote(nonce []byte, pcrs []int) (*Quote, error) {
 	return &Quote{Attest: attest, Signature: sig, AK: b.akDER, PCRs: vals}, nil
 }
 
+func (b *softwareBackend) activate(Credential) ([]byte, error) {
+	return nil, fmt.Errorf("activate credential: %w: software key", ErrNoTPM)
+}
+
 func (b *softwareBackend) close() error { return nil }

@@ -51,6 +51,7 @@ type tpmBackend struct {
 	dev    tpm2.NamedHandle
 	akPub  []byte // TPMT_PUBLIC
 	devPub *ecdsa.PublicKey
+	ekTmpl tpm2.TPMTPublic // the EK is recreated from it for credential activation
 	id     Identity
 }
 
@@ -95,6 +96,7 @@ func newTPMBackend(t transport.TPM, stateDir string, log *slog.Logger) (*tpmBack
 	if err != nil {
 		return nil, err
 	}
+	b.ekTmpl = ek.tmpl
 	srk, err := tpm2.CreatePrimary{
 		PrimaryHandle: tpm2.TPMRHOwner,
 		InPublic:      tpm2.New2B(tpm2.ECCSRKTemplate),
@@ -157,7 +159,7 @@ func newTPMBackend(t transport.TPM, stateDir string, log *slog.Logger) (*tpmBack
 		b.close()
 		return nil, err
 	}
-	b.id = Identity{Kind: KindTPM, AK: b.akPub, DeviceKey: devDER, EKPublic: ek, EKCert: cert}
+	b.id = Identity{Kind: KindTPM, AK: b.akPub, DeviceKey: devDER, EKPublic: ek.pkix, EKArea: ek.area, EKCert: cert}
 	return b, nil
 }
 
@@ -194,37 +196,44 @@ func flush(t transport.TPM, h tpm2.TPMHandle) {
 	_, _ = tpm2.FlushContext{FlushHandle: h}.Execute(t)
 }
 
-// readEK returns the endorsement key's public key (PKIX DER) and, if the
-// manufacturer stored one, its certificate (DER).
-func readEK(t transport.TPM) (pub, cert []byte, err error) {
-	tmpl := tpm2.ECCEKTemplate
+// ekInfo is the endorsement key as the hub needs it.
+type ekInfo struct {
+	tmpl tpm2.TPMTPublic
+	area []byte // TPMT_PUBLIC
+	pkix []byte
+}
+
+// readEK returns the endorsement key and, if the manufacturer stored one,
+// its certificate (DER). The ECC EK is used unless only an RSA certificate exists.
+func readEK(t transport.TPM) (ekInfo, []byte, error) {
+	info := ekInfo{tmpl: tpm2.ECCEKTemplate}
 	cert, ok := readNV(t, ekCertNVECC)
 	if !ok {
 		if cert, ok = readNV(t, ekCertNVRSA); ok {
-			tmpl = tpm2.RSAEKTemplate
+			info.tmpl = tpm2.RSAEKTemplate
 		}
 	}
 	ek, err := tpm2.CreatePrimary{
 		PrimaryHandle: tpm2.TPMRHEndorsement,
-		InPublic:      tpm2.New2B(tmpl),
+		InPublic:      tpm2.New2B(info.tmpl),
 	}.Execute(t)
 	if err != nil {
-		return nil, nil, fmt.Errorf("create EK: %w", err)
+		return info, nil, fmt.Errorf("create EK: %w", err)
 	}
 	defer flush(t, ek.ObjectHandle)
 	p, err := ek.OutPublic.Contents()
 	if err != nil {
-		return nil, nil, fmt.Errorf("EK public: %w", err)
+		return info, nil, fmt.Errorf("EK public: %w", err)
 	}
 	k, err := tpm2.Pub(*p)
 	if err != nil {
-		return nil, nil, fmt.Errorf("EK public: %w", err)
+		return info, nil, fmt.Errorf("EK public: %w", err)
 	}
-	pub, err = x509.MarshalPKIXPublicKey(k)
-	if err != nil {
-		return nil, nil, fmt.Errorf("EK public: %w", err)
+	if info.pkix, err = x509.MarshalPKIXPublicKey(k); err != nil {
+		return info, nil, fmt.Errorf("EK public: %w", err)
 	}
-	return pub, cert, nil
+	info.area = ek.OutPublic.Bytes()
+	return info, cert, nil
 }
 
 // readNV reads a whole NV index with owner auth; ok is false if it is absent or unreadable.
@@ -368,6 +377,32 @@ func readPCRs(t transport.TPM, pcrs []int) (map[int][]byte, error) {
 		left = slices.DeleteFunc(left, func(p int) bool { _, ok := out[p]; return ok })
 	}
 	return out, nil
+}
+
+func (b *tpmBackend) activate(c Credential) ([]byte, error) {
+	ek, err := tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.TPMRHEndorsement,
+		InPublic:      tpm2.New2B(b.ekTmpl),
+	}.Execute(b.t)
+	if err != nil {
+		return nil, fmt.Errorf("create EK: %w", err)
+	}
+	defer flush(b.t, ek.ObjectHandle)
+	// The TCG EK may be used only under PolicySecret(TPM_RH_ENDORSEMENT).
+	ekPolicy := func(t transport.TPM, h tpm2.TPMISHPolicy, nonce tpm2.TPM2BNonce) error {
+		_, err := tpm2.PolicySecret{AuthHandle: tpm2.TPMRHEndorsement, PolicySession: h, NonceTPM: nonce}.Execute(t)
+		return err
+	}
+	rsp, err := tpm2.ActivateCredential{
+		ActivateHandle: tpm2.AuthHandle{Handle: b.ak.Handle, Name: b.ak.Name, Auth: tpm2.PasswordAuth(nil)},
+		KeyHandle:      tpm2.AuthHandle{Handle: ek.ObjectHandle, Name: ek.Name, Auth: tpm2.Policy(tpm2.TPMAlgSHA256, 16, ekPolicy)},
+		CredentialBlob: tpm2.TPM2BIDObject{Buffer: c.IDObject},
+		Secret:         tpm2.TPM2BEncryptedSecret{Buffer: c.EncSecret},
+	}.Execute(b.t)
+	if err != nil {
+		return nil, fmt.Errorf("activate credential: %w", err)
+	}
+	return rsp.CertInfo.Buffer, nil
 }
 
 func (b *tpmBackend) close() error {
