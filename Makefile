@@ -32,5 +32,10 @@ staticcheck:
 gotest:
 	$(GO) test -count=1 -timeout 25m ./...
 
+## demo: a simulated factory fleet end to end (not built yet).
+demo:
+	@echo "make demo: the simulated fleet demo is not built yet. Today: go build -o bin/ ./cmd/... && bin/shoal validate fleet-repo-example"
+	@exit 1
+
 clean:
 	rm -rf $(BIN)
