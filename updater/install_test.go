@@ -41,7 +41,7 @@ func newImageServer(t *testing.T, img []byte, cutAfter int, noRange bool) *image
 			r.Header.Del("Range")
 		}
 		if cut > 0 {
-			w.Header().Set("Content-Length", itoa(len(img)))
+			w.Header().Set("Content-Length", strconv.Itoa(len(img)))
 			w.WriteHeader(http.StatusOK)
 			w.Write(img[:cut])
 			panic(http.ErrAbortHandler) // drop the connection mid-body
@@ -51,8 +51,6 @@ func newImageServer(t *testing.T, img []byte, cutAfter int, noRange bool) *image
 	t.Cleanup(s.Close)
 	return s
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }
 
 // TestResumeHTTP: a download cut mid-way resumes with a Range request from the
 // last checkpoint, with and without a chunk manifest; a server that ignores

@@ -9,7 +9,8 @@
 // transition changes the bootloader env in at most one write, so a power cut
 // at any instant leaves a slot that boots and verifies.
 //
-// The agent and the shoal-agent CLI import it; it imports spec only.
+// The agent and the shoal-agent CLI import it. Of Shoal's packages it imports
+// spec, its own bootenv and internal/atomicfile.
 package updater
 
 import (
