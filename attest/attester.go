@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/google/go-tpm/tpm2/transport"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Key kinds, as api.EnrolRequest.KeyKind spells them.
@@ -69,6 +70,15 @@ type Attester struct {
 	b      backend
 	closer io.Closer // the TPM device we opened, if any
 	log    *slog.Logger
+
+	quotes   *prometheus.CounterVec
+	software prometheus.Gauge
+}
+
+// Collectors returns the attester's metrics for the agent's registry:
+// quotes made by result, and whether the device runs on a software key.
+func (a *Attester) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{a.quotes, a.software}
 }
 
 // New opens the TPM (o.TPM, else o.DevicePath) and creates or loads the
@@ -88,7 +98,15 @@ func New(ctx context.Context, o Options) (*Attester, error) {
 	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("attest state dir: %w", err)
 	}
-	a := &Attester{log: log}
+	a := &Attester{
+		log: log,
+		quotes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_attest_quotes_total", Help: "Quotes made for the hub, by result (ok or error).",
+		}, []string{"result"}),
+		software: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "shoal_attest_software_key", Help: "1 when the device has no TPM and attests with a weaker software key.",
+		}),
+	}
 	t := o.TPM
 	if t == nil {
 		path := o.DevicePath
@@ -105,6 +123,7 @@ func New(ctx context.Context, o Options) (*Attester, error) {
 			}
 			log.Warn("no TPM: using a software key, flagged as weaker", "device", path)
 			a.b = sw
+			a.software.Set(1)
 			return a, nil
 		}
 		tc, err := OpenDevice(path)
@@ -171,7 +190,13 @@ func (a *Attester) Quote(ctx context.Context, nonce []byte, pcrs []int) (*Quote,
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return a.b.quote(nonce, sel)
+	q, err := a.b.quote(nonce, sel)
+	if err != nil {
+		a.quotes.WithLabelValues("error").Inc()
+		return nil, err
+	}
+	a.quotes.WithLabelValues("ok").Inc()
+	return q, nil
 }
 
 // ActivateCredential answers the hub's enrolment challenge (MakeCredential):

@@ -90,6 +90,23 @@ func PolicyFor(d *spec.Device) (Policy, error) {
 	return p, nil
 }
 
+// WithApp returns a copy of p that expects AppPCR to hold the given spec hash
+// and release version: the hub checks a device's claim (api.AttestRequest's
+// SpecHash and ReleaseVersion) and, if the quote verifies, knows the device
+// really runs that commit and release.
+func (p Policy) WithApp(specHash, releaseVersion string) Policy {
+	out := Policy{PCRs: slices.Clone(p.PCRs), Expected: make(map[int][]byte, len(p.Expected)+1)}
+	for k, v := range p.Expected {
+		out.Expected[k] = v
+	}
+	if !slices.Contains(out.PCRs, AppPCR) {
+		out.PCRs = append(out.PCRs, AppPCR)
+		slices.Sort(out.PCRs)
+	}
+	out.Expected[AppPCR] = AppPCRValue(specHash, releaseVersion)
+	return out
+}
+
 func (p Policy) validate() error {
 	if len(p.PCRs) == 0 {
 		return fmt.Errorf("empty PCR selection: %w", ErrPolicy)

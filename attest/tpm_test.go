@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/shoalfleet/shoal/spec"
 )
 
@@ -207,6 +208,18 @@ func TestPolicyForSwtpm(t *testing.T) {
 	if err := try(d.Hash(), "1.4.0"); err != nil {
 		t.Fatalf("device on the spec and release: %v", err)
 	}
+	// The hub can also check a device's claim of an older commit it still runs.
+	if err := a.ExtendApp(ctx, "older-spec", "1.4.0"); err != nil {
+		t.Fatal(err)
+	}
+	n, _ := v.Issue(ctx, "dev-a")
+	q, err := a.Quote(ctx, n, d.Attestation.PCRs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify(ctx, Request{DeviceID: "dev-a", Quote: q, AK: a.Identity().AK, Policy: pol.WithApp("older-spec", "1.4.0")}); err != nil {
+		t.Fatalf("claimed older spec: %v", err)
+	}
 	var m *PCRMismatchError
 	if err := try(d.Hash(), "1.3.9"); !errors.As(err, &m) || m.PCR != AppPCR {
 		t.Fatalf("device on an older release: %v, want a mismatch on PCR %d", err, AppPCR)
@@ -255,6 +268,11 @@ func TestSoftwareKey(t *testing.T) {
 	id := a.Identity()
 	if id.Kind != KindSoftware || !id.Weak {
 		t.Fatalf("identity %+v, want a weak software key", id)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(a.Collectors()...)
+	if got := metricValue(t, reg, "shoal_attest_software_key", "", ""); got != 1 {
+		t.Errorf("shoal_attest_software_key = %v, want 1", got)
 	}
 	if err := a.ExtendApp(ctx, "h", "1"); err != nil {
 		t.Fatal(err)
