@@ -1,0 +1,34 @@
+package main
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// The device binary must not link the hub, an SQL driver, a browser driver or
+// the TPM simulator (cgo): it stays small and static. (The standard library's
+// database/sql comes in through the Prometheus collectors and CUE's decimal
+// type; it holds no driver.)
+func TestDeviceBinaryDeps(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", ".")
+	cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	forbidden := []string{
+		"github.com/shoalfleet/shoal/hub",
+		"modernc.org/sqlite",
+		"github.com/jackc/pgx",
+		"github.com/chromedp",
+		"github.com/google/go-tpm-tools/simulator",
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		for _, f := range forbidden {
+			if pkg == f || strings.HasPrefix(pkg, f+"/") {
+				t.Errorf("shoal-agent links %s", pkg)
+			}
+		}
+	}
+}
