@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -238,6 +239,7 @@ func (a *Agent) Pass(ctx context.Context, trigger string) (*Report, error) {
 	// already found invalid (not retried until a new commit).
 	var work *source.Revision
 	var dev *spec.Device
+	rendered := false
 	if cand != nil {
 		switch {
 		case cand.Commit == st.Applied.Commit:
@@ -247,6 +249,7 @@ func (a *Agent) Pass(ctx context.Context, trigger string) (*Report, error) {
 			problem, specErrs = st.Attempted.Problem, st.Attempted.Errors
 		default:
 			d, err := a.o.Render(cand.FS, a.cfg.DeviceID)
+			rendered = true
 			if err != nil {
 				a.metrics.errors.WithLabelValues("render").Inc()
 				problem, specErrs = renderProblem(cand.Commit, err)
@@ -272,6 +275,7 @@ func (a *Agent) Pass(ctx context.Context, trigger string) (*Report, error) {
 		dev = a.applied
 	}
 	if work != nil && dev == nil {
+		rendered = true
 		if dev, err = a.o.Render(work.FS, a.cfg.DeviceID); err != nil {
 			a.log.Warn("applied commit no longer renders", "commit", work.Commit, "err", err)
 			work = nil
@@ -347,6 +351,11 @@ func (a *Agent) Pass(ctx context.Context, trigger string) (*Report, error) {
 		a.metrics.lastSuccess.Set(float64(a.now().Unix()))
 	}
 	a.metrics.setCommit(st.Applied.Commit, st.Applied.SpecHash)
+	if rendered {
+		// Loading and rendering through CUE allocates tens of MB that an idle
+		// agent should not hold: give it back to the OS now.
+		debug.FreeOSMemory()
+	}
 	return rep, nil
 }
 

@@ -47,6 +47,14 @@ func wiredRoot() *cobra.Command {
 // nothing unless started by them.
 func TestAgentProcess(t *testing.T) {
 	argv := os.Getenv("SHOAL_AGENT_ARGS")
+	if os.Getenv("SHOAL_AGENT_IDLE") == "1" {
+		// The baseline for TestIdleRSS: the same binary, every library
+		// linked, doing nothing.
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		<-ctx.Done()
+		stop()
+		os.Exit(0)
+	}
 	if argv == "" {
 		t.Skip("started as a child process by the shoal-agent tests")
 	}
@@ -271,5 +279,95 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		<-time.After(20 * time.Millisecond)
+	}
+}
+
+func vmRSS(t *testing.T, pid int) uint64 { return procStatus(t, pid, "VmRSS") }
+
+func procStatus(t *testing.T, pid int, key string) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, key+":"); ok {
+			var kb uint64
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
+			return kb << 10
+		}
+	}
+	t.Fatal("no " + key)
+	return 0
+}
+
+// TestIdleRSS runs the agent on the example fleet repo and measures its
+// resident memory once idle after a full pass, against the same binary
+// started and doing nothing.
+func TestIdleRSS(t *testing.T) {
+	f := newFleet(t)
+	files := map[string]string{}
+	root := "../../fleet-repo-example"
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		rel, _ := filepath.Rel(root, p)
+		files[rel] = string(b)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.commit(files)
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	cfgPath, _ := writeConfig(t, "file://"+f.dir, addr)
+	b, _ := os.ReadFile(cfgPath)
+	os.WriteFile(cfgPath, []byte(strings.Replace(string(b), "device_id: d1", "device_id: gw-01", 1)), 0o600)
+
+	base := exec.Command(os.Args[0], "-test.run=^TestAgentProcess$")
+	base.Env = append(os.Environ(), "SHOAL_AGENT_IDLE=1")
+	if err := base.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { base.Process.Kill(); base.Wait() })
+
+	cmd := agentCmd("--config", cfgPath)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitUntil(t, "the first pass", func() bool {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var h struct {
+			Passes    int
+			Converged bool
+		}
+		json.NewDecoder(resp.Body).Decode(&h)
+		return h.Passes == 1
+	})
+	st, _ := agent.ReadState(filepath.Join(filepath.Dir(cfgPath), "state"))
+	if st == nil || st.LastPass == nil || !st.LastPass.Converged() {
+		t.Fatalf("the pass on the example fleet did not converge: %+v\n%s", st, out.String())
+	}
+	mib := func(b uint64) float64 { return float64(b) / (1 << 20) }
+	agentRSS, baseRSS := vmRSS(t, cmd.Process.Pid), vmRSS(t, base.Process.Pid)
+	agentAnon, baseAnon := procStatus(t, cmd.Process.Pid, "RssAnon"), procStatus(t, base.Process.Pid, "RssAnon")
+	t.Logf("idle after a full pass on the example fleet: RSS %.1f MiB (anon %.1f); same binary doing nothing: RSS %.1f MiB (anon %.1f)",
+		mib(agentRSS), mib(agentAnon), mib(baseRSS), mib(baseAnon))
+	// This is the test binary (testing and every test dependency linked), so
+	// the bound is on what a pass leaves behind: memory it allocated and kept.
+	// The stripped release binary's absolute figure is in docs/bench/agent.md.
+	if agentAnon > baseAnon+6<<20 {
+		t.Errorf("a pass left %.1f MiB of anonymous memory resident, want under 6 MiB", mib(agentAnon-baseAnon))
 	}
 }
