@@ -301,8 +301,14 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, repo fs.FS,
 	}
 	if main.Kind == KindKeep {
 		ar.Outcome = OutcomeUnchanged
-		if strings.HasPrefix(main.Reason, "drift left alone") {
+		switch {
+		case strings.HasPrefix(main.Reason, reasonDriftAlert):
 			ar.Outcome = OutcomeDrift
+		case main.Reason == reasonFailedBefore:
+			// The spec's version is not running: say so on every pass until the spec changes.
+			ar.Outcome = OutcomeRolledBack
+			ar.Error = &AppError{App: app.Name, Field: "healthcheck", Code: "health-failed",
+				Err: fmt.Errorf("%w: this version was rolled back earlier; the previous one keeps running until the spec changes", ErrUnhealthy)}
 		}
 		if len(acts) == 1 {
 			// Report what Observe saw: a no-op pass makes no further Engine calls.
@@ -318,7 +324,9 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, repo fs.FS,
 		ar.Outcome, ar.Error = OutcomeFailed, &AppError{App: app.Name, Code: "canceled", Err: ctx.Err()}
 		return ar
 	}
-	defer func() { <-sem }()
+	// The slot bounds concurrent Engine work; it is given back while waiting for health.
+	release := sync.OnceFunc(func() { <-sem })
+	defer release()
 	log := r.log.With("app", app.Name)
 	for _, a := range acts {
 		if a.Kind != KindKeep {
@@ -335,13 +343,13 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, repo fs.FS,
 			err = r.ensureImage(ctx, app, a.Kind, repo)
 		case KindCreate:
 			ar.Outcome = OutcomeCreated
-			id, err = r.create(ctx, dev, app, &ar)
+			id, err = r.create(ctx, dev, app, &ar, release)
 		case KindRecreate:
 			ar.Outcome = OutcomeUpdated
-			id, err = r.recreate(ctx, dev, app, a.ContainerID, &ar)
+			id, err = r.recreate(ctx, dev, app, a.ContainerID, &ar, release)
 		case KindStart:
 			ar.Outcome = OutcomeStarted
-			id, err = a.ContainerID, r.start(ctx, app, a.ContainerID, &ar)
+			id, err = a.ContainerID, r.start(ctx, app, a.ContainerID, &ar, release)
 		case KindRestore:
 			ar.Outcome = OutcomeRestored
 			id, err = a.ContainerID, r.restore(ctx, app, a.ContainerID)
@@ -456,7 +464,7 @@ func (r *Reconciler) engineError(app *spec.App, op string, err error) *AppError 
 
 // create makes and starts a new app container, and waits for it to be healthy.
 // A container that fails is removed, its exit code and last logs kept in ar.
-func (r *Reconciler) create(ctx context.Context, dev *spec.Device, app *spec.App, ar *AppResult) (string, error) {
+func (r *Reconciler) create(ctx context.Context, dev *spec.Device, app *spec.App, ar *AppResult, release func()) (string, error) {
 	id, err := r.createContainer(ctx, dev, app, r.containerName(app.Name))
 	if err != nil {
 		return "", err
@@ -466,6 +474,7 @@ func (r *Reconciler) create(ctx context.Context, dev *spec.Device, app *spec.App
 		r.removeContainer(ctx, id)
 		return "", r.engineError(app, "start", err)
 	}
+	release()
 	if err := r.waitHealthy(ctx, id, app); err != nil {
 		r.capture(ctx, id, ar)
 		r.removeContainer(ctx, id)
@@ -478,7 +487,7 @@ func (r *Reconciler) create(ctx context.Context, dev *spec.Device, app *spec.App
 // recreate replaces old with a container for app. The old one is renamed aside
 // and only removed once the new one is healthy; on any failure the new one is
 // removed and the old one put back and started again.
-func (r *Reconciler) recreate(ctx context.Context, dev *spec.Device, app *spec.App, oldID string, ar *AppResult) (string, error) {
+func (r *Reconciler) recreate(ctx context.Context, dev *spec.Device, app *spec.App, oldID string, ar *AppResult, release func()) (string, error) {
 	name, aside := r.containerName(app.Name), r.asideName(app.Name)
 	old, err := r.eng.ContainerInspect(ctx, oldID)
 	if err != nil {
@@ -536,6 +545,7 @@ func (r *Reconciler) recreate(ctx context.Context, dev *spec.Device, app *spec.A
 	if err := r.eng.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
 		return "", rollback(r.engineError(app, "start", err))
 	}
+	release()
 	if err := r.waitHealthy(ctx, id, app); err != nil {
 		r.markFailed(app, dev)
 		return "", rollback(err)
@@ -551,7 +561,7 @@ func (r *Reconciler) markFailed(app *spec.App, dev *spec.Device) {
 }
 
 // start starts (or unpauses) an existing container and waits for it to be healthy.
-func (r *Reconciler) start(ctx context.Context, app *spec.App, id string, ar *AppResult) error {
+func (r *Reconciler) start(ctx context.Context, app *spec.App, id string, ar *AppResult, release func()) error {
 	ins, err := r.eng.ContainerInspect(ctx, id)
 	if err != nil {
 		return &AppError{App: app.Name, Code: "engine-error", Err: err}
@@ -565,6 +575,7 @@ func (r *Reconciler) start(ctx context.Context, app *spec.App, id string, ar *Ap
 		r.capture(ctx, id, ar)
 		return r.engineError(app, "start", err)
 	}
+	release()
 	if err := r.waitHealthy(ctx, id, app); err != nil {
 		r.capture(ctx, id, ar)
 		return err

@@ -180,6 +180,12 @@ func PlanFor(dev *spec.Device, obs *Observed, prefix string) *Plan {
 	return p
 }
 
+// Reasons of keep actions that Apply reports as something other than unchanged.
+const (
+	reasonFailedBefore = "this version failed its health gate and was rolled back; not retried until the spec changes"
+	reasonDriftAlert   = "drift left alone (policy alert): "
+)
+
 // planApp decides what one wanted app needs.
 func planApp(dev *spec.Device, app *spec.App, h string, c, aside *Container, obs *Observed) ([]Action, *Drift) {
 	policy := app.Drift
@@ -200,7 +206,7 @@ func planApp(dev *spec.Device, app *spec.App, h string, c, aside *Container, obs
 		return []Action{a}
 	}
 	if f := obs.Failed[app.Name]; f == h && (c == nil || c.Hash != h) {
-		return []Action{act(KindKeep, "this version failed its health gate and was rolled back; not retried until the spec changes")}, nil
+		return []Action{act(KindKeep, reasonFailedBefore)}, nil
 	}
 	if c == nil {
 		if aside != nil {
@@ -210,7 +216,7 @@ func planApp(dev *spec.Device, app *spec.App, h string, c, aside *Container, obs
 		if obs.Applied[app.Name] != "" {
 			d := &Drift{App: app.Name, What: "container removed outside shoal", Policy: policy}
 			if policy == "alert" {
-				return []Action{act(KindKeep, "drift left alone (policy alert): container removed")}, d
+				return []Action{act(KindKeep, reasonDriftAlert+"container removed")}, d
 			}
 			a := act(KindCreate, "container removed outside shoal")
 			a.Drift = true
@@ -231,7 +237,7 @@ func planApp(dev *spec.Device, app *spec.App, h string, c, aside *Container, obs
 	if what := resourceDrift(app, c); what != "" {
 		d := &Drift{App: app.Name, What: what, Policy: policy}
 		if policy == "alert" {
-			return append(out, act(KindKeep, "drift left alone (policy alert): "+what)), d
+			return append(out, act(KindKeep, reasonDriftAlert+""+what)), d
 		}
 		a := act(KindRecreate, what)
 		a.Drift = true
@@ -253,7 +259,7 @@ func planApp(dev *spec.Device, app *spec.App, h string, c, aside *Container, obs
 	}
 	d := &Drift{App: app.Name, What: what, Policy: policy}
 	if policy == "alert" {
-		return append(out, act(KindKeep, "drift left alone (policy alert): "+what)), d
+		return append(out, act(KindKeep, reasonDriftAlert+""+what)), d
 	}
 	a := act(KindStart, what)
 	a.Drift = true

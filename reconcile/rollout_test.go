@@ -69,6 +69,11 @@ func TestRollbackOnFailedHealth(t *testing.T) {
 			if !hasAction(p, KindKeep, "web", "failed its health gate") {
 				t.Errorf("failed version would be retried:\n%s", p)
 			}
+			// and the pass keeps saying that the spec's version is not the one running.
+			again := e.reconcile(dev)
+			if a := appResult(t, again, "web"); a.Outcome != OutcomeRolledBack || !errors.Is(a.Error, ErrUnhealthy) || again.Converged() {
+				t.Errorf("next pass reports %+v, converged %v", a, again.Converged())
+			}
 			// Nor after a restart of the agent: the failure is remembered on disk.
 			r2, err := New(e.cli, e.opts)
 			if err != nil {
