@@ -722,3 +722,23 @@ func (a *Agent) alive() bool {
 	defer a.mu.Unlock()
 	return a.busySince.IsZero() || a.now().Sub(a.busySince) < passLimit
 }
+
+// ConvergedCheck is a health-gate check: nil when the last pass converged on
+// the applied commit, else an error naming what did not. The updater's gate
+// composes it with attest's checks before committing a trial boot.
+func (a *Agent) ConvergedCheck(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	st := a.State()
+	switch {
+	case st.LastPass == nil:
+		return errors.New("agent: no pass has run since start")
+	case !st.LastPass.Converged():
+		if p := st.LastPass.Status.Problem; p != nil {
+			return fmt.Errorf("agent: %s: %s: %s", st.LastPass.Status.State, p.Reason, first(strings.Split(p.Message, "\n"), ""))
+		}
+		return fmt.Errorf("agent: %s", st.LastPass.Status.State)
+	}
+	return nil
+}

@@ -48,6 +48,9 @@ func TestPassLifecycle(t *testing.T) {
 		t.Fatalf("stage results not in status: %+v", rep.Status)
 	}
 
+	if err := a.ConvergedCheck(ctx); err != nil {
+		t.Fatalf("ConvergedCheck after a converged pass: %v", err)
+	}
 	rep = pass("nothing new")
 	if !rep.Converged() || stage.calls() != 1 || rep.Stages["containers"].Ran {
 		t.Fatalf("a pass with nothing new called the stage (calls %d)", stage.calls())
@@ -75,6 +78,9 @@ func TestPassLifecycle(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "keeping the applied commit") {
 		t.Fatalf("no log line for the invalid commit:\n%s", logs)
+	}
+	if err := a.ConvergedCheck(ctx); err == nil || !strings.Contains(err.Error(), "spec-invalid") {
+		t.Fatalf("ConvergedCheck on a stalled device: %v", err)
 	}
 	rep = pass("invalid again")
 	if rep.Status.State != api.StateStalled || cr.n != rendersBefore+1 {
