@@ -110,7 +110,7 @@ func TestKill9(t *testing.T) {
 			r.commit(map[string]string{"devices/d1.yaml": fmt.Sprintf("labels:\n  role: web\n  rev: \"%d\"\n", i)}, "change "+strconv.Itoa(i))
 		}
 		cmd := start()
-		<-time.After(time.Duration(60+rand.IntN(340)) * time.Millisecond)
+		<-time.After(time.Duration(40+rand.IntN(200)) * time.Millisecond)
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		_ = cmd.Wait()
 		kills++
