@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -238,7 +239,13 @@ func printAgentState(w io.Writer, cfg *agent.Config, st *agent.State, ob *agent.
 			fmt.Fprintf(w, "%-10s   %s\n", "", l)
 		}
 	}
-	for name, s := range lp.Stages {
+	names := make([]string, 0, len(lp.Stages))
+	for name := range lp.Stages {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		s := lp.Stages[name]
 		what := "not run (nothing new)"
 		if s.Ran {
 			what = "ran"
