@@ -75,3 +75,16 @@ func TestLoadConfigFile(t *testing.T) {
 		t.Fatal("missing file accepted")
 	}
 }
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(DefaultsYAML))
+	f.Add([]byte("device_id: gw-01\nrepo: {url: file:///x}\npoll_interval: 30s\n"))
+	f.Add([]byte("repo:\n  signers:\n    ssh_keys: [1, 2]\n"))
+	f.Add([]byte("poll_interval: 5\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		c, err := ParseConfig("agent.yaml", in)
+		if err == nil && (c.Repo.URL == "" || c.PollInterval.D() < time.Second || c.OutboxMax < 1) {
+			t.Fatalf("accepted an invalid config: %+v", c)
+		}
+	})
+}

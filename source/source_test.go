@@ -6,9 +6,11 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -271,5 +273,44 @@ func TestNewRejects(t *testing.T) {
 		if _, err := New(tt.o); err == nil {
 			t.Errorf("%s: New accepted it", tt.name)
 		}
+	}
+}
+
+// TestFetchTimeoutOnSilentServer: a server that accepts and never answers
+// costs one fetch timeout, then the fetch fails as waiting.
+func TestFetchTimeoutOnSilentServer(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	s := newSource(t, Options{URL: "git://" + l.Addr().String() + "/fleet", Timeout: 300 * time.Millisecond})
+	start := time.Now()
+	_, err = s.Fetch(t.Context(), "")
+	if !errors.Is(err, ErrUnreachable) || Stalled(err) {
+		t.Fatalf("err = %v, want ErrUnreachable", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("fetch took %v with a 300ms timeout", d)
 	}
 }
