@@ -249,14 +249,26 @@ func (r *Reconciler) apply(ctx context.Context, dev *spec.Device, p *Plan, repo 
 	}
 	wg.Wait()
 
+	// Cleanup last, once no container of ours uses what goes. A failure here
+	// (an image or network still used by a container Shoal does not own) is
+	// logged and retried on a later pass; it harms no app.
 	for _, a := range p.Actions {
-		if a.Kind == KindPrune {
-			if err := r.prune(ctx, a.Target); err != nil {
-				r.log.Warn("prune image", "ref", a.Target, "err", err)
-			} else {
-				r.metrics.actions.WithLabelValues(string(a.Kind)).Inc()
+		var err error
+		switch a.Kind {
+		case KindPrune:
+			err = r.prune(ctx, a.Target)
+		case KindNetRm:
+			if err = r.eng.NetworkRemove(ctx, a.Target); cerrdefs.IsNotFound(err) {
+				err = nil
 			}
+		default:
+			continue
 		}
+		if err != nil {
+			r.log.Warn("cleanup", "action", a.Kind, "target", a.Target, "err", err)
+			continue
+		}
+		r.metrics.actions.WithLabelValues(string(a.Kind)).Inc()
 	}
 	res.finish()
 	return res

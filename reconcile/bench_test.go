@@ -74,6 +74,11 @@ func (w *writeCounter) NetworkConnect(ctx context.Context, id, c string, s *netw
 	return w.Engine.NetworkConnect(ctx, id, c, s)
 }
 
+func (w *writeCounter) NetworkRemove(ctx context.Context, id string) error {
+	w.n.Add(1)
+	return w.Engine.NetworkRemove(ctx, id)
+}
+
 func benchApps(e *env, n int) []spec.App {
 	apps := make([]spec.App, n)
 	for i := range apps {

@@ -43,6 +43,7 @@ type Observed struct {
 	Images     map[string]string      // image ref the spec names -> local image ID; absent when not present
 	Loaded     map[string]LoadedImage // images Shoal brought in, by ref (pruned when unreferenced)
 	Networks   map[string]bool        // networks that exist, by name
+	OwnNets    map[string]bool        // networks this reconciler created, by name
 	Applied    map[string]string      // app -> spec hash last applied by this reconciler
 	Failed     map[string]string      // app -> spec hash rolled back after failing its health gate
 }
@@ -62,6 +63,7 @@ func (r *Reconciler) Observe(ctx context.Context, dev *spec.Device) (*Observed, 
 		Containers: make([]Container, len(list)),
 		Images:     map[string]string{},
 		Networks:   map[string]bool{},
+		OwnNets:    map[string]bool{},
 	}
 	// Inspect in parallel: exit code, restart count, health and resources are not in the list.
 	var (
@@ -129,6 +131,9 @@ func (r *Reconciler) Observe(ctx context.Context, dev *spec.Device) (*Observed, 
 	}
 	for _, n := range nets {
 		obs.Networks[n.Name] = true
+		if n.Labels[LabelManagedBy] == managedByValue && n.Labels[LabelPrefix] == r.o.Prefix {
+			obs.OwnNets[n.Name] = true
+		}
 	}
 	kept := obs.Containers[:0]
 	for _, c := range obs.Containers {

@@ -26,6 +26,7 @@ const (
 	KindRestore  Kind = "restore"        // put back a previous version left aside
 	KindKeep     Kind = "keep"           // nothing to do
 	KindPrune    Kind = "prune-image"    // remove an image Shoal loaded and no longer references
+	KindNetRm    Kind = "remove-network" // remove a network Shoal created that no app joins any more
 )
 
 // Action is one step of a plan, with the reason a person reads.
@@ -80,7 +81,7 @@ func (p *Plan) String() string {
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	for _, a := range p.Actions {
 		what := a.App
-		if a.Target != "" && (a.App == "" || a.Kind == KindPull || a.Kind == KindLoad || a.Kind == KindPrune) {
+		if a.Target != "" && (a.App == "" || a.Kind == KindPull || a.Kind == KindLoad) {
 			if what != "" {
 				what += " "
 			}
@@ -175,6 +176,11 @@ func PlanFor(dev *spec.Device, obs *Observed, prefix string) *Plan {
 	for _, ref := range sortedKeys(obs.Loaded) {
 		if !refs[ref] {
 			p.Actions = append(p.Actions, Action{Kind: KindPrune, Target: ref, Reason: "image no longer referenced"})
+		}
+	}
+	for _, n := range sortedKeys(obs.OwnNets) {
+		if !nets[n] {
+			p.Actions = append(p.Actions, Action{Kind: KindNetRm, Target: n, Reason: "no app joins it any more"})
 		}
 	}
 	return p

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/network"
 
 	"github.com/shoalfleet/shoal/internal/dockertest"
 )
@@ -106,6 +107,19 @@ func TestConvergeNoopUpdateRemove(t *testing.T) {
 	e.mustReconcile(dev)
 	if id, _ := e.inspect("worker"); id != "" {
 		t.Errorf("worker still exists")
+	}
+
+	// No apps left: the fleet network Shoal created goes too.
+	dev.Apps = nil
+	if p := e.plan(dev); !hasAction(p, KindNetRm, "", "no app joins it") {
+		t.Fatalf("plan lacks remove-network:\n%s", p)
+	}
+	e.mustReconcile(dev)
+	if _, err := e.cli.NetworkInspect(ctx, dev.Network, network.InspectOptions{}); err == nil {
+		t.Errorf("network %s still exists", dev.Network)
+	}
+	if p := e.plan(dev); p.Changes() != 0 {
+		t.Errorf("plan not settled:\n%s", p)
 	}
 }
 
