@@ -74,7 +74,11 @@ func (s ClockStatus) Err() error {
 type ClockOptions struct {
 	Servers []string      // host or host:port
 	MaxSkew time.Duration // default 1s
-	Timeout time.Duration // per server; default 3s
+	Timeout time.Duration // per query; default 3s
+	// Samples is how many exchanges to make with each server; the one with
+	// the shortest round trip counts, as in NTP's clock filter: a delay that
+	// lengthens one direction lengthens the round trip too. Default 3.
+	Samples int
 	Now     func() time.Time
 	Logger  *slog.Logger
 }
@@ -100,6 +104,9 @@ func NewClock(o ClockOptions) *Clock {
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 3 * time.Second
+	}
+	if o.Samples <= 0 {
+		o.Samples = 3
 	}
 	injected := o.Now != nil
 	if !injected {
@@ -209,7 +216,7 @@ func (c *Clock) Check(ctx context.Context) ClockStatus {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			samples[i] = query(ctx, srv, o, c.injected)
+			samples[i] = sample(ctx, srv, o, c.injected)
 		}()
 	}
 	wg.Wait()
@@ -270,7 +277,26 @@ func (c *Clock) setStateMetric(s ClockState) {
 	}
 }
 
-// query asks one server; a cancelled ctx closes the socket so the query ends at once.
+// sample makes o.Samples exchanges with server and keeps the one with the
+// shortest round trip; it stops at the first failure.
+func sample(ctx context.Context, server string, o ClockOptions, injected bool) ServerSample {
+	var best ServerSample
+	for i := range o.Samples {
+		s := query(ctx, server, o, injected)
+		if s.Err != "" {
+			if i == 0 {
+				return s
+			}
+			break
+		}
+		if i == 0 || s.RTT < best.RTT {
+			best = s
+		}
+	}
+	return best
+}
+
+// query asks one server once; a cancelled ctx closes the socket so the query ends at once.
 func query(ctx context.Context, server string, o ClockOptions, injected bool) ServerSample {
 	s := ServerSample{Server: server}
 	var stop func() bool

@@ -172,7 +172,9 @@ func TestClockLowerBound(t *testing.T) {
 			t.Fatalf("status %+v: want untrusted below the fleet commit", st)
 		}
 		// NTP still measured how far off the clock is; Now() corrects by it.
-		within(t, "corrected time", time.Until(c.Now()), 0, 5*time.Millisecond)
+		// With an injected clock the client's timestamps are taken in user
+		// space, not by the kernel, so a loaded machine blurs them more.
+		within(t, "corrected time", time.Until(c.Now()), 0, 50*time.Millisecond)
 	})
 	t.Run("1970 without NTP", func(t *testing.T) {
 		c := NewClock(ClockOptions{Servers: []string{closedUDPAddr(t)}, Now: boot1970, Timeout: time.Second})

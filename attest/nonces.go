@@ -71,3 +71,37 @@ func (s *MemNonceStore) Consume(ctx context.Context, deviceID string, nonce []by
 	n.used = true
 	return nil
 }
+
+// MemCounterStore is an in-memory CounterStore. The zero value is ready to use.
+type MemCounterStore struct {
+	mu sync.Mutex
+	m  map[string]Counters
+}
+
+// LastCounters returns the device's last saved counters, or nil.
+func (s *MemCounterStore) LastCounters(ctx context.Context, deviceID string) (*Counters, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.m[deviceID]
+	if !ok {
+		return nil, nil
+	}
+	return &c, nil
+}
+
+// SaveCounters records the device's counters.
+func (s *MemCounterStore) SaveCounters(ctx context.Context, deviceID string, c Counters) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[string]Counters{}
+	}
+	s.m[deviceID] = c
+	return nil
+}

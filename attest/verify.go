@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -68,9 +69,25 @@ type Result struct {
 	At              time.Time      `json:"at"`
 }
 
-// VerifierOptions configures a Verifier. Nonces is required.
+// CounterStore keeps each device's last accepted Counters, so a Request
+// without Last is still held to them. The hub implements it on its database;
+// MemCounterStore is the in-memory one.
+type CounterStore interface {
+	// LastCounters returns the device's last accepted counters, or nil if none.
+	LastCounters(ctx context.Context, deviceID string) (*Counters, error)
+	// SaveCounters records the counters of a quote just accepted.
+	SaveCounters(ctx context.Context, deviceID string, c Counters) error
+}
+
+// VerifierOptions configures a Verifier.
 type VerifierOptions struct {
-	Nonces   NonceStore
+	// Nonces issues and consumes nonces. Nil means the caller does both: it
+	// has consumed Request.Nonce (issued to this device, fresh, unused)
+	// before Verify, which then only checks the quote answers that nonce.
+	Nonces NonceStore
+	// Counters, when set, supplies Request.Last when it is nil and records
+	// the counters of every accepted quote.
+	Counters CounterStore
 	NonceTTL time.Duration // how long an issued nonce is fresh; default 5 minutes
 	Now      func() time.Time
 	Logger   *slog.Logger
@@ -124,6 +141,9 @@ func (v *Verifier) Collectors() []prometheus.Collector { return []prometheus.Col
 
 // Issue makes a fresh 32-byte nonce for deviceID and records it in the store.
 func (v *Verifier) Issue(ctx context.Context, deviceID string) ([]byte, error) {
+	if v.o.Nonces == nil {
+		return nil, errors.New("verifier has no nonce store: the caller issues nonces")
+	}
 	n := make([]byte, 32)
 	if _, err := io.ReadFull(v.o.Rand, n); err != nil {
 		return nil, fmt.Errorf("nonce for device %q: %w", deviceID, err)
@@ -182,12 +202,21 @@ func (v *Verifier) verify(ctx context.Context, r Request) (*Result, error) {
 	if len(nonce) < MinNonce {
 		return nil, fmt.Errorf("nonce is %d bytes: %w", len(nonce), ErrShortNonce)
 	}
-	if r.Nonce != nil && !bytes.Equal(r.Nonce, nonce) {
+	if (r.Nonce != nil || v.o.Nonces == nil) && !bytes.Equal(r.Nonce, nonce) {
 		return nil, ErrWrongNonce
 	}
 	now := v.o.Now()
-	if err := v.o.Nonces.Consume(ctx, r.DeviceID, nonce, now); err != nil {
-		return nil, err
+	if v.o.Nonces != nil {
+		if err := v.o.Nonces.Consume(ctx, r.DeviceID, nonce, now); err != nil {
+			return nil, err
+		}
+	}
+	last := r.Last
+	if last == nil && v.o.Counters != nil {
+		var err error
+		if last, err = v.o.Counters.LastCounters(ctx, r.DeviceID); err != nil {
+			return nil, fmt.Errorf("last counters: %w", err)
+		}
 	}
 
 	ci := p.clock
@@ -195,7 +224,7 @@ func (v *Verifier) verify(ctx context.Context, r Request) (*Result, error) {
 		return nil, ErrClockUnsafe
 	}
 	c := Counters{ResetCount: ci.ResetCount, RestartCount: ci.RestartCount, Clock: ci.Clock}
-	if l := r.Last; l != nil {
+	if l := last; l != nil {
 		// A TPM obfuscates the counters in quotes by keys outside the
 		// endorsement and platform hierarchies: it adds a fixed per-key
 		// offset, so they compare as serial numbers (RFC 1982), not as plain
@@ -248,6 +277,11 @@ func (v *Verifier) verify(ctx context.Context, r Request) (*Result, error) {
 	}
 	if len(mismatches) > 1 {
 		return nil, multiError(mismatches)
+	}
+	if v.o.Counters != nil {
+		if err := v.o.Counters.SaveCounters(ctx, r.DeviceID, c); err != nil {
+			return nil, fmt.Errorf("save counters: %w", err)
+		}
 	}
 	return res, nil
 }
