@@ -114,7 +114,9 @@ state_dir: /var/lib/shoal
 
 repo:
   # The fleet repo: file:///path, git://host/path, ssh://user@host[:port]/path
-  # or https://host/path. Credentials never go in the URL.
+  # or https://host/path. Credentials never go in the URL. file:// runs
+  # git-upload-pack from the git package; without git on the device, use
+  # bundle_dir for local copies.
   url: ""
   # Follow one of branch, tag or commit (full 40-hex id); none set: branch main.
   branch: ""
