@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -26,11 +27,70 @@ type sqlStore struct {
 	d     dialect
 	w, r  *sql.DB
 	close func() error
+	stmts sync.Map // prepared hot-path statements, by pool and query
+}
+
+type stmtKey struct {
+	db *sql.DB
+	q  string
+}
+
+// prep returns query prepared on db, once: SQLite would otherwise parse
+// every statement on every call, which is most of the ingest cost.
+func (s *sqlStore) prep(ctx context.Context, db *sql.DB, query string) (*sql.Stmt, error) {
+	k := stmtKey{db, query}
+	if st, ok := s.stmts.Load(k); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := db.PrepareContext(ctx, s.q(query))
+	if err != nil {
+		return nil, err
+	}
+	if prev, loaded := s.stmts.LoadOrStore(k, st); loaded {
+		st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
+}
+
+// txStmt returns a write statement prepared by prepareHot, bound to tx.
+// It never prepares on the pool: with SQLite's single writer connection held
+// by tx, that would wait forever.
+func (s *sqlStore) txStmt(ctx context.Context, tx *sql.Tx, query string) (*sql.Stmt, error) {
+	if st, ok := s.stmts.Load(stmtKey{s.w, query}); ok {
+		return tx.StmtContext(ctx, st.(*sql.Stmt)), nil
+	}
+	return tx.PrepareContext(ctx, s.q(query))
+}
+
+// Hot-path write statements, prepared once at open.
+const (
+	qStatusDeviceSQLite   = `SELECT revoked, latest_seq FROM devices WHERE id = ?`
+	qStatusDevicePostgres = `SELECT revoked, latest_seq FROM devices WHERE id = ? FOR UPDATE`
+	qStatusInsert         = `INSERT INTO reports (device_id, seq, time, received, state, body) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING`
+	qStatusLatest         = `UPDATE devices SET latest_seq = ?, state = ?, groups = ?, last_seen = ? WHERE id = ?`
+	qStatusSeen           = `UPDATE devices SET last_seen = ? WHERE id = ?`
+)
+
+func (s *sqlStore) prepareHot(ctx context.Context) error {
+	sel := qStatusDeviceSQLite
+	if s.d.name == "postgres" {
+		sel = qStatusDevicePostgres
+	}
+	for _, q := range []string{sel, qStatusInsert, qStatusLatest, qStatusSeen} {
+		if _, err := s.prep(ctx, s.w, q); err != nil {
+			return fmt.Errorf("prepare: %w", err)
+		}
+	}
+	return nil
 }
 
 func (s *sqlStore) Backend() string { return s.d.name }
 
-func (s *sqlStore) Close() error { return s.close() }
+func (s *sqlStore) Close() error {
+	s.stmts.Range(func(_, v any) bool { v.(*sql.Stmt).Close(); return true })
+	return s.close()
+}
 
 func (s *sqlStore) Ping(ctx context.Context) error {
 	if err := s.r.PingContext(ctx); err != nil {
@@ -241,7 +301,11 @@ func scanDevice(r scanner) (Device, error) {
 }
 
 func (s *sqlStore) Device(ctx context.Context, id string) (Device, error) {
-	d, err := scanDevice(s.r.QueryRowContext(ctx, s.q(`SELECT `+deviceCols+` FROM devices WHERE id = ?`), id))
+	st, err := s.prep(ctx, s.r, `SELECT `+deviceCols+` FROM devices WHERE id = ?`)
+	if err != nil {
+		return Device{}, fmt.Errorf("device %q: %w", id, err)
+	}
+	d, err := scanDevice(st.QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Device{}, fmt.Errorf("device %q: %w", id, ErrNotFound)
 	}
@@ -320,45 +384,69 @@ func (s *sqlStore) PutStatus(ctx context.Context, r Report) (PutResult, error) {
 	if r.Seq == 0 || r.Seq > 1<<62 {
 		return PutResult{}, fmt.Errorf("put status of device %q: seq %d out of range", r.DeviceID, r.Seq)
 	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return PutResult{}, fmt.Errorf("put status: begin: %w", err)
-	}
-	defer tx.Rollback()
-	var revoked, latest int64
-	lockSuffix := ""
-	if s.d.name == "postgres" {
-		lockSuffix = " FOR UPDATE"
-	}
-	err = tx.QueryRowContext(ctx, s.q(`SELECT revoked, latest_seq FROM devices WHERE id = ?`+lockSuffix), r.DeviceID).Scan(&revoked, &latest)
-	if errors.Is(err, sql.ErrNoRows) {
-		return PutResult{}, fmt.Errorf("put status: device %q: %w", r.DeviceID, ErrNotFound)
-	}
-	if err != nil {
-		return PutResult{}, fmt.Errorf("put status of device %q: %w", r.DeviceID, err)
-	}
-	if revoked != 0 {
-		return PutResult{}, fmt.Errorf("put status: device %q: %w", r.DeviceID, ErrRevoked)
-	}
-	res, err := tx.ExecContext(ctx, s.q(`INSERT INTO reports (device_id, seq, time, received, state, body) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING`),
-		r.DeviceID, int64(r.Seq), nanos(r.Time), nanos(r.Received), r.State, r.Body)
+	res, err := s.putStatus(ctx, r)
 	if err != nil {
 		return PutResult{}, fmt.Errorf("put status %d of device %q: %w", r.Seq, r.DeviceID, err)
+	}
+	return res, nil
+}
+
+func (s *sqlStore) putStatus(ctx context.Context, r Report) (PutResult, error) {
+	selQ := qStatusDeviceSQLite
+	if s.d.name == "postgres" {
+		selQ = qStatusDevicePostgres
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return PutResult{}, err
+	}
+	defer tx.Rollback()
+	sel, err := s.txStmt(ctx, tx, selQ)
+	if err != nil {
+		return PutResult{}, err
+	}
+	var revoked, latest int64
+	err = sel.QueryRowContext(ctx, r.DeviceID).Scan(&revoked, &latest)
+	if errors.Is(err, sql.ErrNoRows) {
+		return PutResult{}, fmt.Errorf("device: %w", ErrNotFound)
+	}
+	if err != nil {
+		return PutResult{}, err
+	}
+	if revoked != 0 {
+		return PutResult{}, fmt.Errorf("device: %w", ErrRevoked)
+	}
+	ins, err := s.txStmt(ctx, tx, qStatusInsert)
+	if err != nil {
+		return PutResult{}, err
+	}
+	res, err := ins.ExecContext(ctx, r.DeviceID, int64(r.Seq), nanos(r.Time), nanos(r.Received), r.State, r.Body)
+	if err != nil {
+		return PutResult{}, err
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return PutResult{Duplicate: true, Latest: uint64(latest)}, nil
 	}
 	if int64(r.Seq) > latest {
 		latest = int64(r.Seq)
-		if _, err := tx.ExecContext(ctx, s.q(`UPDATE devices SET latest_seq = ?, state = ?, groups = ?, last_seen = ? WHERE id = ?`),
-			latest, r.State, jsonList(r.Groups), nanos(r.Received), r.DeviceID); err != nil {
-			return PutResult{}, fmt.Errorf("put status: update device %q: %w", r.DeviceID, err)
+		up, err := s.txStmt(ctx, tx, qStatusLatest)
+		if err != nil {
+			return PutResult{}, err
 		}
-	} else if _, err := tx.ExecContext(ctx, s.q(`UPDATE devices SET last_seen = ? WHERE id = ?`), nanos(r.Received), r.DeviceID); err != nil {
-		return PutResult{}, fmt.Errorf("put status: update device %q: %w", r.DeviceID, err)
+		if _, err := up.ExecContext(ctx, latest, r.State, jsonList(r.Groups), nanos(r.Received), r.DeviceID); err != nil {
+			return PutResult{}, err
+		}
+	} else {
+		up, err := s.txStmt(ctx, tx, qStatusSeen)
+		if err != nil {
+			return PutResult{}, err
+		}
+		if _, err := up.ExecContext(ctx, nanos(r.Received), r.DeviceID); err != nil {
+			return PutResult{}, err
+		}
 	}
 	if err := tx.Commit(); err != nil {
-		return PutResult{}, fmt.Errorf("put status %d of device %q: commit: %w", r.Seq, r.DeviceID, err)
+		return PutResult{}, fmt.Errorf("commit: %w", err)
 	}
 	return PutResult{Latest: uint64(latest)}, nil
 }

@@ -1,0 +1,355 @@
+package storetest
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/hub/store"
+)
+
+// RunView runs the fleet view's conformance tests: the status page's
+// filtered, sorted, paged device list, counts, one device and the rollout.
+func RunView(t *testing.T, open Open) {
+	t.Run("Filters", func(t *testing.T) { testViewFilters(t, open(t)) })
+	t.Run("PagesAndSort", func(t *testing.T) { testViewPages(t, open(t)) })
+	t.Run("Refresh", func(t *testing.T) { testViewRefresh(t, open(t)) })
+	t.Run("Rollout", func(t *testing.T) { testViewRollout(t, open(t)) })
+}
+
+func viewer(t *testing.T, s store.Store) store.Viewer {
+	t.Helper()
+	v, err := store.AsViewer(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// put stores st as device id's report seq, received at t0+seq minutes.
+func put(t *testing.T, s store.Store, st api.Status, labels map[string]string) {
+	t.Helper()
+	st.APIVersion = api.Version
+	if st.Time.IsZero() {
+		st.Time = t0.Add(time.Duration(st.Seq) * time.Minute)
+	}
+	body, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if labels != nil {
+		var m map[string]any
+		_ = json.Unmarshal(body, &m)
+		m["labels"] = labels
+		body, _ = json.Marshal(m)
+	}
+	if _, err := s.PutStatus(t.Context(), store.Report{DeviceID: st.DeviceID, Seq: st.Seq, Time: st.Time,
+		Received: t0.Add(time.Duration(st.Seq) * time.Minute), State: string(st.State), Groups: st.Groups, Body: body}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func ids(rows []store.FleetRow) []string {
+	out := []string{}
+	for _, r := range rows {
+		out = append(out, r.ID)
+	}
+	return out
+}
+
+// fleetFixture enrols and reports a small fleet with one device per condition.
+func fleetFixture(t *testing.T, s store.Store) {
+	t.Helper()
+	for _, id := range []string{"conv-1", "upd-1", "trial-1", "stall-1", "rb-1", "drift-1", "skew-1", "untrusted-1", "attest-1", "wait-1", "silent-1", "odd_%!-1"} {
+		enrolled(t, s, id)
+	}
+	run := func(id string) api.Status {
+		return api.Status{DeviceID: id, Seq: 10, State: api.StateConverged, Groups: []string{"line-a"},
+			Commit: api.CommitStatus{Attempted: "c2", Applied: "c2", SpecHash: "h2"},
+			Apps:   []api.AppStatus{{Name: "web", State: "running", Health: "healthy"}, {Name: "db", State: "running"}},
+			Update: &api.UpdateStatus{State: "committed", Slot: "a", Version: "1.2.0"},
+			Clock:  &api.ClockStatus{Trusted: true, Skew: 100 * time.Millisecond}}
+	}
+	conv := run("conv-1")
+	put(t, s, conv, map[string]string{"site": "north", "tier": "gold"})
+	upd := run("upd-1")
+	upd.State, upd.Groups, upd.Commit.Attempted = api.StateUpdating, []string{"line-b"}, "c3"
+	upd.Update = &api.UpdateStatus{State: "downloading", Slot: "a", Version: "1.2.0", Target: "1.3.0", Progress: 0.5}
+	put(t, s, upd, map[string]string{"site": "south"})
+	trial := run("trial-1")
+	trial.State, trial.Update = api.StateUpdating, &api.UpdateStatus{State: "trial", Slot: "b", Version: "1.3.0", Since: t0}
+	put(t, s, trial, nil)
+	stall := run("stall-1")
+	stall.State, stall.Commit.Attempted = api.StateStalled, "c3"
+	stall.Problem = &api.Problem{Kind: "stalled", Reason: "spec-invalid", Message: "apps/web.yaml:3:1: bad"}
+	put(t, s, stall, nil)
+	rb := run("rb-1")
+	rb.State, rb.Update = api.StateDegraded, &api.UpdateStatus{State: "rolled-back", Slot: "a", Version: "1.2.0", Target: "1.3.0",
+		Rollback: &api.Rollback{Check: "app web healthy", ExitCode: 1}}
+	put(t, s, rb, nil)
+	drift := run("drift-1")
+	drift.Apps[1].Drift = "env changed"
+	put(t, s, drift, nil)
+	skew := run("skew-1")
+	skew.Clock.Skew = -5 * time.Second
+	put(t, s, skew, nil)
+	untrusted := run("untrusted-1")
+	untrusted.Clock.Trusted = false
+	put(t, s, untrusted, nil)
+	att := run("attest-1")
+	att.Attest = &api.AttestStatus{OK: false, Reasons: []string{"pcr 7 mismatch"}}
+	put(t, s, att, nil)
+	wait := run("wait-1")
+	wait.State = api.StateWaiting
+	put(t, s, wait, nil)
+	odd := run("odd_%!-1")
+	odd.Groups = []string{`line-"c"`}
+	put(t, s, odd, nil)
+	if err := s.PutAttestation(t.Context(), store.Attestation{DeviceID: "conv-1", Time: t0, OK: true, Result: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testViewFilters(t *testing.T, s store.Store) {
+	fleetFixture(t, s)
+	v := viewer(t, s)
+	now := t0.Add(30 * time.Minute) // every report is at t0+10m; offline after 1h
+	cases := []struct {
+		name string
+		q    store.FleetQuery
+		want []string
+	}{
+		{"converged", store.FleetQuery{Filter: store.FilterConverged}, []string{"attest-1", "conv-1", "drift-1", "odd_%!-1", "skew-1", "untrusted-1"}},
+		{"updating", store.FleetQuery{Filter: store.FilterUpdating}, []string{"trial-1", "upd-1"}},
+		{"trial", store.FleetQuery{Filter: store.FilterTrial}, []string{"trial-1"}},
+		{"failed", store.FleetQuery{Filter: store.FilterFailed}, []string{"rb-1", "stall-1"}},
+		{"rolled back", store.FleetQuery{Filter: store.FilterRolledBack}, []string{"rb-1"}},
+		{"drifted", store.FleetQuery{Filter: store.FilterDrifted}, []string{"drift-1"}},
+		{"clock skewed", store.FleetQuery{Filter: store.FilterClockSkewed}, []string{"skew-1", "untrusted-1"}},
+		{"clock skewed, wider bound", store.FleetQuery{Filter: store.FilterClockSkewed, MaxSkew: 10 * time.Second}, []string{"untrusted-1"}},
+		{"attestation failed", store.FleetQuery{Filter: store.FilterAttestFailed}, []string{"attest-1"}},
+		{"waiting", store.FleetQuery{Filter: store.FilterWaiting}, []string{"wait-1"}},
+		{"never reported", store.FleetQuery{Filter: store.FilterNeverSeen}, []string{"silent-1"}},
+		{"offline", store.FleetQuery{Filter: store.FilterOffline}, []string{"silent-1"}},
+		{"offline later", store.FleetQuery{Filter: store.FilterOffline, Now: t0.Add(2 * time.Hour), Search: "conv"}, []string{"conv-1"}},
+		{"group", store.FleetQuery{Group: "line-b"}, []string{"upd-1"}},
+		{"group with quotes", store.FleetQuery{Group: `line-"c"`}, []string{"odd_%!-1"}},
+		{"group is not a prefix match", store.FleetQuery{Group: "line"}, []string{}},
+		{"label key=value", store.FleetQuery{Label: "site=north"}, []string{"conv-1"}},
+		{"label key", store.FleetQuery{Label: "site"}, []string{"conv-1", "upd-1"}},
+		{"search", store.FleetQuery{Search: "RB"}, []string{"rb-1"}},
+		{"search with wildcards is literal", store.FleetQuery{Search: "_%!"}, []string{"odd_%!-1"}},
+		{"search and filter", store.FleetQuery{Search: "1", Filter: store.FilterDrifted}, []string{"drift-1"}},
+		{"weak identity (software keys)", store.FleetQuery{Filter: store.FilterWeakIdentity, Search: "conv"}, []string{"conv-1"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.q.Now.IsZero() {
+				c.q.Now = now
+			}
+			p, err := v.FleetPage(t.Context(), c.q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := ids(p.Rows); !slices.Equal(got, c.want) {
+				t.Errorf("ids = %v, want %v", got, c.want)
+			}
+			if p.Total != len(c.want) {
+				t.Errorf("total = %d, want %d", p.Total, len(c.want))
+			}
+			cnt, err := v.FleetCounts(t.Context(), c.q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := c.q.Filter
+			if f == "" {
+				f = store.FilterAll
+			}
+			if cnt.Counts[f] != len(c.want) {
+				t.Errorf("counts[%s] = %d, want %d (%v)", f, cnt.Counts[f], len(c.want), cnt.Counts)
+			}
+		})
+	}
+	if _, err := v.FleetPage(t.Context(), store.FleetQuery{Filter: "nope"}); !errors.Is(err, store.ErrBadQuery) {
+		t.Errorf("unknown filter: %v, want ErrBadQuery", err)
+	}
+	if _, err := v.FleetPage(t.Context(), store.FleetQuery{Sort: "body"}); !errors.Is(err, store.ErrBadQuery) {
+		t.Errorf("unknown sort: %v, want ErrBadQuery", err)
+	}
+
+	// One device, with what its report said.
+	r, err := v.FleetDevice(t.Context(), "rb-1", store.FleetQuery{Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := store.FleetRow{Attempted: "c2", Commit: "c2", SpecHash: "h2", Release: "1.2.0", Target: "1.3.0", Slot: "a", UpdateState: "rolled-back", AppsTotal: 2, AppsHealthy: 2}
+	if !r.Reported || r.Attempted != want.Attempted || r.Commit != want.Commit || r.SpecHash != want.SpecHash || r.Release != want.Release ||
+		r.Target != want.Target || r.Slot != want.Slot || r.UpdateState != want.UpdateState || r.AppsTotal != 2 || r.AppsHealthy != 2 ||
+		r.State != "degraded" || !slices.Equal(r.Groups, []string{"line-a"}) || r.ClockTrusted == nil || !*r.ClockTrusted || r.Skew != 100*time.Millisecond {
+		t.Errorf("FleetDevice(rb-1) = %+v", r)
+	}
+	r, err = v.FleetDevice(t.Context(), "conv-1", store.FleetQuery{Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.AttestOK == nil || !*r.AttestOK || r.Labels["tier"] != "gold" {
+		t.Errorf("FleetDevice(conv-1): attest %v labels %v", r.AttestOK, r.Labels)
+	}
+	r, err = v.FleetDevice(t.Context(), "stall-1", store.FleetQuery{Now: now})
+	if err != nil || r.ProblemReason != "spec-invalid" || r.Attempted != "c3" || r.Commit != "c2" {
+		t.Errorf("FleetDevice(stall-1) = %+v, %v", r, err)
+	}
+	if _, err := v.FleetDevice(t.Context(), "nope", store.FleetQuery{}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("unknown device: %v, want ErrNotFound", err)
+	}
+	// Revoked devices leave the list and the counts.
+	if err := s.RevokeDevice(t.Context(), "wait-1", now); err != nil {
+		t.Fatal(err)
+	}
+	cnt, err := v.FleetCounts(t.Context(), store.FleetQuery{Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cnt.Counts[store.FilterAll] != 11 || cnt.Counts[store.FilterWaiting] != 0 {
+		t.Errorf("after revoke: counts %v", cnt.Counts)
+	}
+}
+
+func testViewPages(t *testing.T, s store.Store) {
+	v := viewer(t, s)
+	const n = 23
+	for i := range n {
+		id := fmt.Sprintf("dev-%02d", i)
+		enrolled(t, s, id)
+		st := api.Status{DeviceID: id, Seq: uint64(1 + i%5), State: api.StateConverged, Groups: []string{"g"},
+			Commit: api.CommitStatus{Applied: fmt.Sprintf("c%d", i%3)}, Clock: &api.ClockStatus{Trusted: true, Skew: time.Duration(i) * time.Millisecond}}
+		put(t, s, st, nil)
+	}
+	var all []string
+	for off := 0; ; off += 10 {
+		p, err := v.FleetPage(t.Context(), store.FleetQuery{Limit: 10, Offset: off})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Total != n {
+			t.Fatalf("total = %d, want %d", p.Total, n)
+		}
+		if len(p.Rows) == 0 {
+			break
+		}
+		all = append(all, ids(p.Rows)...)
+	}
+	if len(all) != n || !slices.IsSorted(all) {
+		t.Errorf("pages gave %v", all)
+	}
+	cases := []struct {
+		sort  string
+		desc  bool
+		first string
+	}{
+		{"id", true, "dev-22"},
+		{"skew", true, "dev-22"},
+		{"skew", false, "dev-00"},
+		{"commit", false, "dev-00"}, // c0, then by ID
+		{"commit", true, "dev-02"},  // c2
+		{"seen", true, "dev-04"},    // seq 5 is received last; ties by ID
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("%s-desc=%v", c.sort, c.desc), func(t *testing.T) {
+			p, err := v.FleetPage(t.Context(), store.FleetQuery{Sort: c.sort, Desc: c.desc, Limit: 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Rows) != 3 || p.Rows[0].ID != c.first {
+				t.Errorf("first = %v, want %s", ids(p.Rows), c.first)
+			}
+		})
+	}
+}
+
+// testViewRefresh: a new report changes what the view shows; a stale one
+// (lower seq) does not; the stamp moves with each change.
+func testViewRefresh(t *testing.T, s store.Store) {
+	v := viewer(t, s)
+	enrolled(t, s, "d1")
+	c0, err := v.FleetCounts(t.Context(), store.FleetQuery{Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, s, api.Status{DeviceID: "d1", Seq: 2, State: api.StateUpdating, Commit: api.CommitStatus{Attempted: "b"}}, nil)
+	c1, err := v.FleetCounts(t.Context(), store.FleetQuery{Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c1.Stamp == c0.Stamp || c1.Counts[store.FilterUpdating] != 1 {
+		t.Errorf("after a report: %+v (before %+v)", c1, c0)
+	}
+	put(t, s, api.Status{DeviceID: "d1", Seq: 1, State: api.StateStalled, Commit: api.CommitStatus{Attempted: "a"}}, nil)
+	put(t, s, api.Status{DeviceID: "d1", Seq: 3, State: api.StateConverged, Commit: api.CommitStatus{Attempted: "b", Applied: "b"}}, nil)
+	r, err := v.FleetDevice(t.Context(), "d1", store.FleetQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.State != "converged" || r.Commit != "b" || r.LatestSeq != 3 {
+		t.Errorf("after seq 1 and 3: %+v", r)
+	}
+	c2, err := v.FleetCounts(t.Context(), store.FleetQuery{Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c2.Stamp == c1.Stamp || c2.Counts[store.FilterConverged] != 1 || c2.Counts[store.FilterUpdating] != 0 {
+		t.Errorf("after seq 3: %+v", c2)
+	}
+	c3, err := v.FleetCounts(t.Context(), store.FleetQuery{Now: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c3.Stamp != c2.Stamp {
+		t.Errorf("stamp moved with nothing new: %s → %s", c2.Stamp, c3.Stamp)
+	}
+}
+
+func testViewRollout(t *testing.T, s store.Store) {
+	v := viewer(t, s)
+	dev := func(id string, seq uint64, group string, state api.State, attempted, applied string, u *api.UpdateStatus) {
+		enrolled(t, s, id)
+		put(t, s, api.Status{DeviceID: id, Seq: seq, State: state, Groups: []string{group},
+			Commit: api.CommitStatus{Attempted: attempted, Applied: applied}, Update: u}, nil)
+	}
+	dev("a1", 1, "a", api.StateConverged, "old", "old", &api.UpdateStatus{State: "committed", Version: "1.0"})
+	dev("a2", 5, "a", api.StateConverged, "new", "new", &api.UpdateStatus{State: "committed", Version: "1.1"})
+	dev("a3", 6, "a", api.StateUpdating, "new", "old", &api.UpdateStatus{State: "trial", Version: "1.1"})
+	dev("b1", 7, "b", api.StateStalled, "new", "old", &api.UpdateStatus{State: "rolled-back", Version: "1.0", Target: "1.1"})
+	dev("b2", 8, "b", api.StateConverged, "new", "new", &api.UpdateStatus{State: "downloading", Version: "1.0", Target: "1.1"})
+	ro, err := v.Rollout(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ro.NewestCommit == nil || ro.NewestCommit.Name != "new" {
+		t.Fatalf("newest commit = %+v", ro.NewestCommit)
+	}
+	wantCommit := []store.RolloutCount{{Group: "a", Converged: 1, InProgress: 1}, {Group: "b", Converged: 1, Failed: 1}}
+	if !slices.Equal(ro.NewestCommit.Groups, wantCommit) {
+		t.Errorf("commit counts = %+v, want %+v", ro.NewestCommit.Groups, wantCommit)
+	}
+	got := map[string][]store.RolloutCount{}
+	for _, r := range ro.Releases {
+		got[r.Name] = r.Groups
+	}
+	want := map[string][]store.RolloutCount{
+		"1.1": {{Group: "a", Converged: 1, InProgress: 1}, {Group: "b", InProgress: 1, Failed: 1}},
+		"1.0": {{Group: "a", Converged: 1}},
+	}
+	for name, w := range want {
+		if !slices.Equal(got[name], w) {
+			t.Errorf("release %s = %+v, want %+v", name, got[name], w)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("releases = %+v", got)
+	}
+}

@@ -1,0 +1,759 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/shoalfleet/shoal/api"
+)
+
+// This file is the read side the fleet status page needs: a page of devices
+// joined with what each one's latest report says, filtered, sorted and
+// counted in SQL, the same on both backends.
+//
+// What the page filters and sorts on (commit, release, apps, drift, clock)
+// lives inside the JSON body of each device's latest report. Parsing 10,000
+// bodies per request is far too slow, so the view keeps a derived table,
+// device_view, with one row per device taken from its latest report. It is a
+// cache: every read first brings it up to date from devices.latest_seq (one
+// indexed anti-join; only changed devices' bodies are parsed), and it can be
+// dropped at any time and is rebuilt on the next read. It is created with
+// CREATE TABLE IF NOT EXISTS under the migration lock rather than as a
+// numbered migration, because the migration list is kept by the backends.
+
+// Fleet filters: each names a predicate over a device; counts are per filter
+// and a device may match several.
+const (
+	FilterAll          = "all"
+	FilterConverged    = "converged"
+	FilterUpdating     = "updating"
+	FilterWaiting      = "waiting"
+	FilterFailed       = "failed" // stalled or degraded
+	FilterTrial        = "trial"
+	FilterRolledBack   = "rolled-back"
+	FilterDrifted      = "drifted"
+	FilterOffline      = "offline"
+	FilterAttestFailed = "attest-failed"
+	FilterClockSkewed  = "clock-skewed"
+	FilterWeakIdentity = "weak-identity"
+	FilterNeverSeen    = "never-reported"
+)
+
+// Filters lists every filter, in the order the page shows them.
+var Filters = []string{FilterAll, FilterConverged, FilterUpdating, FilterTrial, FilterFailed, FilterRolledBack,
+	FilterDrifted, FilterOffline, FilterAttestFailed, FilterClockSkewed, FilterWeakIdentity, FilterWaiting, FilterNeverSeen}
+
+// Sort keys.
+var sortExprs = map[string]string{
+	"id":       "d.id",
+	"state":    "d.state",
+	"seen":     "d.last_seen",
+	"commit":   "COALESCE(v.commit_applied, '')",
+	"release":  "COALESCE(v.release, '')",
+	"apps":     "COALESCE(v.apps_total - v.apps_healthy, 0)",
+	"skew":     "COALESCE(v.skew_abs, 0)",
+	"attest":   "COALESCE(d.attest_ok, -1)",
+	"enrolled": "d.enrolled",
+}
+
+// SortKeys lists the accepted FleetQuery.Sort values.
+func SortKeys() []string {
+	out := make([]string, 0, len(sortExprs))
+	for k := range sortExprs {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ErrBadQuery is returned for an unknown filter or sort key.
+var ErrBadQuery = errors.New("bad fleet query")
+
+// FleetQuery selects, orders and pages the fleet. The zero value lists the
+// first 50 unrevoked devices by ID.
+type FleetQuery struct {
+	Group  string // devices whose latest report lists this group
+	Label  string // "key=value" or "key": devices whose latest report carries this label
+	Search string // substring of the device ID
+	Filter string // one of Filters; "" = all
+	Sort   string // one of SortKeys; "" = id
+	Desc   bool
+	Offset int
+	Limit  int // default 50, at most 1000
+	// Now, OfflineAfter and MaxSkew decide the offline and clock-skewed
+	// filters (defaults: time.Now, 1h, 2s, the fleet default max_skew).
+	Now          time.Time
+	OfflineAfter time.Duration
+	MaxSkew      time.Duration
+	// Revoked includes revoked devices.
+	Revoked bool
+}
+
+// FleetRow is one device with what its latest report says.
+type FleetRow struct {
+	Device
+	Reported    bool   // has a report in the view
+	Attempted   string // last attempted commit
+	Commit      string // last applied commit
+	SpecHash    string
+	Release     string // running OS release
+	Target      string // release being installed
+	Slot        string
+	UpdateState string
+	UpdateSince time.Time
+	AppsTotal   int
+	AppsHealthy int
+	Drifted     bool
+	// ClockTrusted is nil when the report said nothing about the clock.
+	ClockTrusted *bool
+	Skew         time.Duration
+	// ReportAttestOK is the device's own view of its last attestation; nil if none.
+	ReportAttestOK *bool
+	Weak           bool // software key (enrolment or report)
+	ProblemReason  string
+	ProblemMessage string
+	Labels         map[string]string
+	Offline        bool // last seen before Now-OfflineAfter
+}
+
+// FleetPage is one page of the fleet and the number of devices matching.
+type FleetPage struct {
+	Rows  []FleetRow
+	Total int
+}
+
+// FleetCounts counts devices per filter within a query's group, label and
+// search (its Filter, Sort and paging are ignored). Stamp changes whenever
+// anything the page shows may have changed, so a poller refetches only then.
+type FleetCounts struct {
+	Counts map[string]int
+	Stamp  string
+}
+
+// RolloutCount is how many devices of a group are converged on, in progress
+// towards, or failed on one commit or release.
+type RolloutCount struct {
+	Group                          string
+	Converged, InProgress, Failed int
+}
+
+// RolloutItem is one commit or release and its counts per group ("" = no group).
+type RolloutItem struct {
+	Kind   string // commit | release
+	Name   string
+	Groups []RolloutCount
+}
+
+// Rollout is the fleet's progress on the newest commit and each OS release.
+type Rollout struct {
+	NewestCommit *RolloutItem
+	Releases     []RolloutItem
+}
+
+// Viewer is the status page's read side, implemented by both backends.
+type Viewer interface {
+	FleetPage(ctx context.Context, q FleetQuery) (FleetPage, error)
+	FleetCounts(ctx context.Context, q FleetQuery) (FleetCounts, error)
+	FleetDevice(ctx context.Context, id string, q FleetQuery) (FleetRow, error)
+	Rollout(ctx context.Context) (Rollout, error)
+}
+
+// AsViewer returns the read side of a store opened by Open.
+func AsViewer(s Store) (Viewer, error) {
+	if v, ok := s.(Viewer); ok {
+		return v, nil
+	}
+	return nil, fmt.Errorf("store %T has no fleet view", s)
+}
+
+// viewStates remembers, per open store, that device_view exists, and
+// serialises refreshes so concurrent page loads do not parse the same bodies.
+var viewStates sync.Map // *sqlStore → *viewState
+
+type viewState struct {
+	mu    sync.Mutex
+	ready bool
+}
+
+func (s *sqlStore) viewState() *viewState {
+	v, _ := viewStates.LoadOrStore(s, &viewState{})
+	return v.(*viewState)
+}
+
+func (s *sqlStore) viewDDL() []string {
+	integer := "INTEGER"
+	if s.d.name == "postgres" {
+		integer = "BIGINT"
+	}
+	return []string{
+		`CREATE TABLE IF NOT EXISTS device_view (
+		id TEXT PRIMARY KEY,
+		seq ` + integer + ` NOT NULL,
+		received ` + integer + ` NOT NULL,
+		commit_attempted TEXT NOT NULL,
+		commit_applied TEXT NOT NULL,
+		commit_seen ` + integer + ` NOT NULL,
+		spec_hash TEXT NOT NULL,
+		release TEXT NOT NULL,
+		target TEXT NOT NULL,
+		slot TEXT NOT NULL,
+		update_state TEXT NOT NULL,
+		update_since ` + integer + ` NOT NULL,
+		apps_total INTEGER NOT NULL,
+		apps_healthy INTEGER NOT NULL,
+		drifted INTEGER NOT NULL,
+		clock_trusted INTEGER,
+		skew ` + integer + ` NOT NULL,
+		skew_abs ` + integer + ` NOT NULL,
+		attest_ok INTEGER,
+		weak INTEGER NOT NULL,
+		problem_reason TEXT NOT NULL,
+		problem_message TEXT NOT NULL,
+		labels TEXT NOT NULL
+	)`,
+		`CREATE INDEX IF NOT EXISTS device_view_commit ON device_view (commit_seen)`,
+	}
+}
+
+// ensureView creates device_view once per store.
+func (s *sqlStore) ensureView(ctx context.Context, vs *viewState) error {
+	if vs.ready {
+		return nil
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("create fleet view: %w", err)
+	}
+	defer tx.Rollback()
+	if s.d.lock != "" {
+		if _, err := tx.ExecContext(ctx, s.d.lock); err != nil {
+			return fmt.Errorf("create fleet view: lock: %w", err)
+		}
+	}
+	for _, q := range s.viewDDL() {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("create fleet view: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("create fleet view: %w", err)
+	}
+	vs.ready = true
+	return nil
+}
+
+// viewBody is what the view reads from a report. Labels are read if the
+// agent sends them, ahead of the wire type carrying them.
+type viewBody struct {
+	api.Status
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+type viewRow struct {
+	id                                   string
+	seq, received                        int64
+	attempted, applied                   string
+	commitSeen                           int64
+	specHash, release, target, slot, ust string
+	since                                int64
+	appsTotal, appsHealthy, drifted      int
+	clockTrusted                         sql.NullInt64
+	skew, skewAbs                        int64
+	attestOK                             sql.NullInt64
+	weak                                 int
+	problemReason, problemMessage        string
+	labels                               string
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func deriveView(id string, seq, received int64, body []byte) viewRow {
+	r := viewRow{id: id, seq: seq, received: received, labels: "{}"}
+	var b viewBody
+	if err := json.Unmarshal(body, &b); err != nil {
+		// A stored report was validated on ingest; a body that does not
+		// parse now is shown as a device with nothing known.
+		return r
+	}
+	r.attempted, r.applied, r.specHash = b.Commit.Attempted, b.Commit.Applied, b.Commit.SpecHash
+	if u := b.Update; u != nil {
+		r.release, r.target, r.slot, r.ust, r.since = u.Version, u.Target, u.Slot, u.State, nanos(u.Since)
+	}
+	r.appsTotal = len(b.Apps)
+	for _, a := range b.Apps {
+		if a.Health == "healthy" || (a.Health == "" || a.Health == "none") && a.State == "running" {
+			r.appsHealthy++
+		}
+		if a.Drift != "" {
+			r.drifted = 1
+		}
+	}
+	if c := b.Clock; c != nil {
+		r.clockTrusted = sql.NullInt64{Int64: int64(b2i(c.Trusted)), Valid: true}
+		r.skew = int64(c.Skew)
+		r.skewAbs = r.skew
+		if r.skewAbs < 0 {
+			r.skewAbs = -r.skewAbs
+		}
+	}
+	if a := b.Attest; a != nil {
+		r.attestOK = sql.NullInt64{Int64: int64(b2i(a.OK)), Valid: true}
+		r.weak = b2i(a.Weak)
+	}
+	if p := b.Problem; p != nil {
+		r.problemReason, r.problemMessage = p.Reason, p.Message
+	}
+	if len(b.Labels) > 0 {
+		lb, _ := json.Marshal(b.Labels)
+		r.labels = string(lb)
+	}
+	return r
+}
+
+// refreshView brings device_view up to date with each device's latest report.
+func (s *sqlStore) refreshView(ctx context.Context) error {
+	vs := s.viewState()
+	vs.mu.Lock()
+	defer vs.mu.Unlock()
+	if err := s.ensureView(ctx, vs); err != nil {
+		return err
+	}
+	st, err := s.prep(ctx, s.r, `SELECT d.id, d.latest_seq, r.received, r.body, COALESCE(v.commit_attempted, ''), COALESCE(v.commit_seen, 0)
+		FROM devices d
+		JOIN reports r ON r.device_id = d.id AND r.seq = d.latest_seq
+		LEFT JOIN device_view v ON v.id = d.id
+		WHERE d.latest_seq > 0 AND (v.seq IS NULL OR v.seq <> d.latest_seq)`)
+	if err != nil {
+		return fmt.Errorf("refresh fleet view: %w", err)
+	}
+	rows, err := st.QueryContext(ctx)
+	if err != nil {
+		return fmt.Errorf("refresh fleet view: %w", err)
+	}
+	var changed []viewRow
+	for rows.Next() {
+		var id, prevAttempted string
+		var seq, received, prevSeen int64
+		var body []byte
+		if err := rows.Scan(&id, &seq, &received, &body, &prevAttempted, &prevSeen); err != nil {
+			rows.Close()
+			return fmt.Errorf("refresh fleet view: %w", err)
+		}
+		v := deriveView(id, seq, received, body)
+		v.commitSeen = received
+		if v.attempted == prevAttempted && prevSeen != 0 {
+			v.commitSeen = prevSeen
+		}
+		changed = append(changed, v)
+	}
+	if err := rows.Err(); err != nil {
+		rows.Close()
+		return fmt.Errorf("refresh fleet view: %w", err)
+	}
+	rows.Close()
+	if len(changed) == 0 {
+		return nil
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("refresh fleet view: %w", err)
+	}
+	defer tx.Rollback()
+	up, err := s.txStmt(ctx, tx, `INSERT INTO device_view (id, seq, received, commit_attempted, commit_applied, commit_seen, spec_hash, release, target, slot,
+		update_state, update_since, apps_total, apps_healthy, drifted, clock_trusted, skew, skew_abs, attest_ok, weak, problem_reason, problem_message, labels)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, received = excluded.received, commit_attempted = excluded.commit_attempted,
+			commit_applied = excluded.commit_applied, commit_seen = excluded.commit_seen, spec_hash = excluded.spec_hash,
+			release = excluded.release, target = excluded.target, slot = excluded.slot, update_state = excluded.update_state,
+			update_since = excluded.update_since, apps_total = excluded.apps_total, apps_healthy = excluded.apps_healthy,
+			drifted = excluded.drifted, clock_trusted = excluded.clock_trusted, skew = excluded.skew, skew_abs = excluded.skew_abs,
+			attest_ok = excluded.attest_ok, weak = excluded.weak, problem_reason = excluded.problem_reason,
+			problem_message = excluded.problem_message, labels = excluded.labels
+		WHERE device_view.seq < excluded.seq`)
+	if err != nil {
+		return fmt.Errorf("refresh fleet view: %w", err)
+	}
+	for _, v := range changed {
+		if _, err := up.ExecContext(ctx, v.id, v.seq, v.received, v.attempted, v.applied, v.commitSeen, v.specHash, v.release, v.target, v.slot,
+			v.ust, v.since, v.appsTotal, v.appsHealthy, v.drifted, v.clockTrusted, v.skew, v.skewAbs, v.attestOK, v.weak,
+			v.problemReason, v.problemMessage, v.labels); err != nil {
+			return fmt.Errorf("refresh fleet view of device %q: %w", v.id, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("refresh fleet view: commit: %w", err)
+	}
+	return nil
+}
+
+func (q *FleetQuery) defaults() error {
+	if q.Now.IsZero() {
+		q.Now = time.Now()
+	}
+	if q.OfflineAfter <= 0 {
+		q.OfflineAfter = time.Hour
+	}
+	if q.MaxSkew <= 0 {
+		q.MaxSkew = 2 * time.Second
+	}
+	if q.Limit <= 0 {
+		q.Limit = 50
+	}
+	if q.Limit > 1000 {
+		q.Limit = 1000
+	}
+	if q.Offset < 0 {
+		q.Offset = 0
+	}
+	if q.Filter == "" {
+		q.Filter = FilterAll
+	}
+	if q.Sort == "" {
+		q.Sort = "id"
+	}
+	if _, ok := sortExprs[q.Sort]; !ok {
+		return fmt.Errorf("sort %q (want one of %s): %w", q.Sort, strings.Join(SortKeys(), ", "), ErrBadQuery)
+	}
+	for _, f := range Filters {
+		if f == q.Filter {
+			return nil
+		}
+	}
+	return fmt.Errorf("filter %q (want one of %s): %w", q.Filter, strings.Join(Filters, ", "), ErrBadQuery)
+}
+
+// filterSQL returns the predicate for a filter and its arguments.
+func filterSQL(f string, q FleetQuery) (string, []any) {
+	switch f {
+	case FilterConverged:
+		return "d.state = 'converged'", nil
+	case FilterUpdating:
+		return "d.state = 'updating'", nil
+	case FilterWaiting:
+		return "d.state = 'waiting'", nil
+	case FilterFailed:
+		return "d.state IN ('stalled', 'degraded')", nil
+	case FilterTrial:
+		return "v.update_state = 'trial'", nil
+	case FilterRolledBack:
+		return "v.update_state = 'rolled-back'", nil
+	case FilterDrifted:
+		return "v.drifted = 1", nil
+	case FilterOffline:
+		return "d.last_seen < ?", []any{nanos(q.Now.Add(-q.OfflineAfter))}
+	case FilterAttestFailed:
+		return "(d.attest_ok = 0 OR (d.attest_ok IS NULL AND v.attest_ok = 0))", nil
+	case FilterClockSkewed:
+		return "(v.clock_trusted = 0 OR v.skew_abs > ?)", []any{int64(q.MaxSkew)}
+	case FilterWeakIdentity:
+		return "(d.key_kind = 'software' OR v.weak = 1)", nil
+	case FilterNeverSeen:
+		return "d.latest_seq = 0", nil
+	}
+	return "1 = 1", nil
+}
+
+// likeEscape escapes LIKE wildcards; queries use ESCAPE '!'.
+func likeEscape(s string) string {
+	r := strings.NewReplacer("!", "!!", "%", "!%", "_", "!_")
+	return r.Replace(s)
+}
+
+// jsonString is s as it appears inside a JSON document.
+func jsonString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
+// baseWhere is the query's group, label, search and revoked conditions.
+func baseWhere(q FleetQuery) (string, []any) {
+	var conds []string
+	var args []any
+	if !q.Revoked {
+		conds = append(conds, "d.revoked = 0")
+	}
+	if q.Group != "" {
+		conds = append(conds, "d.groups LIKE ? ESCAPE '!'")
+		args = append(args, "%"+likeEscape(jsonString(q.Group))+"%")
+	}
+	if q.Label != "" {
+		k, v, hasV := strings.Cut(q.Label, "=")
+		pat := jsonString(k) + ":"
+		if hasV {
+			pat += jsonString(v)
+		}
+		conds = append(conds, "v.labels LIKE ? ESCAPE '!'")
+		args = append(args, "%"+likeEscape(pat)+"%")
+	}
+	if q.Search != "" {
+		conds = append(conds, "LOWER(d.id) LIKE ? ESCAPE '!'")
+		args = append(args, "%"+likeEscape(strings.ToLower(q.Search))+"%")
+	}
+	if len(conds) == 0 {
+		return "1 = 1", nil
+	}
+	return strings.Join(conds, " AND "), args
+}
+
+const viewCols = `, v.id IS NOT NULL, COALESCE(v.commit_attempted, ''), COALESCE(v.commit_applied, ''), COALESCE(v.spec_hash, ''),
+	COALESCE(v.release, ''), COALESCE(v.target, ''), COALESCE(v.slot, ''), COALESCE(v.update_state, ''), COALESCE(v.update_since, 0),
+	COALESCE(v.apps_total, 0), COALESCE(v.apps_healthy, 0), COALESCE(v.drifted, 0), v.clock_trusted, COALESCE(v.skew, 0), v.attest_ok,
+	COALESCE(v.weak, 0), COALESCE(v.problem_reason, ''), COALESCE(v.problem_message, ''), COALESCE(v.labels, '{}')`
+
+func scanFleetRow(r scanner, q FleetQuery) (FleetRow, error) {
+	var fr FleetRow
+	var d Device
+	var notAfter, enrolled, revoked, lastSeen, attestTime, latest, since, skew int64
+	var groups, labels string
+	var attestOK, clockTrusted, reportAttest sql.NullInt64
+	var reported bool
+	var drifted, weak int
+	err := r.Scan(&d.ID, &d.KeyKind, &d.CertSerial, &notAfter, &enrolled, &revoked, &latest, &d.State, &groups, &lastSeen, &attestOK, &attestTime, &d.AK,
+		&reported, &fr.Attempted, &fr.Commit, &fr.SpecHash, &fr.Release, &fr.Target, &fr.Slot, &fr.UpdateState, &since,
+		&fr.AppsTotal, &fr.AppsHealthy, &drifted, &clockTrusted, &skew, &reportAttest, &weak, &fr.ProblemReason, &fr.ProblemMessage, &labels)
+	if err != nil {
+		return FleetRow{}, err
+	}
+	d.CertNotAfter, d.Enrolled, d.Revoked, d.LastSeen, d.AttestTime = fromNanos(notAfter), fromNanos(enrolled), fromNanos(revoked), fromNanos(lastSeen), fromNanos(attestTime)
+	d.LatestSeq = uint64(latest)
+	d.Groups = parseList(groups)
+	if attestOK.Valid {
+		ok := attestOK.Int64 == 1
+		d.AttestOK = &ok
+	}
+	fr.Device = d
+	fr.Reported = reported
+	fr.UpdateSince = fromNanos(since)
+	fr.Drifted = drifted == 1
+	if clockTrusted.Valid {
+		ok := clockTrusted.Int64 == 1
+		fr.ClockTrusted = &ok
+	}
+	fr.Skew = time.Duration(skew)
+	if reportAttest.Valid {
+		ok := reportAttest.Int64 == 1
+		fr.ReportAttestOK = &ok
+	}
+	fr.Weak = weak == 1 || d.KeyKind == "software"
+	if labels != "{}" && labels != "" {
+		_ = json.Unmarshal([]byte(labels), &fr.Labels)
+	}
+	fr.Offline = d.LastSeen.Before(q.Now.Add(-q.OfflineAfter))
+	return fr, nil
+}
+
+// FleetPage returns one page of devices matching q.
+func (s *sqlStore) FleetPage(ctx context.Context, q FleetQuery) (FleetPage, error) {
+	if err := q.defaults(); err != nil {
+		return FleetPage{}, err
+	}
+	if err := s.refreshView(ctx); err != nil {
+		return FleetPage{}, err
+	}
+	where, args := baseWhere(q)
+	fw, fargs := filterSQL(q.Filter, q)
+	where += " AND " + fw
+	args = append(args, fargs...)
+	from := ` FROM devices d LEFT JOIN device_view v ON v.id = d.id WHERE ` + where
+	var page FleetPage
+	if err := s.r.QueryRowContext(ctx, s.q(`SELECT COUNT(*)`+from), args...).Scan(&page.Total); err != nil {
+		return FleetPage{}, fmt.Errorf("fleet page: count: %w", err)
+	}
+	dir := " ASC"
+	if q.Desc {
+		dir = " DESC"
+	}
+	order := sortExprs[q.Sort] + dir
+	if q.Sort != "id" {
+		order += ", d.id ASC"
+	}
+	cols := "d." + strings.ReplaceAll(deviceCols, ", ", ", d.")
+	rows, err := s.r.QueryContext(ctx, s.q(`SELECT `+cols+viewCols+from+` ORDER BY `+order+` LIMIT ? OFFSET ?`), append(args, q.Limit, q.Offset)...)
+	if err != nil {
+		return FleetPage{}, fmt.Errorf("fleet page: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		fr, err := scanFleetRow(rows, q)
+		if err != nil {
+			return FleetPage{}, fmt.Errorf("fleet page: %w", err)
+		}
+		page.Rows = append(page.Rows, fr)
+	}
+	if err := rows.Err(); err != nil {
+		return FleetPage{}, fmt.Errorf("fleet page: %w", err)
+	}
+	return page, nil
+}
+
+// FleetDevice returns one device's row, or ErrNotFound. Revoked devices are included.
+func (s *sqlStore) FleetDevice(ctx context.Context, id string, q FleetQuery) (FleetRow, error) {
+	if err := q.defaults(); err != nil {
+		return FleetRow{}, err
+	}
+	if err := s.refreshView(ctx); err != nil {
+		return FleetRow{}, err
+	}
+	cols := "d." + strings.ReplaceAll(deviceCols, ", ", ", d.")
+	fr, err := scanFleetRow(s.r.QueryRowContext(ctx, s.q(`SELECT `+cols+viewCols+` FROM devices d LEFT JOIN device_view v ON v.id = d.id WHERE d.id = ?`), id), q)
+	if errors.Is(err, sql.ErrNoRows) {
+		return FleetRow{}, fmt.Errorf("device %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return FleetRow{}, fmt.Errorf("device %q: %w", id, err)
+	}
+	return fr, nil
+}
+
+// FleetCounts counts devices per filter in one pass over the devices.
+func (s *sqlStore) FleetCounts(ctx context.Context, q FleetQuery) (FleetCounts, error) {
+	q.Filter, q.Sort = "", ""
+	if err := q.defaults(); err != nil {
+		return FleetCounts{}, err
+	}
+	if err := s.refreshView(ctx); err != nil {
+		return FleetCounts{}, err
+	}
+	where, wargs := baseWhere(q)
+	var sel []string
+	var args []any
+	for _, f := range Filters {
+		p, pargs := filterSQL(f, q)
+		sel = append(sel, "COALESCE(SUM(CASE WHEN "+p+" THEN 1 ELSE 0 END), 0)")
+		args = append(args, pargs...)
+	}
+	// The stamp: anything a report, an attestation, an enrolment or a
+	// revocation changes moves one of these.
+	sel = append(sel, "COALESCE(SUM(d.latest_seq), 0)", "COALESCE(MAX(d.last_seen), 0)", "COALESCE(MAX(d.attest_time), 0)",
+		"COALESCE(MAX(d.enrolled), 0)", "COALESCE(SUM(d.revoked), 0)")
+	args = append(args, wargs...)
+	query := `SELECT ` + strings.Join(sel, ", ") + ` FROM devices d LEFT JOIN device_view v ON v.id = d.id WHERE ` + where
+	n := make([]int64, len(Filters)+5)
+	dst := make([]any, len(n))
+	for i := range n {
+		dst[i] = &n[i]
+	}
+	if err := s.r.QueryRowContext(ctx, s.q(query), args...).Scan(dst...); err != nil {
+		return FleetCounts{}, fmt.Errorf("fleet counts: %w", err)
+	}
+	out := FleetCounts{Counts: make(map[string]int, len(Filters))}
+	for i, f := range Filters {
+		out.Counts[f] = int(n[i])
+	}
+	// Offline depends on the clock too: round it so the stamp moves when a
+	// device crosses the line within a minute.
+	st := n[len(Filters):]
+	out.Stamp = fmt.Sprintf("%d-%d-%d-%d-%d-%d", st[0], st[1], st[2], st[3], st[4], out.Counts[FilterOffline])
+	return out, nil
+}
+
+// Rollout counts, per group, the devices converged on, in progress towards
+// or failed on the newest commit (the attempted commit most recently first
+// seen) and on each OS release any device runs or installs.
+func (s *sqlStore) Rollout(ctx context.Context) (Rollout, error) {
+	if err := s.refreshView(ctx); err != nil {
+		return Rollout{}, err
+	}
+	var out Rollout
+	var newest string
+	err := s.r.QueryRowContext(ctx, `SELECT commit_attempted FROM device_view v JOIN devices d ON d.id = v.id
+		WHERE d.revoked = 0 AND commit_attempted <> '' ORDER BY commit_seen DESC, commit_attempted LIMIT 1`).Scan(&newest)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return Rollout{}, fmt.Errorf("rollout: %w", err)
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT d.groups, d.state, v.commit_attempted, v.commit_applied, v.release, v.target, v.update_state
+		FROM devices d JOIN device_view v ON v.id = d.id WHERE d.revoked = 0`)
+	if err != nil {
+		return Rollout{}, fmt.Errorf("rollout: %w", err)
+	}
+	defer rows.Close()
+	type key struct{ kind, name, group string }
+	counts := map[key]*RolloutCount{}
+	add := func(kind, name string, groups []string, f func(c *RolloutCount)) {
+		if len(groups) == 0 {
+			groups = []string{""}
+		}
+		for _, g := range groups {
+			k := key{kind, name, g}
+			c := counts[k]
+			if c == nil {
+				c = &RolloutCount{Group: g}
+				counts[k] = c
+			}
+			f(c)
+		}
+	}
+	for rows.Next() {
+		var groupsJSON, state, attempted, applied, release, target, ust string
+		if err := rows.Scan(&groupsJSON, &state, &attempted, &applied, &release, &target, &ust); err != nil {
+			return Rollout{}, fmt.Errorf("rollout: %w", err)
+		}
+		groups := parseList(groupsJSON)
+		failed := state == string(api.StateStalled) || state == string(api.StateDegraded)
+		if newest != "" && (attempted == newest || applied == newest) {
+			add("commit", newest, groups, func(c *RolloutCount) {
+				switch {
+				case applied == newest && state == string(api.StateConverged):
+					c.Converged++
+				case failed:
+					c.Failed++
+				default:
+					c.InProgress++
+				}
+			})
+		}
+		switch {
+		case target != "" && target != release:
+			add("release", target, groups, func(c *RolloutCount) {
+				if ust == "rolled-back" {
+					c.Failed++
+				} else {
+					c.InProgress++
+				}
+			})
+		case release != "":
+			add("release", release, groups, func(c *RolloutCount) {
+				if ust == "trial" || ust == "rebooting" || ust == "installed" || ust == "downloading" {
+					c.InProgress++
+				} else {
+					c.Converged++
+				}
+			})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return Rollout{}, fmt.Errorf("rollout: %w", err)
+	}
+	items := map[key]*RolloutItem{}
+	for k, c := range counts {
+		ik := key{k.kind, k.name, ""}
+		it := items[ik]
+		if it == nil {
+			it = &RolloutItem{Kind: k.kind, Name: k.name}
+			items[ik] = it
+		}
+		it.Groups = append(it.Groups, *c)
+	}
+	for _, it := range items {
+		sort.Slice(it.Groups, func(i, j int) bool { return it.Groups[i].Group < it.Groups[j].Group })
+		if it.Kind == "commit" {
+			out.NewestCommit = it
+		} else {
+			out.Releases = append(out.Releases, *it)
+		}
+	}
+	sort.Slice(out.Releases, func(i, j int) bool { return out.Releases[i].Name > out.Releases[j].Name })
+	return out, nil
+}
