@@ -351,3 +351,18 @@ func TestAttesterContext(t *testing.T) {
 		t.Fatalf("Quote with an 8-byte nonce: %v", err)
 	}
 }
+
+// TestOpenDeviceNotATPM: a path that exists but is not a TPM device is an
+// error, never a silent fall-back to a software key.
+func TestOpenDeviceNotATPM(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "tpmrm0")
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenDevice(f); err == nil {
+		t.Fatal("OpenDevice accepted a regular file")
+	}
+	if _, err := New(context.Background(), Options{StateDir: t.TempDir(), DevicePath: f, AllowSoftware: true}); err == nil {
+		t.Fatal("New fell back to software with a TPM path present")
+	}
+}
