@@ -384,7 +384,9 @@ func measure(ctx context.Context, c config, devs []*device, urls []string) (resu
 		return result{}, errors.New("no report succeeded")
 	}
 	slices.Sort(all)
-	pct := func(p float64) time.Duration { return all[min(len(all)-1, int(p*float64(len(all))))].Round(10 * time.Microsecond) }
+	pct := func(p float64) time.Duration {
+		return all[min(len(all)-1, int(p*float64(len(all))))].Round(10 * time.Microsecond)
+	}
 	return result{rate: float64(len(all)) / el.Seconds(), p50: pct(0.50), p99: pct(0.99), p999: pct(0.999), errors: errs.Load()}, nil
 }
 
