@@ -18,8 +18,8 @@ func TestDeps(t *testing.T) {
 		t.Fatalf("go list: %v", err)
 	}
 	allowed := map[string]bool{
-		"github.com/shoalfleet/shoal/reconcile":          true,
-		"github.com/shoalfleet/shoal/spec":               true,
+		"github.com/shoalfleet/shoal/reconcile":           true,
+		"github.com/shoalfleet/shoal/spec":                true,
 		"github.com/shoalfleet/shoal/internal/atomicfile": true,
 		"github.com/shoalfleet/shoal/internal/backoff":    true,
 	}
