@@ -6,6 +6,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X github.com/shoalfleet/shoal/internal/version.Version=$(VERSION)
 
 .PHONY: all build test deps lint fmt-check vet staticcheck gotest demo bench release clean
+PLATFORMS := linux/arm64 linux/arm/v7 linux/amd64
 
 all: build
 
@@ -36,6 +37,15 @@ gotest:
 demo:
 	@echo "make demo: the simulated fleet demo is not built yet. Today: go build -o bin/ ./cmd/... && bin/shoal validate fleet-repo-example"
 	@exit 1
+
+## release: static, stripped binaries for every device platform, with their sizes.
+release:
+	@for p in $(PLATFORMS); do \
+	  os=$${p%%/*}; rest=$${p#*/}; arch=$${rest%%/*}; arm=$${rest#*/v}; [ "$$arm" = "$$rest" ] && arm=""; \
+	  out=$(BIN)/$$(echo $$p | tr / -); mkdir -p $$out; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$arm $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $$out/ ./cmd/shoal-agent ./cmd/shoal || exit 1; \
+	  for b in $$out/*; do printf '%-32s %6.1f MB\n' $$b $$(echo "$$(stat -c %s $$b) / 1048576" | bc -l); done; \
+	done
 
 clean:
 	rm -rf $(BIN)

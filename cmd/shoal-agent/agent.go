@@ -41,7 +41,7 @@ func (e agentExitError) ExitCode() int { return e.code }
 // the agent: as a daemon until SIGTERM, or for one pass with --once.
 func agentRunE(root *cobra.Command, w agentWiring) func(*cobra.Command, []string) error {
 	var once bool
-	root.PersistentFlags().String("config", agent.DefaultConfigPath, "the agent config file (YAML; see `shoal-agent config --defaults`)")
+	root.PersistentFlags().String("config", agent.DefaultConfigPath, "the agent config `file` (YAML; every field: shoal-agent config --defaults)")
 	root.Flags().BoolVar(&once, "once", false, "run one pass and exit: 0 converged, 3 not converged, 1 failed")
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) > 0 {
@@ -57,6 +57,10 @@ func newAgentRunCmd(w agentWiring) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the agent (the same as shoal-agent with no command)",
+		Long: `run runs the agent until SIGTERM or SIGINT, which stop it cleanly; SIGHUP
+starts a pass at once. Under systemd (Type=notify) it reports READY=1 after
+the first pass and WATCHDOG=1 while its loop is alive. With --once it runs
+one pass and exits: 0 converged, 3 not converged, 1 failed.`,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runAgent(cmd.Context(), cmd, w, once)

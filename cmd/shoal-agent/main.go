@@ -70,5 +70,6 @@ Exit codes: 0 ok, 1 failed, 2 usage error, 3 (--once) ran but not converged.`,
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(newUpdateCmd())
 	return root
 }
