@@ -61,7 +61,7 @@ func newAgentRunCmd(w agentWiring) *cobra.Command {
 starts a pass at once. Under systemd (Type=notify) it reports READY=1 after
 the first pass and WATCHDOG=1 while its loop is alive. With --once it runs
 one pass and exits: 0 converged, 3 not converged, 1 failed.`,
-		Args:  cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runAgent(cmd.Context(), cmd, w, once)
 		},
