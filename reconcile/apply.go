@@ -32,6 +32,7 @@ type AppError struct {
 	Err   error
 }
 
+// Error names the app, then the field, then what went wrong.
 func (e *AppError) Error() string {
 	if e.Field != "" {
 		return fmt.Sprintf("app %q: %s: %v", e.App, e.Field, e.Err)
@@ -39,6 +40,7 @@ func (e *AppError) Error() string {
 	return fmt.Sprintf("app %q: %v", e.App, e.Err)
 }
 
+// Unwrap gives errors.Is access to ErrUnhealthy, ErrImageVerify, ErrEngine and the Engine's error.
 func (e *AppError) Unwrap() error { return e.Err }
 
 // Reason is the stable machine reason for status reports.
