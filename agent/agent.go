@@ -62,6 +62,9 @@ type Target struct {
 	Device *spec.Device
 	FS     fs.FS // the fleet repo at Commit (image tars, release files)
 	Commit string
+	// CommitTime is the commit's committer time: a lower bound for a clock
+	// with no RTC, once the commit has passed the signature policy.
+	CommitTime time.Time
 }
 
 // StageResult is what a stage reports; the agent copies it into status.
@@ -365,7 +368,7 @@ func (a *Agent) converge(ctx context.Context, dev *spec.Device, work *source.Rev
 	var problem *api.Problem
 	for _, s := range a.o.Stages {
 		a.setBusy(a.now())
-		res, err := s.Converge(ctx, Target{Device: dev, FS: work.FS, Commit: work.Commit})
+		res, err := s.Converge(ctx, Target{Device: dev, FS: work.FS, Commit: work.Commit, CommitTime: work.Time})
 		sr := StageReport{Ran: true, Converged: err == nil && res.Converged, Summary: res.Summary}
 		a.results[s.Name()] = res
 		if err != nil {
@@ -673,9 +676,17 @@ func (a *Agent) pokes(ctx context.Context) {
 	bo := backoff.New(a.cfg.RetryMin.D(), a.cfg.RetryMax.D(), 0.2)
 	var after int64
 	for {
+		began := time.Now()
 		p, err := a.o.Poker.WaitPoke(ctx, after)
 		if ctx.Err() != nil {
 			return
+		}
+		if err == nil && p == nil && time.Since(began) < time.Second {
+			// A long-poll that returns at once with nothing would spin.
+			if backoff.Wait(ctx, a.cfg.RetryMin.D()) != nil {
+				return
+			}
+			continue
 		}
 		if err == nil && p != nil {
 			err = p.Validate()
