@@ -78,6 +78,7 @@ Exit codes: 0 ok, 1 invalid input or failed operation, 2 usage error.`,
 		newRenderCmd(),
 		newDevicesCmd(),
 		newDiffCmd(),
+		newReleaseCmd(),
 	)
 	return root
 }
