@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/shoalfleet/shoal/spec"
 )
 
 // ntpResponder speaks the NTP wire format on loopback with a clock offset
@@ -251,4 +252,21 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value stri
 	}
 	t.Fatalf("metric %s{%s=%q} not found", name, label, value)
 	return 0
+}
+
+// TestClockTimePolicy: the servers and max skew come from the applied spec.
+func TestClockTimePolicy(t *testing.T) {
+	srv := ntpResponder{stratum: 1, offset: 3 * time.Second}.start(t)
+	c := NewClock(ClockOptions{})
+	if st := c.Check(context.Background()); st.State != ClockUnknown {
+		t.Fatalf("no servers yet: %s", st.State)
+	}
+	c.SetTimePolicy(spec.TimePolicy{Servers: []string{srv}, MaxSkew: spec.Duration(time.Second)})
+	if st := c.Check(context.Background()); st.State != ClockSkewed {
+		t.Fatalf("3 s off with max 1 s: %s", st.State)
+	}
+	c.SetTimePolicy(spec.TimePolicy{Servers: []string{srv}, MaxSkew: spec.Duration(5 * time.Second)})
+	if st := c.Check(context.Background()); st.State != ClockOK || st.MaxSkew != 5*time.Second {
+		t.Fatalf("3 s off with max 5 s: %+v", st)
+	}
 }
