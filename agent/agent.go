@@ -9,6 +9,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -148,6 +149,18 @@ func New(o Options) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	st, err := ReadState(cfg.StateDir)
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		// Atomic writes cannot leave this; a damaged card can. Keep the
+		// evidence and start over: the next pass fetches and converges again.
+		p := filepath.Join(cfg.StateDir, "state.json")
+		aside := fmt.Sprintf("%s.corrupt-%d", p, o.Now().Unix())
+		o.Logger.Error("state.json unreadable; set aside, starting from an empty state", "err", err, "moved_to", aside)
+		if rerr := os.Rename(p, aside); rerr != nil {
+			return nil, fmt.Errorf("agent: %w (and set aside: %w)", err, rerr)
+		}
+		st, err = &State{Version: StateVersion}, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}

@@ -3,6 +3,8 @@ package agent
 import (
 	"errors"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -158,5 +160,32 @@ func TestRewrittenHistoryRefused(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "history rewritten") {
 		t.Fatalf("no clear log line:\n%s", logs)
+	}
+}
+
+func TestDamagedStateSetAside(t *testing.T) {
+	r := newGitRepo(t)
+	c1 := r.commit(fleetFiles(), "fleet")
+	cfg := testConfig(t, "file://"+r.dir)
+	a, _ := newTestAgent(t, cfg)
+	if _, err := a.Pass(t.Context(), "poll"); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(cfg.StateDir, "state.json")
+	if err := os.WriteFile(p, []byte(`{"version":1,"applied":{"co`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, logs := newTestAgent(t, cfg)
+	rep, err := b.Pass(t.Context(), "start")
+	if err != nil || !rep.Converged() || b.State().Applied.Commit != c1 {
+		t.Fatalf("after damage: %v %+v", err, b.State())
+	}
+	if m, _ := filepath.Glob(p + ".corrupt-*"); len(m) != 1 || !strings.Contains(logs.String(), "set aside") {
+		t.Fatalf("damaged state not kept aside (%v) or not logged", m)
+	}
+	// A state from a newer agent is not overwritten.
+	os.WriteFile(p, []byte(`{"version":99}`), 0o600)
+	if _, err := New(Options{Config: cfg, Source: b.o.Source}); err == nil {
+		t.Fatal("a state.json of another version was accepted")
 	}
 }
