@@ -144,7 +144,11 @@ func New(ctx context.Context, o Options) (*Hub, error) {
 	}
 	h.reg = prometheus.NewRegistry()
 	h.m = newMetrics(h)
-	for _, c := range h.m.collectors() {
+	cs := h.m.collectors()
+	if vc, ok := o.Verifier.(interface{ Collectors() []prometheus.Collector }); ok {
+		cs = append(cs, vc.Collectors()...)
+	}
+	for _, c := range cs {
 		h.reg.MustRegister(c)
 		if o.Registerer != nil {
 			if err := o.Registerer.Register(c); err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/attest"
 	"github.com/shoalfleet/shoal/hub"
 	"github.com/shoalfleet/shoal/hub/store"
 )
@@ -80,6 +81,11 @@ where it is created on first start.`,
 			}
 			defer st.Close()
 			o.Store = st
+			// Counters kept in memory: a restarted hub accepts the next
+			// quote's counters afresh.
+			if o.Verifier, err = hub.NewAttestVerifier(attest.VerifierOptions{Logger: log, Counters: &attest.MemCounterStore{}}); err != nil {
+				return err
+			}
 			h, err := hub.New(ctx, o)
 			if err != nil {
 				return err
