@@ -16,6 +16,9 @@ declare -A need=(
   [sshd]=openssh-server
   [ansible-playbook]=ansible
   [zstd]=zstd
+  [systemd-analyze]=systemd
+  [grub-script-check]=grub-common
+  [losetup]=mount
 )
 # PostgreSQL's server binaries live outside PATH on Debian.
 pg_missing() { ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"os/exec"
+
 	"encoding/json"
+	"github.com/shoalfleet/shoal/internal/testenv"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -66,4 +69,30 @@ func definedMetrics(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	return out
+}
+
+func TestAnsiblePlaybookSyntax(t *testing.T) {
+	bin := testenv.LookPath(t, "ansible-playbook", "ansible")
+	cmd := exec.Command(bin, "--syntax-check", "-i", "inventory.example.ini", "site.yml")
+	cmd.Dir = "../../deploy/ansible"
+	cmd.Env = append(os.Environ(), "ANSIBLE_LOCAL_TEMP="+t.TempDir(), "ANSIBLE_HOME="+t.TempDir())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ansible-playbook --syntax-check: %v\n%s", err, out)
+	}
+}
+
+func TestSystemdUnitsVerify(t *testing.T) {
+	bin := testenv.LookPath(t, "systemd-analyze", "systemd")
+	for _, unit := range []string{"shoal-hub.service", "shoal-agent.service"} {
+		t.Run(unit, func(t *testing.T) {
+			out, _ := exec.Command(bin, "verify", filepath.Join("../../deploy/systemd", unit)).CombinedOutput()
+			// verify also complains that /usr/bin/shoal* is not installed here; anything else is a unit error.
+			for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+				if line == "" || strings.Contains(line, "/usr/bin/shoal") {
+					continue
+				}
+				t.Errorf("systemd-analyze verify: %s", line)
+			}
+		})
+	}
 }
