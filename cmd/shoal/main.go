@@ -79,6 +79,7 @@ Exit codes: 0 ok, 1 invalid input or failed operation, 2 usage error.`,
 		newDevicesCmd(),
 		newDiffCmd(),
 		newReleaseCmd(),
+		newPlanCmd(),
 	)
 	return root
 }
