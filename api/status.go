@@ -61,6 +61,10 @@ type AppStatus struct {
 	Health  string `json:"health,omitempty"` // healthy | unhealthy | starting | none
 	Drift   string `json:"drift,omitempty"`  // what changed outside Shoal, if anything
 	Message string `json:"message,omitempty"`
+	// Restarts counts the container's restarts by the Engine.
+	Restarts int `json:"restarts,omitempty"`
+	// Rollback explains why the app's last rollout was rolled back, if it was.
+	Rollback *Rollback `json:"rollback,omitempty"`
 }
 
 // UpdateStatus is the A/B updater's state.
