@@ -140,7 +140,7 @@ type FleetCounts struct {
 // RolloutCount is how many devices of a group are converged on, in progress
 // towards, or failed on one commit or release.
 type RolloutCount struct {
-	Group                          string
+	Group                         string
 	Converged, InProgress, Failed int
 }
 
