@@ -38,6 +38,11 @@ demo:
 	@echo "make demo: the simulated fleet demo is not built yet. Today: go build -o bin/ ./cmd/... && bin/shoal validate fleet-repo-example"
 	@exit 1
 
+## bench: re-run the quick benchmarks and rewrite docs/BENCHMARKS.md.
+bench:
+	bash bench/spec.sh
+	bash bench/collect.sh
+
 ## release: static, stripped binaries for every device platform, with their sizes.
 release:
 	@for p in $(PLATFORMS); do \
