@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/attest"
 	"github.com/shoalfleet/shoal/reconcile"
 	"github.com/shoalfleet/shoal/spec"
 	"github.com/shoalfleet/shoal/updater"
@@ -135,4 +136,116 @@ func updateStatus(st updater.Status, want *spec.Release) *api.UpdateStatus {
 		out.Rollback = &api.Rollback{Check: st.Reason, Message: st.Message}
 	}
 	return out
+}
+
+// Hub is the part of the hub client the trust stage uses for attestation.
+type Hub interface {
+	Nonce(ctx context.Context) (*api.Nonce, error)
+	Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResult, error)
+}
+
+// TrustStage checks the clock against NTP (bounded below by the fleet
+// commit's time and the release's build time), extends the application PCR
+// with the applied spec and release, and attests to the hub when one is set.
+type TrustStage struct {
+	Clock    *attest.Clock
+	Attester *attest.Attester // nil: no attestation
+	Hub      Hub              // nil: quotes are not sent
+	// RunningVersion returns the release version the device runs ("" if unknown).
+	RunningVersion func() string
+
+	mu       sync.Mutex
+	last     attest.ClockStatus
+	attested *api.AttestResult
+}
+
+// Name implements Stage.
+func (s *TrustStage) Name() string { return "trust" }
+
+// Converge implements Stage.
+func (s *TrustStage) Converge(ctx context.Context, t Target) (StageResult, error) {
+	d := t.Device
+	s.Clock.SetTimePolicy(d.Time)
+	if !t.CommitTime.IsZero() {
+		s.Clock.SetLowerBound("fleet-commit", t.CommitTime)
+	}
+	if d.Release != nil && !d.Release.Built.IsZero() {
+		s.Clock.SetLowerBound("release-build", d.Release.Built)
+	}
+	cs := s.Clock.Check(ctx)
+	s.mu.Lock()
+	s.last = cs
+	s.mu.Unlock()
+	out := StageResult{Clock: &api.ClockStatus{State: string(cs.State), Trusted: cs.State == attest.ClockOK, Skew: cs.Offset, Source: "ntp"}}
+	out.Converged = cs.State == attest.ClockOK || len(d.Time.Servers) == 0
+	out.Summary = "clock " + string(cs.State)
+	if s.Attester == nil {
+		return out, nil
+	}
+	version := ""
+	if s.RunningVersion != nil {
+		version = s.RunningVersion()
+	}
+	as := &api.AttestStatus{Weak: s.Attester.Identity().Weak, Time: s.Clock.Now()}
+	out.Attest = as
+	if err := s.Attester.ExtendApp(ctx, d.Hash(), version); err != nil {
+		as.Reasons = []string{"extend-app-pcr"}
+		return out, fmt.Errorf("extend application PCR: %w", err)
+	}
+	if s.Hub == nil {
+		out.Summary += ", attestation not sent (no hub)"
+		return out, nil
+	}
+	res, err := s.attest(ctx, d, version)
+	if err != nil {
+		as.Reasons = []string{"hub-unreachable"}
+		out.Converged = out.Converged && !d.Attestation.Required
+		return out, nil // the hub being away is reported, not a failure of the device
+	}
+	as.OK, as.Reasons = res.OK, res.Reasons
+	s.mu.Lock()
+	s.attested = res
+	s.mu.Unlock()
+	if !res.OK {
+		out.Converged = false
+		out.Summary += ", attestation refused: " + strings.Join(res.Reasons, ", ")
+	} else {
+		out.Summary += ", attested"
+	}
+	return out, nil
+}
+
+func (s *TrustStage) attest(ctx context.Context, d *spec.Device, version string) (*api.AttestResult, error) {
+	n, err := s.Hub.Nonce(ctx)
+	if err != nil {
+		return nil, err
+	}
+	q, err := s.Attester.Quote(ctx, n.Nonce, d.Attestation.PCRs)
+	if err != nil {
+		return nil, err
+	}
+	return s.Hub.Attest(ctx, &api.AttestRequest{
+		APIVersion: api.Version, Nonce: n.Nonce, AKPublic: q.AK, Quote: q.Attest,
+		Signature: q.Signature, PCRs: q.PCRs, SpecHash: d.Hash(), ReleaseVersion: version,
+	})
+}
+
+// ClockOK is the clock's part of the health gate.
+func (s *TrustStage) ClockOK(context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last.Err()
+}
+
+// Attested is the attestation part of the health gate.
+func (s *TrustStage) Attested(context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.attested == nil {
+		return errors.New("not attested yet")
+	}
+	if !s.attested.OK {
+		return fmt.Errorf("attestation refused: %s", strings.Join(s.attested.Reasons, ", "))
+	}
+	return nil
 }

@@ -88,6 +88,9 @@ type Rollback struct {
 
 // ClockStatus is the device's view of its clock.
 type ClockStatus struct {
+	// State is ok, skewed, unknown (no time server answered) or untrusted
+	// (the clock is below what verified data says it must be at least).
+	State   string        `json:"state,omitempty"`
 	Trusted bool          `json:"trusted"`
 	Skew    time.Duration `json:"skew,omitempty"` // nanoseconds against NTP; 0 if unmeasured
 	Source  string        `json:"source,omitempty"`
