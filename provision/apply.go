@@ -76,6 +76,7 @@ type Result struct {
 	Images      []string
 	Receipt     string // path of the receipt written, if any
 	ReceiptErr  error  // why no receipt could be written
+	Err         error  // why the bundle was not applied; nil when it was
 	Provisioned State
 }
 
@@ -220,9 +221,16 @@ func Apply(ctx context.Context, path string, o ApplyOptions) (*Result, error) {
 	if res == nil {
 		res = &Result{}
 	}
-	if !o.NoReceipt && res.DeviceID != "" && !errors.Is(err, ErrWrongDevice) {
+	res.Err = err
+	rp := path + "." + res.DeviceID + ".receipt.json"
+	switch {
+	case o.NoReceipt || res.DeviceID == "" || errors.Is(err, ErrWrongDevice):
+	case errors.Is(err, ErrReplay) && fileExists(rp):
+		// The receipt of the first application stays until it is imported.
+		res.Receipt = rp
+	default:
 		rc := o.receipt(ctx, res, err)
-		res.Receipt, res.ReceiptErr = path+"."+res.DeviceID+".receipt.json", nil
+		res.Receipt = rp
 		if werr := WriteReceipt(res.Receipt, rc, o.Signer); werr != nil {
 			res.Receipt, res.ReceiptErr = "", werr
 			o.Logger.Warn("receipt not written", "bundle", path, "err", werr)
@@ -514,6 +522,11 @@ func HardwareID() string {
 	return ""
 }
 
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
 // Bundles lists the bundle files in dir (*.shoal), oldest manifest first
 // when they verify, so a stick holding several applies them in order.
 func Bundles(dir string) ([]string, error) {
@@ -535,8 +548,9 @@ func Bundles(dir string) ([]string, error) {
 }
 
 // ApplyPath applies the bundle at path, or, when path is a directory (a
-// mounted stick), every bundle in it for this device in order. Bundles for
-// other devices are skipped without a receipt.
+// mounted stick), every bundle in it for this device in order. In a
+// directory, bundles for other devices and bundles no newer than the applied
+// one are skipped without a receipt: a stick keeps old bundles around.
 func ApplyPath(ctx context.Context, path string, o ApplyOptions) ([]*Result, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -553,14 +567,38 @@ func ApplyPath(ctx context.Context, path string, o ApplyOptions) ([]*Result, err
 	var out []*Result
 	var errs []error
 	for _, p := range ps {
+		if old, err := notNewer(p, o.StateDir); err != nil {
+			return out, err
+		} else if old {
+			continue
+		}
 		r, err := Apply(ctx, p, o)
 		if errors.Is(err, ErrWrongDevice) {
 			continue
 		}
 		out = append(out, r)
-		if err != nil && !errors.Is(err, ErrReplay) {
+		if err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return out, errors.Join(errs...)
+}
+
+// notNewer reports whether the bundle at p is the applied one or older, by
+// its manifest alone (its signature is checked when it is applied).
+func notNewer(p, stateDir string) (bool, error) {
+	st, err := ReadState(stateDir)
+	if err != nil || st == nil {
+		return false, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	br, err := NewReader(f, nil)
+	if err != nil {
+		return false, nil // Apply reports it, with a receipt
+	}
+	return br.Hash == st.BundleHash || br.Manifest.Seq <= st.Seq, nil
 }

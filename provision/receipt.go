@@ -249,3 +249,23 @@ func ReadReceipts(dir string) (good []json.RawMessage, recs []*Receipt, errs []e
 	}
 	return good, recs, errs
 }
+
+// MaxReceiptBatch is the most receipts one ReceiptBatch may carry.
+const MaxReceiptBatch = 1000
+
+// Validate checks the batch's shape; the hub then checks each receipt with
+// VerifyReceipt and against the device's enrolled key.
+func (b *ReceiptBatch) Validate() error {
+	switch {
+	case b.APIVersion != ReceiptVersion:
+		return fmt.Errorf("receipt batch: apiVersion %q, want %q: %w", b.APIVersion, ReceiptVersion, ErrReceipt)
+	case len(b.Receipts) == 0 || len(b.Receipts) > MaxReceiptBatch:
+		return fmt.Errorf("receipt batch: %d receipts, want 1 to %d: %w", len(b.Receipts), MaxReceiptBatch, ErrReceipt)
+	}
+	for i, r := range b.Receipts {
+		if len(r) > maxReceipt {
+			return fmt.Errorf("receipt batch: receipt %d is %d bytes: %w", i, len(r), ErrReceipt)
+		}
+	}
+	return nil
+}
