@@ -105,7 +105,11 @@ func serveHub(ctx context.Context, c config) error {
 		return err
 	}
 	defer st.Close()
-	h, err := hub.New(ctx, hub.Options{Store: st, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	level := slog.LevelWarn
+	if os.Getenv("HUBLOAD_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	h, err := hub.New(ctx, hub.Options{Store: st, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))})
 	if err != nil {
 		return err
 	}

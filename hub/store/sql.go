@@ -28,6 +28,7 @@ type sqlStore struct {
 	w, r  *sql.DB
 	close func() error
 	stmts sync.Map // prepared hot-path statements, by pool and query
+	batch *batcher // SQLite: group commit of status reports; nil for PostgreSQL
 }
 
 type stmtKey struct {
@@ -88,6 +89,9 @@ func (s *sqlStore) prepareHot(ctx context.Context) error {
 func (s *sqlStore) Backend() string { return s.d.name }
 
 func (s *sqlStore) Close() error {
+	if s.batch != nil {
+		s.batch.close()
+	}
 	s.stmts.Range(func(_, v any) bool { v.(*sql.Stmt).Close(); return true })
 	return s.close()
 }
@@ -392,15 +396,31 @@ func (s *sqlStore) PutStatus(ctx context.Context, r Report) (PutResult, error) {
 }
 
 func (s *sqlStore) putStatus(ctx context.Context, r Report) (PutResult, error) {
-	selQ := qStatusDeviceSQLite
-	if s.d.name == "postgres" {
-		selQ = qStatusDevicePostgres
+	if s.batch != nil {
+		return s.batch.put(ctx, r)
 	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return PutResult{}, err
 	}
 	defer tx.Rollback()
+	res, err := s.putInTx(ctx, tx, r)
+	if err != nil {
+		return PutResult{}, err
+	}
+	if err := tx.Commit(); err != nil {
+		return PutResult{}, fmt.Errorf("commit: %w", err)
+	}
+	return res, nil
+}
+
+// putInTx stores one report inside tx. ErrNotFound and ErrRevoked come
+// before any write.
+func (s *sqlStore) putInTx(ctx context.Context, tx *sql.Tx, r Report) (PutResult, error) {
+	selQ := qStatusDeviceSQLite
+	if s.d.name == "postgres" {
+		selQ = qStatusDevicePostgres
+	}
 	sel, err := s.txStmt(ctx, tx, selQ)
 	if err != nil {
 		return PutResult{}, err
@@ -444,9 +464,6 @@ func (s *sqlStore) putStatus(ctx context.Context, r Report) (PutResult, error) {
 		if _, err := up.ExecContext(ctx, nanos(r.Received), r.DeviceID); err != nil {
 			return PutResult{}, err
 		}
-	}
-	if err := tx.Commit(); err != nil {
-		return PutResult{}, fmt.Errorf("commit: %w", err)
 	}
 	return PutResult{Latest: uint64(latest)}, nil
 }

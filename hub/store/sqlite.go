@@ -119,5 +119,6 @@ func OpenSQLite(ctx context.Context, path string) (Store, error) {
 		s.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
+	s.batch = newBatcher(s)
 	return s, nil
 }

@@ -290,7 +290,21 @@ func testStatusConcurrent(t *testing.T, s store.Store) {
 			}()
 		}
 	}
+	// Reports for an unknown device, mixed into the same bursts, fail alone.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for seq := uint64(1); seq <= per; seq++ {
+			if _, err := s.PutStatus(ctx, report("ghost", seq, "converged")); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("unknown device: %v, want ErrNotFound", err)
+				return
+			}
+		}
+	}()
 	wg.Wait()
+	if rs, _ := s.Reports(ctx, "ghost", 10); len(rs) != 0 {
+		t.Errorf("unknown device has %d reports", len(rs))
+	}
 	for i := range devices {
 		rs, err := s.Reports(ctx, fmt.Sprintf("dev-%d", i), 1000)
 		if err != nil {
