@@ -1,0 +1,130 @@
+package provision
+
+import (
+	"context"
+	"crypto"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/shoalfleet/shoal/attest"
+	"github.com/shoalfleet/shoal/internal/testenv"
+)
+
+// startSwtpm runs `swtpm socket` on loopback for the test and returns its address.
+func startSwtpm(t *testing.T) string {
+	t.Helper()
+	bin := testenv.LookPath(t, "swtpm", "swtpm")
+	for range 5 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		cmd := exec.Command(bin, "socket", "--tpm2", "--tpmstate", "dir="+t.TempDir(),
+			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
+			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
+			"--flags", "not-need-init,startup-clear")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			select {
+			case <-exited:
+				deadline = time.Time{}
+				continue
+			default:
+			}
+			if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+				c.Close()
+				t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+				return addr
+			}
+			select {
+			case <-exited:
+				deadline = time.Time{}
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+		cmd.Process.Kill()
+	}
+	t.Fatal("swtpm did not start")
+	return ""
+}
+
+// TestReceiptTPMQuote: with a TPM (swtpm), the receipt is signed by the
+// TPM-held device key and carries a quote whose nonce is the bundle hash,
+// which attest's verifier accepts.
+func TestReceiptTPMQuote(t *testing.T) {
+	addr := startSwtpm(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	tpm, err := attest.DialTCP(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	state := t.TempDir()
+	a, err := attest.New(ctx, attest.Options{StateDir: filepath.Join(state, "attest"), TPM: tpm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if a.Identity().Kind != attest.KindTPM {
+		t.Fatalf("kind %q", a.Identity().Kind)
+	}
+
+	fleet := newFleet(t, "example/web:1", sha([]byte("tar")))
+	images := t.TempDir()
+	os.WriteFile(filepath.Join(images, sha([]byte("tar"))+".tar"), []byte("tar"), 0o644)
+	stick := t.TempDir()
+	p := create(t, stick, "dev-1.shoal", CreateOptions{FleetDir: fleet.dir, Devices: []string{"dev-1"}, Key: newKey(t), ImageDir: images})
+	pcrs := []int{0, 7}
+	res, err := Apply(ctx, p, ApplyOptions{
+		StateDir: state, DeviceID: "dev-1", Signer: a.Signer(), KeyKind: a.Identity().Kind,
+		Quote: func(ctx context.Context, nonce []byte) (json.RawMessage, error) {
+			q, err := a.Quote(ctx, nonce, pcrs)
+			if err != nil {
+				return nil, err
+			}
+			return json.Marshal(q)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(res.Receipt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, pub, err := VerifyReceipt(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.KeyKind != attest.KindTPM || len(rc.Quote) == 0 {
+		t.Fatalf("receipt = %+v", rc)
+	}
+	if !a.Signer().Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(pub) {
+		t.Fatal("receipt not signed by the TPM device key")
+	}
+	var q attest.Quote
+	if err := json.Unmarshal(rc.Quote, &q); err != nil {
+		t.Fatal(err)
+	}
+	nonce, _ := hex.DecodeString(rc.BundleHash)
+	v := attest.NewVerifier(attest.VerifierOptions{})
+	if _, err := v.Verify(ctx, attest.Request{DeviceID: "dev-1", Quote: &q, AK: a.Identity().AK, Policy: attest.Policy{PCRs: append([]int{attest.AppPCR}, pcrs...)}, Nonce: nonce}); err != nil {
+		t.Fatalf("quote in the receipt: %v", err)
+	}
+}
