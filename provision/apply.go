@@ -39,8 +39,10 @@ type RepoImporter interface {
 type ApplyOptions struct {
 	StateDir string
 	// DeviceID is this device; "" means the one it was provisioned as, else
-	// the bundle's hardware map or HardwareID.
+	// the bundle's hardware map applied to HardwareID, else HardwareID itself.
 	DeviceID string
+	// HardwareID overrides the package's HardwareID (tests, odd boards).
+	HardwareID func() string
 	// BundleKeys are trusted before first provisioning (baked into the OS
 	// image); nil trusts the first bundle's own keys. Once provisioned, only
 	// the keys the device holds in its state dir count.
@@ -288,7 +290,11 @@ func apply(ctx context.Context, path string, o *ApplyOptions) (*Result, error) {
 	m := br.Manifest
 	res.BundleHash = br.Hash
 	if res.DeviceID == "" {
-		res.DeviceID = HardwareID()
+		hw := o.hardwareID()
+		res.DeviceID = hw
+		if id, ok := m.Hardware[hw]; ok {
+			res.DeviceID = id
+		}
 	}
 	if !m.For(res.DeviceID) {
 		return res, fmt.Errorf("bundle provisions %s, this is %q: %w", strings.Join(m.Devices, ", "), res.DeviceID, ErrWrongDevice)
@@ -401,6 +407,13 @@ func apply(ctx context.Context, path string, o *ApplyOptions) (*Result, error) {
 func (o *ApplyOptions) fallbackID() string {
 	if o.DeviceID != "" {
 		return o.DeviceID
+	}
+	return o.hardwareID()
+}
+
+func (o *ApplyOptions) hardwareID() string {
+	if o.HardwareID != nil {
+		return o.HardwareID()
 	}
 	return HardwareID()
 }

@@ -42,6 +42,8 @@ type CreateOptions struct {
 	RepoURL string            // the fleet repo's URL, for the device config
 	HubURL  string            // the hub the device enrols with
 	Tokens  map[string]string // enrolment tokens by device ID
+	// Hardware maps hardware IDs to device IDs for group bundles.
+	Hardware map[string]string
 	// Key signs the bundle; its public half is always among the trust roots.
 	Key        ed25519.PrivateKey
 	BundleKeys []ed25519.PublicKey // further keys later bundles may be signed with
@@ -125,16 +127,17 @@ func Create(ctx context.Context, w io.Writer, o CreateOptions) (*Manifest, error
 	members = append(members, imgs...)
 
 	m := &Manifest{
-		Version: FormatVersion,
-		Created: o.Now().UTC(),
-		Seq:     uint64(o.Now().UnixNano()),
-		Group:   o.Group,
-		Commit:  commit,
-		Ref:     o.Ref,
-		RepoURL: o.RepoURL,
-		HubURL:  o.HubURL,
-		Tokens:  o.Tokens,
-		Trust:   TrustRoots{ReleaseKeys: o.ReleaseKeys, CommitSigners: o.CommitSigners},
+		Version:  FormatVersion,
+		Created:  o.Now().UTC(),
+		Seq:      uint64(o.Now().UnixNano()),
+		Group:    o.Group,
+		Commit:   commit,
+		Ref:      o.Ref,
+		RepoURL:  o.RepoURL,
+		HubURL:   o.HubURL,
+		Tokens:   o.Tokens,
+		Hardware: o.Hardware,
+		Trust:    TrustRoots{ReleaseKeys: o.ReleaseKeys, CommitSigners: o.CommitSigners},
 	}
 	for _, d := range devs {
 		m.Devices = append(m.Devices, d.ID)

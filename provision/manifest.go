@@ -96,10 +96,13 @@ type Manifest struct {
 	Seq     uint64   `json:"seq"`
 	Devices []string `json:"devices"`         // the device IDs it provisions
 	Group   string   `json:"group,omitempty"` // set when made with --group
-	Commit  string   `json:"commit"`          // fleet repo commit (40 hex)
-	Ref     string   `json:"ref"`             // the ref the git bundle carries, e.g. refs/heads/main
-	RepoURL string   `json:"repoURL,omitempty"`
-	HubURL  string   `json:"hubURL,omitempty"`
+	// Hardware maps hardware IDs (HardwareID) to device IDs, so one group
+	// bundle lets each device find its own ID.
+	Hardware map[string]string `json:"hardware,omitempty"`
+	Commit   string            `json:"commit"` // fleet repo commit (40 hex)
+	Ref      string            `json:"ref"`    // the ref the git bundle carries, e.g. refs/heads/main
+	RepoURL  string            `json:"repoURL,omitempty"`
+	HubURL   string            `json:"hubURL,omitempty"`
 	// Tokens are one-time enrolment tokens by device ID. The bundle is
 	// signed, not encrypted: keep the stick like a password.
 	Tokens  map[string]string `json:"tokens,omitempty"`
@@ -176,6 +179,11 @@ func (m *Manifest) Validate() error {
 	}
 	if len(m.Trust.BundleKeys) == 0 {
 		return bad("no bundle keys in trust roots")
+	}
+	for hw, id := range m.Hardware {
+		if hw == "" || !m.For(id) {
+			return bad("hardware %q maps to %q, which the bundle does not provision", hw, id)
+		}
 	}
 	seen := map[string]bool{}
 	git := 0

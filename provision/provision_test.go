@@ -434,6 +434,20 @@ func TestGroupBundle(t *testing.T) {
 			t.Fatalf("%s: result %+v enrolment %+v", id, res, enr)
 		}
 	}
+	// A device with no ID given finds its own in the bundle's hardware map.
+	o.Hardware = map[string]string{"serial-0002": "dev-2"}
+	e.fleet.commit("hardware map")
+	pm := create(t, e.stick, "edge-hw.shoal", o)
+	ah := e.applyOpts()
+	ah.StateDir, ah.DeviceID, ah.HardwareID = t.TempDir(), "", func() string { return "serial-0002" }
+	if res, err := Apply(ctxT(t), pm, ah); err != nil || res.DeviceID != "dev-2" {
+		t.Fatalf("by hardware ID: %v %+v", err, res)
+	}
+	if cfg, _ := ReadDeviceConfig(ah.StateDir); cfg == nil || cfg.DeviceID != "dev-2" {
+		t.Fatalf("device config %+v", cfg)
+	}
+	os.Remove(pm)
+
 	ao := e.applyOpts()
 	ao.StateDir, ao.DeviceID = t.TempDir(), "other"
 	before := treeHash(t, ao.StateDir)
@@ -531,3 +545,48 @@ func saveTar(t *testing.T, cli *client.Client, ref, dir string) string {
 }
 
 func itoa(n int) string { return fmtInt(n) }
+
+// TestWatch: a bundle that appears on the watched mount path is applied once.
+func TestWatch(t *testing.T) {
+	e := newEnv(t)
+	mount := filepath.Join(t.TempDir(), "usb")
+	ctx, cancel := context.WithCancel(ctxT(t))
+	results := make(chan []*Result, 4)
+	done := make(chan error, 1)
+	go func() {
+		done <- Watch(ctx, WatchOptions{Dir: mount, Interval: 20 * time.Millisecond, Apply: e.applyOpts(),
+			OnApply: func(rs []*Result, err error) {
+				if err != nil {
+					t.Errorf("watch: %v", err)
+				}
+				results <- rs
+			}})
+	}()
+	if err := os.MkdirAll(mount, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tmp := create(t, t.TempDir(), "dev-1.shoal", e.createOpts())
+	b, _ := os.ReadFile(tmp)
+	// Written under another name and renamed, as a copy to a stick would
+	// show up whole.
+	os.WriteFile(filepath.Join(mount, "dev-1.part"), b, 0o644)
+	os.Rename(filepath.Join(mount, "dev-1.part"), filepath.Join(mount, "dev-1.shoal"))
+	select {
+	case rs := <-results:
+		if len(rs) != 1 || rs[0].Err != nil || !rs[0].First {
+			t.Fatalf("results %+v", rs)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("bundle on the mount path not applied within a minute")
+	}
+	// Later passes find nothing new: no second callback before we stop.
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("watch returned %v", err)
+	}
+	select {
+	case rs := <-results:
+		t.Fatalf("applied again: %+v", rs)
+	default:
+	}
+}

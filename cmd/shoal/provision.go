@@ -36,6 +36,7 @@ func newProvisionCreateCmd() *cobra.Command {
 	var (
 		o                                             provision.CreateOptions
 		out, keyFile, releaseKeys, signers, tokenFile string
+		hardwareFile                                  string
 		token                                         string
 		extraKeys                                     []string
 		noDocker                                      bool
@@ -81,6 +82,9 @@ encrypted): keep the stick like a password.`,
 			if o.Tokens, err = readTokens(tokenFile); err != nil {
 				return err
 			}
+			if o.Hardware, err = readPairs(hardwareFile, "hardware-id device-id"); err != nil {
+				return err
+			}
 			if token != "" {
 				if len(o.Devices) != 1 {
 					return usageError{errors.New("--token needs exactly one --device; use --tokens FILE for more")}
@@ -123,6 +127,7 @@ encrypted): keep the stick like a password.`,
 	f.StringVar(&o.RepoURL, "repo-url", "", "fleet repo URL the devices fetch from when online")
 	f.StringVar(&token, "token", "", "enrolment token for the one --device")
 	f.StringVar(&tokenFile, "tokens", "", "file of `device-id token` lines")
+	f.StringVar(&hardwareFile, "hardware", "", "file of `hardware-id device-id` lines: how each device of a group bundle finds its ID")
 	f.BoolVar(&o.Release, "release", false, "add the devices' OS release image")
 	f.StringVar(&o.ReleaseFile, "release-file", "", "the release image, when its url is not a file")
 	f.StringVar(&o.ImageDir, "image-dir", "", "directory of <sha256>.tar image tars for url-sourced images")
@@ -167,14 +172,17 @@ func readOptional(p string) (string, error) {
 	return string(b), err
 }
 
-func readTokens(p string) (map[string]string, error) {
+func readTokens(p string) (map[string]string, error) { return readPairs(p, "device-id token") }
+
+// readPairs reads `key value` lines; blank lines and # comments are skipped.
+func readPairs(p, what string) (map[string]string, error) {
 	out := map[string]string{}
 	if p == "" {
 		return out, nil
 	}
 	b, err := os.ReadFile(p)
 	if err != nil {
-		return nil, fmt.Errorf("tokens: %w", err)
+		return nil, fmt.Errorf("%s: %w", p, err)
 	}
 	for i, l := range strings.Split(string(b), "\n") {
 		l = strings.TrimSpace(l)
@@ -183,7 +191,7 @@ func readTokens(p string) (map[string]string, error) {
 		}
 		id, tok, ok := strings.Cut(l, " ")
 		if !ok {
-			return nil, fmt.Errorf("%s:%d: want `device-id token`", p, i+1)
+			return nil, fmt.Errorf("%s:%d: want `%s`", p, i+1, what)
 		}
 		out[id] = strings.TrimSpace(tok)
 	}
