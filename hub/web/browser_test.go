@@ -1,0 +1,242 @@
+package web_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/hub/web"
+	"github.com/shoalfleet/shoal/internal/testenv"
+)
+
+const xssApp = `<script>window.__xss=1</script>`
+const xssGroup = `<img src=x onerror="window.__xss=2">`
+
+// browser starts headless Debian Chromium and returns a tab's context.
+func browser(t *testing.T, width, height int) context.Context {
+	t.Helper()
+	exe := testenv.LookPath(t, "chromium", "chromium")
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(exe),
+		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("disable-background-networking", true),
+		// The hub's server certificate comes from its own CA, which this
+		// throwaway profile does not hold.
+		chromedp.Flag("ignore-certificate-errors", true),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(width, height),
+	}
+	actx, cancel := chromedp.NewExecAllocator(t.Context(), opts...)
+	t.Cleanup(cancel)
+	ctx, cancel2 := chromedp.NewContext(actx)
+	t.Cleanup(cancel2)
+	ctx, cancel3 := context.WithTimeout(ctx, 90*time.Second)
+	t.Cleanup(cancel3)
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	return ctx
+}
+
+// waitJS waits until the expression is true.
+func waitJS(expr string) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		_, err := chromedp.Poll[bool](expr, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(20*time.Second))(ctx, t)
+		return err
+	})
+}
+
+// do runs steps with a 20 s limit; on failure it reports where the page is.
+func do(t *testing.T, ctx context.Context, what string, steps ...chromedp.Action[chromedp.Void]) {
+	t.Helper()
+	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := chromedp.Do(sctx, steps...); err != nil {
+		loc, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`location.href + "\n" + document.body.innerText.slice(0, 2000)`))
+		t.Fatalf("%s: %v\npage: %s", what, err, loc)
+	}
+}
+
+func css(s string) chromedp.CSS { return chromedp.CSS(s) }
+
+// textOf returns the visible text of the first element matching sel.
+func textOf(t *testing.T, ctx context.Context, sel string) string {
+	t.Helper()
+	s, err := chromedp.Run(ctx, chromedp.Text(css(sel), chromedp.NodeVisible))
+	if err != nil {
+		t.Fatalf("text of %s: %v", sel, err)
+	}
+	return s
+}
+
+func eval[T any](t *testing.T, ctx context.Context, expr string) T {
+	t.Helper()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr))
+	if err != nil {
+		t.Fatalf("evaluate %s: %v", expr, err)
+	}
+	return v
+}
+
+// TestBrowser drives the page in real Chromium against a real hub: devices
+// enrol and report over mutual TLS, the operator signs in, reads the counts,
+// filters by group, watches a row change live, opens a device and finds what
+// the device reported; hostile names stay text.
+func TestBrowser(t *testing.T) {
+	ctx := browser(t, 1280, 900)
+	v := &verdicts{m: map[string]api.AttestResult{
+		"plant-02": {OK: false, Reasons: []string{"pcr[7] mismatch: want 4f2a…, got 9c1d…", "pcr[14] mismatch: application PCR"}},
+	}}
+	th := startHub(t, openSQLite(t), web.Options{LiveInterval: 200 * time.Millisecond}, v)
+
+	p1, p2, p3 := th.enrol(t, "plant-01"), th.enrol(t, "plant-02"), th.enrol(t, "plant-03")
+	const c1, c2 = "1f0c3a9e5b7d2c4e6a8b0d1f3e5c7a9b1d3f5e7a", "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d"
+	send(t, p1, api.Status{Seq: 1, State: api.StateConverged, Groups: []string{"line-a"},
+		Commit: api.CommitStatus{Attempted: c1, Applied: c1, SpecHash: "ab12cd34ef56"},
+		Apps:   []api.AppStatus{{Name: "web", Image: "registry.local/web@sha256:aa", State: "running", Health: "healthy"}, {Name: "db", State: "running"}},
+		Update: &api.UpdateStatus{State: "committed", Slot: "a", Version: "1.2.0"},
+		Clock:  &api.ClockStatus{Trusted: true, Skew: 120 * time.Millisecond, Source: "ntp"}})
+	attest(t, p1)
+	since := time.Now().Add(-10 * time.Minute).UTC().Truncate(time.Second)
+	send(t, p2, api.Status{Seq: 1, State: api.StateUpdating, Groups: []string{"line-b", xssGroup},
+		Commit: api.CommitStatus{Attempted: c1, Applied: c1},
+		Update: &api.UpdateStatus{State: "trial", Slot: "b", Version: "1.3.0", Target: "1.3.0", Since: since}})
+	send(t, p2, api.Status{Seq: 2, State: api.StateStalled, Groups: []string{"line-b", xssGroup},
+		Commit:  api.CommitStatus{Attempted: c2, Applied: c1, SpecHash: "ab12cd34ef56"},
+		Apps:    []api.AppStatus{{Name: xssApp, State: "exited", Health: "unhealthy", Message: "exit 3"}},
+		Update:  &api.UpdateStatus{State: "rolled-back", Slot: "a", Version: "1.2.0", Target: "1.3.0", Since: since.Add(5 * time.Minute), Rollback: &api.Rollback{Check: "app web healthy", ExitCode: 3, LogTail: []string{"panic: no config"}}},
+		Clock:   &api.ClockStatus{Trusted: false},
+		Problem: &api.Problem{Kind: "stalled", Reason: "spec-invalid", Message: "apps/web.yaml:12:9: apps.web.ports[0].host: conflicting values 80 and 8080"}})
+	attest(t, p2)
+	send(t, p3, api.Status{Seq: 1, State: api.StateUpdating, Groups: []string{"line-a"},
+		Commit: api.CommitStatus{Attempted: c2, Applied: c1},
+		Update: &api.UpdateStatus{State: "downloading", Slot: "a", Version: "1.2.0", Target: "1.3.0", Progress: 0.4}})
+
+	do(t, ctx, "open the page",
+		chromedp.Navigate(th.URL+"/"),
+		chromedp.WaitVisible(css("#token")),
+	)
+	loginTitle := eval[string](t, ctx, "document.title")
+	do(t, ctx, "sign in",
+		chromedp.SendKeys(css("#token"), th.Operator),
+		chromedp.Submit(css("#token")),
+		chromedp.WaitVisible(css("table.fleet")),
+	)
+	if !strings.Contains(loginTitle, "Sign in") {
+		t.Errorf("unauthenticated visit showed %q, want the sign-in page", loginTitle)
+	}
+
+	// Counts, each a filter.
+	counts := map[string]string{}
+	for _, f := range []string{"all", "converged", "updating", "failed", "rolled-back", "clock-skewed", "attest-failed", "weak-identity"} {
+		counts[f] = textOf(t, ctx, `.chips a[data-filter="`+f+`"] b`)
+	}
+	want := map[string]string{"all": "3", "converged": "1", "updating": "1", "failed": "1", "rolled-back": "1", "clock-skewed": "1", "attest-failed": "1", "weak-identity": "3"}
+	for f, w := range want {
+		if counts[f] != w {
+			t.Errorf("chip %s = %q, want %q", f, counts[f], w)
+		}
+	}
+
+	// Hostile names are text: nothing ran, and the characters are on the page.
+	xss := eval[bool](t, ctx, `window.__xss !== undefined`)
+	body := textOf(t, ctx, `tr[data-device="plant-02"]`)
+	if xss || !strings.Contains(body, xssGroup) {
+		t.Errorf("hostile group: script ran=%v, row text %q", xss, body)
+	}
+
+	buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shot := filepath.Join(t.ArtifactDir(), "overview.png")
+	if err := os.WriteFile(shot, buf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("overview screenshot: %s", shot)
+
+	// Filter by group through the form.
+	do(t, ctx, "filter by group",
+		chromedp.SendKeys(css(`input[name="group"]`), "line-a"),
+		chromedp.Submit(css(`input[name="group"]`)),
+		chromedp.WaitVisible(css(".filters a.clear")),
+	)
+	rows := eval[[]string](t, ctx, `[...document.querySelectorAll("tbody tr[data-device]")].map(r => r.dataset.device)`)
+	if strings.Join(rows, ",") != "plant-01,plant-03" {
+		t.Errorf("group line-a shows %v, want plant-01, plant-03", rows)
+	}
+
+	// Live: a new report changes the row without a reload.
+	eval[int](t, ctx, `window.__mark = 42`)
+	send(t, p3, api.Status{Seq: 2, State: api.StateConverged, Groups: []string{"line-a"},
+		Commit: api.CommitStatus{Attempted: c2, Applied: c2}, Update: &api.UpdateStatus{State: "committed", Slot: "b", Version: "1.3.0"}})
+	do(t, ctx, "live update",
+		waitJS(`(document.querySelector('tr[data-device="plant-03"] .state')||{}).textContent === "converged"`),
+	)
+	if eval[int](t, ctx, `window.__mark || 0`) != 42 {
+		t.Error("the page reloaded for a live update")
+	}
+
+	// Open a device and find what it reported.
+	do(t, ctx, "open device",
+		chromedp.Navigate(th.URL+"/?group=line-b"),
+		chromedp.WaitVisible(css(`a[href="/devices/plant-02"]`)),
+		chromedp.Click(css(`a[href="/devices/plant-02"]`)),
+		chromedp.WaitVisible(css(`#commit`)),
+	)
+	fields := map[string]string{}
+	for _, sel := range []string{`[data-field="applied"]`, `[data-field="attempted"]`, `[data-field="problem"]`, `[data-field="update-state"]`,
+		`[data-field="attestation"]`, `.reasons`, `[data-field="clock"]`, `#apps tbody`, `#update .steps`, `#update .problem`, `#reports tbody`} {
+		fields[sel] = textOf(t, ctx, sel)
+	}
+	checks := []struct{ sel, want string }{
+		{`[data-field="applied"]`, c1},
+		{`[data-field="attempted"]`, c2},
+		{`[data-field="problem"]`, "apps/web.yaml:12:9: apps.web.ports[0].host: conflicting values 80 and 8080"},
+		{`[data-field="update-state"]`, "rolled-back"},
+		{`[data-field="attestation"]`, "failed"},
+		{`.reasons`, "pcr[7] mismatch"},
+		{`.reasons`, "pcr[14] mismatch"},
+		{`[data-field="clock"]`, "untrusted"},
+		{`#apps tbody`, xssApp},
+		{`#apps tbody`, "unhealthy"},
+		{`#update .steps`, "trial"},
+		{`#update .steps`, "rolled-back"},
+		{`#update .problem`, "app web healthy (exit 3)"},
+		{`#update .problem`, "panic: no config"},
+		{`#reports tbody`, "spec-invalid"},
+	}
+	for _, c := range checks {
+		if !strings.Contains(fields[c.sel], c.want) {
+			t.Errorf("device page %s = %q, want it to contain %q", c.sel, fields[c.sel], c.want)
+		}
+	}
+	if eval[bool](t, ctx, `window.__xss !== undefined`) {
+		t.Error("hostile app name ran as script")
+	}
+
+	// Rollout: the newest commit per group.
+	do(t, ctx, "rollout",
+		chromedp.Click(css(`a[href="/rollout"]`)),
+		chromedp.WaitVisible(css(`table.rollout`)),
+	)
+	rollout := textOf(t, ctx, `table[data-rollout="commit:`+c2+`"] tr[data-group="line-a"]`)
+	if f := strings.Fields(rollout); len(f) < 4 || f[1] != "1" || f[2] != "0" || f[3] != "0" {
+		t.Errorf("rollout of %s in line-a = %q, want 1 converged", c2[:8], rollout)
+	}
+
+	// Sign out: the page asks for the token again.
+	do(t, ctx, "sign out",
+		chromedp.Click(css(`.logout button`)),
+		chromedp.WaitVisible(css("#token")),
+		chromedp.Navigate(th.URL+"/"),
+		chromedp.WaitVisible(css("#token")),
+	)
+}
