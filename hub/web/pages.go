@@ -148,7 +148,7 @@ type chip struct {
 
 type column struct {
 	Key, Label, Href, Class string
-	Sorted, Desc           bool
+	Sorted, Desc            bool
 }
 
 type overview struct {
