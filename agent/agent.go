@@ -196,7 +196,9 @@ func (a *Agent) State() State {
 	return *a.state
 }
 
-// Trigger asks for a pass now (SIGHUP, a poke); it never blocks.
+// Trigger asks for a pass now and never blocks. reason is logged and
+// reported; "drift" (a Docker event: a container changed outside Shoal) also
+// makes the stages converge again even when the fleet repo has nothing new.
 func (a *Agent) Trigger(reason string) {
 	select {
 	case a.triggers <- reason:

@@ -103,10 +103,16 @@ func TestPassLifecycle(t *testing.T) {
 		t.Fatalf("a commit that leaves d1's spec alone called the stage (calls %d) or was not applied", stage.calls())
 	}
 
+	// Drift (a container changed outside Shoal): the stages run with nothing new.
+	calls := stage.calls()
+	if rep, err := a.Pass(ctx, "drift"); err != nil || !rep.Converged() || stage.calls() != calls+1 {
+		t.Fatalf("drift pass: %v, stage calls %d -> %d", err, calls, stage.calls())
+	}
+
 	// A new process on the same state dir converges again once (containers may have gone).
 	b, _ := newTestAgent(t, cfg, stage)
 	rep, err := b.Pass(ctx, "start")
-	if err != nil || !rep.Converged() || stage.calls() != 3 || rep.Status.Seq != 7 {
+	if err != nil || !rep.Converged() || stage.calls() != 4 || rep.Status.Seq != 8 {
 		t.Fatalf("restart: %v %s calls %d seq %d", err, rep.Status.State, stage.calls(), rep.Status.Seq)
 	}
 }
