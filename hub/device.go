@@ -79,6 +79,7 @@ func (h *Hub) handleEnrol(w http.ResponseWriter, r *http.Request) {
 		h.internal(w, r, err)
 		return
 	}
+	h.devs.drop(d.ID)
 	h.m.enrolments.WithLabelValues("ok").Inc()
 	h.log.Info("device enrolled", "device", d.ID, "key", req.KeyKind, "attested", ak != nil, "notAfter", cert.NotAfter)
 	writeJSON(w, http.StatusOK, h.certResponse(d.ID, certPEM, cert.NotBefore, cert.NotAfter))
@@ -103,6 +104,7 @@ func (h *Hub) handleRenew(w http.ResponseWriter, r *http.Request, d store.Device
 		h.internal(w, r, err)
 		return
 	}
+	h.devs.drop(d.ID)
 	h.m.renewals.Inc()
 	h.log.Info("certificate renewed", "device", d.ID, "notAfter", cert.NotAfter)
 	writeJSON(w, http.StatusOK, h.certResponse(d.ID, certPEM, cert.NotBefore, cert.NotAfter))
@@ -133,6 +135,7 @@ func (h *Hub) handleStatus(w http.ResponseWriter, r *http.Request, d store.Devic
 	h.m.dbLatency.WithLabelValues("put_status").Observe(time.Since(dbStart).Seconds())
 	switch {
 	case errors.Is(err, store.ErrRevoked):
+		h.devs.drop(d.ID)
 		h.m.reports.WithLabelValues("rejected").Inc()
 		writeError(w, http.StatusForbidden, api.ReasonDeviceRevoked, fmt.Sprintf("device %q is revoked", d.ID))
 		return
@@ -245,6 +248,7 @@ func (h *Hub) handleAttest(w http.ResponseWriter, r *http.Request, d store.Devic
 		h.internal(w, r, err)
 		return
 	}
+	h.devs.drop(d.ID)
 	h.log.Info("attestation", "device", d.ID, "ok", res.OK, "reasons", res.Reasons)
 	writeJSON(w, http.StatusOK, &res)
 }
@@ -255,6 +259,12 @@ func (h *Hub) handleAttest(w http.ResponseWriter, r *http.Request, d store.Devic
 // Without ?after= it waits for pokes from now on.
 func (h *Hub) handlePoll(w http.ResponseWriter, r *http.Request, d store.Device) {
 	ctx := r.Context()
+	// Groups come from the latest report: read them fresh, not from the auth cache.
+	d, err := h.st.Device(ctx, d.ID)
+	if err != nil {
+		h.internal(w, r, err)
+		return
+	}
 	q := r.URL.Query()
 	wait := h.o.PollWait
 	if ws := q.Get("wait"); ws != "" {
@@ -334,9 +344,15 @@ func own(w http.ResponseWriter, r *http.Request, d store.Device) bool {
 }
 
 func (h *Hub) handleOwnDevice(w http.ResponseWriter, r *http.Request, d store.Device) {
-	if own(w, r, d) {
-		writeJSON(w, http.StatusOK, apiDevice(d))
+	if !own(w, r, d) {
+		return
 	}
+	d, err := h.st.Device(r.Context(), d.ID)
+	if err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, apiDevice(d))
 }
 
 func (h *Hub) handleOwnReports(w http.ResponseWriter, r *http.Request, d store.Device) {

@@ -188,7 +188,7 @@ func (h *Hub) device(next deviceHandler) http.HandlerFunc {
 			return
 		}
 		id := leaf.Subject.CommonName
-		d, err := h.st.Device(r.Context(), id)
+		d, err := h.devs.get(r.Context(), h.st, id)
 		if errors.Is(err, store.ErrNotFound) {
 			writeError(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("device %q is not enrolled", id))
 			return

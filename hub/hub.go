@@ -76,6 +76,7 @@ type Hub struct {
 	reg   *prometheus.Registry
 	m     *metrics
 	pokes *broadcaster
+	devs  *devCache // nil unless the store is SQLite
 
 	stopping chan struct{}
 	stopOnce sync.Once
@@ -112,6 +113,9 @@ func New(ctx context.Context, o Options) (*Hub, error) {
 		}
 	}
 	h := &Hub{o: o, log: o.Logger, st: o.Store, pokes: newBroadcaster(), stopping: make(chan struct{})}
+	if o.Store.Backend() == "sqlite" {
+		h.devs = &devCache{ttl: 10 * time.Second, now: o.Now, m: map[string]cachedDevice{}}
+	}
 	var ca store.CA
 	if len(o.CACert) > 0 || len(o.CAKey) > 0 {
 		ca = store.CA{CertPEM: o.CACert, KeyPEM: o.CAKey}

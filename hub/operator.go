@@ -106,6 +106,7 @@ func (h *Hub) handleTokenRevoke(w http.ResponseWriter, r *http.Request) {
 func (h *Hub) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	err := h.st.RevokeDevice(r.Context(), id, h.o.Now())
+	h.devs.drop(id)
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, http.StatusNotFound, api.ReasonNotFound, fmt.Sprintf("no device %q", id))
 		return
