@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -98,6 +99,8 @@ type Options struct {
 	Now      func() time.Time
 	// Notify sends sd_notify states; nil: SdNotify.
 	Notify func(state string) error
+	// Collectors are the stages' metrics, served on the agent's /metrics.
+	Collectors []prometheus.Collector
 }
 
 // Agent is the device daemon. New builds it, Pass runs one pass, Run loops.
@@ -172,6 +175,11 @@ func New(o Options) (*Agent, error) {
 		triggers: make(chan string, 1),
 		results:  map[string]StageResult{},
 		bundles:  map[string]bool{},
+	}
+	for _, c := range o.Collectors {
+		if err := a.metrics.reg.Register(c); err != nil {
+			return nil, fmt.Errorf("agent: register stage metrics: %w", err)
+		}
 	}
 	a.outbox, err = OpenOutbox(filepath.Join(cfg.StateDir, "outbox"), cfg.OutboxMax, a.log)
 	if err != nil {

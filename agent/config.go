@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/shoalfleet/shoal/updater"
 	"os"
 	"reflect"
 	"strings"
@@ -37,6 +38,30 @@ type Config struct {
 	LogLevel     string     `json:"log_level"`
 	DockerRoot   string     `json:"docker_root"`
 	HubURL       string     `json:"hub_url"`
+
+	Containers ContainersConfig `json:"containers"`
+	Update     updater.Config   `json:"update"`
+	Trust      TrustConfig      `json:"trust"`
+}
+
+// ContainersConfig configures the container stage.
+type ContainersConfig struct {
+	// Enabled runs the container stage (the Docker Engine from DOCKER_HOST, or its socket).
+	Enabled bool `json:"enabled"`
+	// Prefix starts the name of every container the agent creates.
+	Prefix string `json:"prefix"`
+	// Parallel bounds the independent container actions run at once.
+	Parallel int `json:"parallel"`
+}
+
+// TrustConfig configures the device identity and the clock check.
+type TrustConfig struct {
+	// TPM is the TPM to use: a device path (/dev/tpmrm0), tcp:HOST:PORT for a
+	// swtpm, or none for a software key.
+	TPM string `json:"tpm"`
+	// AllowSoftware falls back to a software key (flagged as weaker) when
+	// the TPM path does not exist.
+	AllowSoftware bool `json:"allow_software"`
 }
 
 // RepoConfig says where the fleet repo is and how to trust it.
@@ -98,6 +123,8 @@ func DefaultConfig() Config {
 		LogFormat:    "text",
 		LogLevel:     "info",
 		DockerRoot:   "/var/lib/docker",
+		Containers:   ContainersConfig{Enabled: true, Prefix: "shoal-", Parallel: 8},
+		Trust:        TrustConfig{TPM: "/dev/tpmrm0", AllowSoftware: true},
 	}
 }
 
@@ -177,7 +204,34 @@ log_level: info
 docker_root: /var/lib/docker
 
 # The hub's base URL; empty: no hub (reports stay queued in the outbox).
+# Enrol once with shoal-agent enrol --hub URL --token T.
 hub_url: ""
+
+# Containers, through the Docker Engine (DOCKER_HOST, or /var/run/docker.sock).
+containers:
+  enabled: true
+  # Every container the agent creates is named prefix + app name.
+  prefix: shoal-
+  # Independent container actions run at once.
+  parallel: 8
+
+# A/B OS updates. Off until slot_a, slot_b and bootloader are set.
+update:
+  # The two slots: block devices (or files).
+  slot_a: ""
+  slot_b: ""
+  # uboot (reads fw_env_config) or grub (reads grub_env).
+  bootloader: ""
+  # PEM public keys (ed25519 or ECDSA P-256) a release must be signed by.
+  # From the device's provisioning, never from the fleet repo.
+  trust_roots: ""
+
+# Identity and time.
+trust:
+  # /dev/tpmrm0, tcp:HOST:PORT (swtpm), or none (a software key).
+  tpm: /dev/tpmrm0
+  # With no TPM at that path, use a software key (reported as weaker).
+  allow_software: true
 `
 
 // LoadConfig reads the YAML config at path over the defaults and checks it.

@@ -90,8 +90,9 @@ func appStatus(a reconcile.AppResult) api.AppStatus {
 // UpdateStage advances the A/B update state machine once per pass.
 type UpdateStage struct {
 	U *updater.Updater
-	// Gate is the health gate a trial boot must pass before it is committed.
-	Gate updater.Gate
+	// GateFor returns the health gate a trial boot must pass before it is
+	// committed, under the device's current spec (nil: no gate).
+	GateFor func(d *spec.Device) updater.Gate
 }
 
 // Name implements Stage.
@@ -101,7 +102,11 @@ func (s *UpdateStage) Name() string { return "update" }
 func (s *UpdateStage) Converge(ctx context.Context, t Target) (StageResult, error) {
 	// A relative release URL names a file of the fleet repo: the updater's
 	// BaseDir is the checkout.
-	st, err := s.U.Step(ctx, t.Device.Release, t.Device.Update, s.Gate)
+	var gate updater.Gate
+	if s.GateFor != nil {
+		gate = s.GateFor(t.Device)
+	}
+	st, err := s.U.Step(ctx, t.Device.Release, t.Device.Update, gate)
 	out := StageResult{Update: updateStatus(st, t.Device.Release)}
 	out.Converged = err == nil && converged(st, t.Device.Release)
 	out.Summary = string(st.Phase)

@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/shoalfleet/shoal/agent"
@@ -26,6 +27,12 @@ type agentWiring struct {
 	Stages   func(cfg *agent.Config, log *slog.Logger) ([]agent.Stage, error)
 	Reporter func(cfg *agent.Config, log *slog.Logger) (agent.Reporter, error)
 	Poker    func(cfg *agent.Config, log *slog.Logger) (agent.Poker, error)
+	// Collectors are the parts' metrics, read after the funcs above ran.
+	Collectors func() []prometheus.Collector
+	// Started runs once the daemon's agent exists (e.g. to watch Docker events).
+	Started func(ctx context.Context, a *agent.Agent, log *slog.Logger)
+	// Close releases what the funcs above opened.
+	Close func()
 }
 
 // agentExitError carries an exit code to main.
@@ -113,6 +120,12 @@ func runAgent(ctx context.Context, cmd *cobra.Command, w agentWiring, once bool)
 			return err
 		}
 	}
+	if w.Close != nil {
+		defer w.Close()
+	}
+	if w.Collectors != nil {
+		o.Collectors = w.Collectors()
+	}
 	a, err := agent.New(o)
 	if err != nil {
 		return err
@@ -154,6 +167,9 @@ func runAgent(ctx context.Context, cmd *cobra.Command, w agentWiring, once bool)
 			}
 		}
 	}()
+	if w.Started != nil {
+		w.Started(ctx, a, log)
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- a.Serve(ctx) }()
 	log.Info("agent started", "repo", src.URL(), "state_dir", cfg.StateDir, "metrics", cfg.MetricsAddr)

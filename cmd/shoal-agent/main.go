@@ -35,7 +35,7 @@ func main() {
 }
 
 func run(ctx context.Context, args []string) int {
-	root := newRootCmd()
+	root := newWiredRootCmd(ctx)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
@@ -70,6 +70,20 @@ Exit codes: 0 ok, 1 failed, 2 usage error, 3 (--once) ran but not converged.`,
 		SilenceErrors: true,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newUpdateCmd())
+	return root
+}
+
+// newWiredRootCmd is the root with the agent and its device parts wired in.
+func newWiredRootCmd(ctx context.Context) *cobra.Command {
+	root := newRootCmd()
+	w := newParts(ctx).wiring()
+	root.RunE = agentRunE(root, w)
+	root.AddCommand(
+		newAgentRunCmd(w),
+		newAgentStatusCmd(),
+		newAgentConfigCmd(),
+		newEnrolCmd(),
+		newUpdateCmd(),
+	)
 	return root
 }

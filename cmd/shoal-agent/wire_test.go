@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+
+	"github.com/shoalfleet/shoal/agent"
+	"github.com/shoalfleet/shoal/internal/dockertest"
+	"github.com/shoalfleet/shoal/internal/testenv"
+)
+
+// The shipped wiring, end to end: shoal-agent --once with the real container
+// and trust stages converges a device on a fleet repo commit, through the
+// real Docker Engine, and writes what it did into state and status.
+func TestAgentWiredConvergesContainers(t *testing.T) {
+	gitBin := testenv.LookPath(t, "git", "git")
+	cli := dockertest.Client(t)
+	label := dockertest.Label(t, cli)
+	tag := "shoal-wire-test:" + label
+	dockertest.Image(t, cli, tag, label, nil)
+
+	// The fleet repo ships the image as a tar with its sha256: no registry.
+	repo := t.TempDir()
+	rc, err := cli.ImageSave(context.Background(), []string{tag})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tarBytes, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(tarBytes)
+	files := map[string]string{
+		"groups/all.yaml": "spec:\n  apps:\n    web: {}\n",
+		"devices/d1.yaml": "labels:\n  role: test\n",
+		"apps/web.yaml":   fmt.Sprintf("image:\n  ref: %s\n  source:\n    path: images/web.tar\n    sha256: %s\ncommand: [\"-listen\", \":8080\"]\nenv:\n  VERSION: \"1\"\nlabels:\n  %s: %s\n", tag, hex.EncodeToString(sum[:]), dockertest.LabelKey, label),
+		"images/web.tar":  string(tarBytes),
+		"fleet.cue":       "spec: network: \"" + "net-" + label + "\"\n",
+	}
+	for name, data := range files {
+		p := filepath.Join(repo, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	git := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command(gitBin, args...)
+		cmd.Dir = repo
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	git("init", "-q", "-b", "main")
+	git("add", "-A")
+	git("commit", "-qm", "one web app")
+
+	state := t.TempDir()
+	prefix := "wire-" + label + "-"
+	t.Cleanup(func() { removeByPrefix(t, prefix, "net-"+label) })
+	cfgPath := filepath.Join(t.TempDir(), "agent.yaml")
+	cfg := fmt.Sprintf("device_id: d1\nstate_dir: %s\nrepo:\n  url: file://%s\nmetrics_addr: \"\"\ncontainers:\n  prefix: %s\ntrust:\n  tpm: none\n", state, repo, prefix)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code := run(context.Background(), []string{"--once", "--config", cfgPath}); code != exitOK {
+		t.Fatalf("shoal-agent --once exit %d, want 0 (converged)", code)
+	}
+	list, err := cli.ContainerList(context.Background(), container.ListOptions{Filters: filters.NewArgs(filters.Arg("name", prefix+"web"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0].State != "running" {
+		t.Fatalf("containers named %sweb: %+v", prefix, list)
+	}
+	st, err := agent.ReadState(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Applied.Commit == "" || st.Applied.SpecHash == "" {
+		t.Fatalf("state has no applied commit: %+v", st.Applied)
+	}
+	// A second pass finds nothing to do and stays converged.
+	if code := run(context.Background(), []string{"--once", "--config", cfgPath}); code != exitOK {
+		t.Fatalf("second pass exit %d", code)
+	}
+}
+
+// removeByPrefix removes the containers and the network the agent under test created.
+func removeByPrefix(t *testing.T, prefix, network string) {
+	cli := dockertest.Client(t)
+	ctx := context.Background()
+	list, _ := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", prefix))})
+	for _, c := range list {
+		for _, n := range c.Names {
+			if strings.HasPrefix(strings.TrimPrefix(n, "/"), prefix) {
+				cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+			}
+		}
+	}
+	cli.NetworkRemove(ctx, network)
+}
