@@ -84,6 +84,7 @@ func newWiredRootCmd(ctx context.Context) *cobra.Command {
 		newAgentConfigCmd(),
 		newEnrolCmd(),
 		newUpdateCmd(),
+		newProvisionApplyCmd(),
 	)
 	return root
 }

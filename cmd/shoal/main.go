@@ -80,6 +80,12 @@ Exit codes: 0 ok, 1 invalid input or failed operation, 2 usage error.`,
 		newDiffCmd(),
 		newReleaseCmd(),
 		newPlanCmd(),
+		newHubCmd(),
+		newTokenCmd(),
+		newPokeCmd(),
+		newProvisionCmd(),
+		newKeysCmd(),
+		newReceiptsCmd(),
 	)
 	return root
 }
