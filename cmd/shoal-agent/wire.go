@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/shoalfleet/shoal/api/client"
 	"github.com/shoalfleet/shoal/attest"
 	"github.com/shoalfleet/shoal/internal/atomicfile"
+	"github.com/shoalfleet/shoal/internal/backoff"
 	"github.com/shoalfleet/shoal/reconcile"
 	"github.com/shoalfleet/shoal/spec"
 	"github.com/shoalfleet/shoal/updater"
@@ -31,6 +33,7 @@ type parts struct {
 
 	once       sync.Once
 	err        error
+	stateDir   string
 	attester   *attest.Attester
 	tpm        io.Closer
 	hub        *client.Client
@@ -60,6 +63,9 @@ func (p *parts) wiring() agentWiring {
 		},
 		Collectors: func() []prometheus.Collector { return p.collectors },
 		Started: func(ctx context.Context, a *agent.Agent, log *slog.Logger) {
+			if p.hub != nil {
+				go p.renewLoop(ctx, log)
+			}
 			if p.watch == nil {
 				return
 			}
@@ -73,6 +79,36 @@ func (p *parts) wiring() agentWiring {
 	}
 }
 
+// renewLoop renews the device certificate once it is past its renewal time,
+// and keeps the new one in the state dir.
+func (p *parts) renewLoop(ctx context.Context, log *slog.Logger) {
+	b := backoff.New(time.Minute, time.Hour, 0.2)
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		next := 10 * time.Minute
+		if p.hub.NeedsRenewal() {
+			c, err := p.hub.Renew(ctx)
+			if err == nil {
+				err = writeCertificate(p.stateDir, c)
+			}
+			if err != nil {
+				log.Warn("certificate renewal failed; retrying", "err", err)
+				next = b.Next()
+			} else {
+				log.Info("device certificate renewed", "not_after", c.NotAfter)
+				b.Reset()
+			}
+		}
+		t.Reset(next)
+	}
+}
+
 // open opens the identity (TPM or software key) and, once enrolled, the hub client.
 func (p *parts) open(cfg *agent.Config, log *slog.Logger) error {
 	p.once.Do(func() { p.err = p.doOpen(cfg, log) })
@@ -80,6 +116,7 @@ func (p *parts) open(cfg *agent.Config, log *slog.Logger) error {
 }
 
 func (p *parts) doOpen(cfg *agent.Config, log *slog.Logger) error {
+	p.stateDir = cfg.StateDir
 	a, tpm, err := openAttester(p.ctx, cfg, log)
 	if err != nil {
 		return err

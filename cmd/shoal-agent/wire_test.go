@@ -6,16 +6,20 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 
 	"github.com/shoalfleet/shoal/agent"
+	"github.com/shoalfleet/shoal/hub"
+	"github.com/shoalfleet/shoal/hub/store"
 	"github.com/shoalfleet/shoal/internal/dockertest"
 	"github.com/shoalfleet/shoal/internal/testenv"
 )
@@ -69,13 +73,43 @@ func TestAgentWiredConvergesContainers(t *testing.T) {
 	git("add", "-A")
 	git("commit", "-qm", "one web app")
 
+	// A real hub (SQLite, mutual TLS) the device enrols with through the CLI.
+	st, err := store.Open(t.Context(), "sqlite://"+filepath.Join(t.TempDir(), "hub.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	h, err := hub.New(t.Context(), hub.Options{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hctx, stopHub := context.WithCancel(context.WithoutCancel(t.Context()))
+	hubDone := make(chan error, 1)
+	go func() { hubDone <- h.Run(hctx, l) }()
+	t.Cleanup(func() { stopHub(); <-hubDone })
+	hubURL := "https://" + l.Addr().String()
+	tok, err := hub.CreateEnrolToken(t.Context(), st, "d1", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+
 	state := t.TempDir()
 	prefix := "wire-" + label + "-"
 	t.Cleanup(func() { removeByPrefix(t, prefix, "net-"+label) })
 	cfgPath := filepath.Join(t.TempDir(), "agent.yaml")
-	cfg := fmt.Sprintf("device_id: d1\nstate_dir: %s\nrepo:\n  url: file://%s\nmetrics_addr: \"\"\ncontainers:\n  prefix: %s\ntrust:\n  tpm: none\n", state, repo, prefix)
+	cfg := fmt.Sprintf("device_id: d1\nstate_dir: %s\nrepo:\n  url: file://%s\nmetrics_addr: \"\"\ncontainers:\n  prefix: %s\ntrust:\n  tpm: none\nhub_url: %s\n", state, repo, prefix, hubURL)
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if code := run(context.Background(), []string{"enrol", "--config", cfgPath, "--hub", hubURL, "--token", tok.Token, "--ca-fingerprint", h.CAFingerprint()}); code != exitOK {
+		t.Fatalf("shoal-agent enrol exit %d", code)
+	}
+	if code := run(context.Background(), []string{"enrol", "--config", cfgPath, "--hub", hubURL, "--token", tok.Token, "--ca-fingerprint", h.CAFingerprint()}); code != exitFailed {
+		t.Fatalf("enrol with a used token: exit %d, want %d", code, exitFailed)
 	}
 	if code := run(context.Background(), []string{"--once", "--config", cfgPath}); code != exitOK {
 		t.Fatalf("shoal-agent --once exit %d, want 0 (converged)", code)
@@ -87,12 +121,20 @@ func TestAgentWiredConvergesContainers(t *testing.T) {
 	if len(list) != 1 || list[0].State != "running" {
 		t.Fatalf("containers named %sweb: %+v", prefix, list)
 	}
-	st, err := agent.ReadState(state)
+	st0, err := agent.ReadState(state)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Applied.Commit == "" || st.Applied.SpecHash == "" {
-		t.Fatalf("state has no applied commit: %+v", st.Applied)
+	if st0.Applied.Commit == "" || st0.Applied.SpecHash == "" {
+		t.Fatalf("state has no applied commit: %+v", st0.Applied)
+	}
+	// The report reached the hub over mutual TLS, with the app in it.
+	reps, err := st.Reports(t.Context(), "d1", 10)
+	if err != nil || len(reps) == 0 {
+		t.Fatalf("no report at the hub: %v", err)
+	}
+	if !strings.Contains(string(reps[0].Body), `"web"`) || !strings.Contains(string(reps[0].Body), st0.Applied.Commit) {
+		t.Errorf("report at the hub lacks the app or commit: %s", reps[0].Body)
 	}
 	// A second pass finds nothing to do and stays converged.
 	if code := run(context.Background(), []string{"--once", "--config", cfgPath}); code != exitOK {
