@@ -399,6 +399,9 @@ func (s *sqlStore) putStatus(ctx context.Context, r Report) (PutResult, error) {
 	if s.batch != nil {
 		return s.batch.put(ctx, r)
 	}
+	if s.d.name == "postgres" {
+		return s.putStatusPG(ctx, r)
+	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return PutResult{}, err
@@ -412,6 +415,48 @@ func (s *sqlStore) putStatus(ctx context.Context, r Report) (PutResult, error) {
 		return PutResult{}, fmt.Errorf("commit: %w", err)
 	}
 	return res, nil
+}
+
+// qPutStatusPG does putInTx's work in one statement, so a report costs one
+// round trip to PostgreSQL: lock the device row, insert the report unless the
+// device is revoked or the (device, seq) exists, and move the device's
+// current state forward only for a newer seq.
+const qPutStatusPG = `WITH d AS (
+	SELECT revoked, latest_seq FROM devices WHERE id = $1 FOR UPDATE
+), ins AS (
+	INSERT INTO reports (device_id, seq, time, received, state, body)
+	SELECT $1, $2, $3, $4, $5, $6 FROM d WHERE d.revoked = 0
+	ON CONFLICT (device_id, seq) DO NOTHING
+	RETURNING seq
+), up AS (
+	UPDATE devices SET
+		latest_seq = GREATEST(latest_seq, $2),
+		state = CASE WHEN $2 > latest_seq THEN $5 ELSE state END,
+		groups = CASE WHEN $2 > latest_seq THEN $7 ELSE groups END,
+		last_seen = $4
+	WHERE id = $1 AND EXISTS (SELECT 1 FROM ins)
+	RETURNING latest_seq
+)
+SELECT (SELECT revoked FROM d), (SELECT latest_seq FROM d), (SELECT latest_seq FROM up)`
+
+func (s *sqlStore) putStatusPG(ctx context.Context, r Report) (PutResult, error) {
+	st, err := s.prep(ctx, s.w, qPutStatusPG)
+	if err != nil {
+		return PutResult{}, err
+	}
+	var revoked, before, after sql.NullInt64
+	if err := st.QueryRowContext(ctx, r.DeviceID, int64(r.Seq), nanos(r.Time), nanos(r.Received), r.State, r.Body, jsonList(r.Groups)).Scan(&revoked, &before, &after); err != nil {
+		return PutResult{}, err
+	}
+	switch {
+	case !revoked.Valid:
+		return PutResult{}, fmt.Errorf("device: %w", ErrNotFound)
+	case revoked.Int64 != 0:
+		return PutResult{}, fmt.Errorf("device: %w", ErrRevoked)
+	case !after.Valid:
+		return PutResult{Duplicate: true, Latest: uint64(before.Int64)}, nil
+	}
+	return PutResult{Latest: uint64(after.Int64)}, nil
 }
 
 // putInTx stores one report inside tx. ErrNotFound and ErrRevoked come
