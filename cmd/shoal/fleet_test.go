@@ -141,3 +141,40 @@ func copyDir(t *testing.T, src, dst string) {
 		t.Fatal(err)
 	}
 }
+
+// Each kind of bad input makes `shoal validate` exit 1 naming the broken spot.
+func TestValidateBadInput(t *testing.T) {
+	sha := strings.Repeat("a", 64)
+	tests := []struct {
+		name  string
+		file  string
+		data  string
+		wants []string
+	}{
+		{"yaml syntax error", "apps/mqtt-broker.yaml", "image:\n  ref: [oops\n", []string{"apps/mqtt-broker.yaml:1:", "did not find expected"}},
+		{"unknown field", "apps/mqtt-broker.yaml", "image:\n  ref: x@sha256:" + sha + "\nportz: []\n", []string{"apps/mqtt-broker.yaml:3:1: portz: unknown field"}},
+		{"bad sha256", "apps/mqtt-broker.yaml", "image:\n  ref: x\n  source:\n    path: a.tar\n    sha256: xyz\n", []string{"apps/mqtt-broker.yaml:5:13: image.source.sha256"}},
+		{"port out of range", "apps/mqtt-broker.yaml", "image:\n  ref: x@sha256:" + sha + "\nports:\n  - host: 70000\n    container: 1\n", []string{"apps/mqtt-broker.yaml:4:11: ports[0].host"}},
+		{"group and device conflict", "devices/plant-01.yaml", "labels:\n  role: server\nspec:\n  attestation:\n    required: false\n", []string{"devices/plant-01.yaml:5:15", "groups/plant.yaml", "conflicting values"}},
+		{"duplicate app", "apps/mqtt-broker.cue", "image: ref: \"x@sha256:" + sha + "\"\n", []string{"apps/mqtt-broker", `duplicate app "mqtt-broker"`}},
+		{"release not semver", "releases/server-os-2026.10.0.yaml", "version: latest\nurl: x\nsize: 1\nsha256: " + sha + "\nsignature: x\n", []string{"releases/server-os-2026.10.0.yaml:1:10: version"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			copyDir(t, "../../fleet-repo-example", dir)
+			if err := os.WriteFile(filepath.Join(dir, tc.file), []byte(tc.data), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			code, _, errs := shoal(t, "validate", dir)
+			if code != 1 {
+				t.Fatalf("exit %d, want 1\n%s", code, errs)
+			}
+			for _, w := range tc.wants {
+				if !strings.Contains(errs, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, errs)
+				}
+			}
+		})
+	}
+}
