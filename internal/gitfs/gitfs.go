@@ -117,10 +117,11 @@ type regular struct {
 func (r *regular) Stat() (fs.FileInfo, error) { return r.info, nil }
 
 type dir struct {
-	fsys *FS
-	name string
-	tree *object.Tree
-	read bool
+	fsys    *FS
+	name    string
+	tree    *object.Tree
+	entries []fs.DirEntry // read on the first ReadDir
+	read    bool
 }
 
 func (d *dir) Stat() (fs.FileInfo, error) {
@@ -130,15 +131,31 @@ func (d *dir) Read([]byte) (int, error) {
 	return 0, &fs.PathError{Op: "read", Path: d.name, Err: errors.New("is a directory")}
 }
 func (d *dir) Close() error { return nil }
+
+// ReadDir implements fs.ReadDirFile: n > 0 returns at most n entries and
+// io.EOF at the end; n <= 0 returns all that are left.
 func (d *dir) ReadDir(n int) ([]fs.DirEntry, error) {
-	if d.read {
-		if n > 0 {
-			return nil, io.EOF
+	if !d.read {
+		d.read = true
+		var err error
+		if d.entries, err = d.fsys.ReadDir(d.name); err != nil {
+			return nil, err
 		}
-		return nil, nil
 	}
-	d.read = true
-	return d.fsys.ReadDir(d.name)
+	if n <= 0 {
+		out := d.entries
+		d.entries = nil
+		return out, nil
+	}
+	if len(d.entries) == 0 {
+		return nil, io.EOF
+	}
+	if n > len(d.entries) {
+		n = len(d.entries)
+	}
+	out := d.entries[:n]
+	d.entries = d.entries[n:]
+	return out, nil
 }
 
 type info struct {
