@@ -225,6 +225,11 @@ update:
   # PEM public keys (ed25519 or ECDSA P-256) a release must be signed by.
   # From the device's provisioning, never from the fleet repo.
   trust_roots: ""
+  # Also: fw_env_config (uboot, default /etc/fw_env.config), grub_env
+  # (grub, default /boot/grub/grubenv), running_version (default VERSION_ID
+  # of /etc/os-release), and for simulated devices reboot_command (argv run
+  # instead of systemctl reboot), booted_slot_file and boot_id_file (read
+  # instead of the kernel's shoal.slot= and boot_id).
 
 # Identity and time.
 trust:

@@ -56,6 +56,21 @@ func (SystemdReboot) Reboot(ctx context.Context) error {
 	return nil
 }
 
+// CommandReboot runs a command (argv) to reboot, e.g. a simulated device's boot script.
+type CommandReboot []string
+
+// Reboot runs the command and returns once it has exited.
+func (c CommandReboot) Reboot(ctx context.Context) error {
+	if len(c) == 0 {
+		return fmt.Errorf("reboot: empty command")
+	}
+	out, err := exec.CommandContext(ctx, c[0], c[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("reboot command %s: %w: %s", c[0], err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
 // BootIDFromKernel reads this boot's random ID from /proc.
 func BootIDFromKernel() (string, error) {
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")

@@ -21,6 +21,12 @@ type Config struct {
 	GRUBEnv        string `json:"grub_env,omitempty"`        // GRUB: default /boot/grub/grubenv
 	TrustRoots     string `json:"trust_roots"`               // PEM file of ed25519 / ECDSA P-256 public keys
 	RunningVersion string `json:"running_version,omitempty"` // default: VERSION_ID of /etc/os-release
+	// RebootCommand replaces `systemctl reboot` (argv; e.g. a simulated device's boot script).
+	RebootCommand []string `json:"reboot_command,omitempty"`
+	// BootedSlotFile and BootIDFile, when set, are read instead of the kernel's
+	// shoal.slot= and boot_id: for simulated devices, whose "bootloader" writes them.
+	BootedSlotFile string `json:"booted_slot_file,omitempty"`
+	BootIDFile     string `json:"boot_id_file,omitempty"`
 }
 
 // Options turns c into Options with the real device's reboot, boot ID and
@@ -69,10 +75,33 @@ func (c Config) Options(stateDir string) (Options, error) {
 	if o.RunningVersion == "" {
 		o.RunningVersion = osReleaseVersion("/etc/os-release")
 	}
+	if len(c.RebootCommand) > 0 {
+		o.Rebooter = CommandReboot(c.RebootCommand)
+	}
+	if c.BootedSlotFile != "" {
+		o.BootedSlot = func() (string, error) {
+			s, err := readTrimmed(c.BootedSlotFile)
+			if err == nil && s != SlotA && s != SlotB {
+				err = fmt.Errorf("booted slot file %s: %q is not a or b", c.BootedSlotFile, s)
+			}
+			return s, err
+		}
+	}
+	if c.BootIDFile != "" {
+		o.BootID = func() (string, error) { return readTrimmed(c.BootIDFile) }
+	}
 	return o, nil
 }
 
 // osReleaseVersion reads VERSION_ID from an os-release file; "" when absent.
+func readTrimmed(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
 func osReleaseVersion(path string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
