@@ -3,6 +3,7 @@ package agent
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +19,7 @@ func TestDefaultsYAMLIsTheDefaults(t *testing.T) {
 	}
 	want := DefaultConfig()
 	want.DeviceID, want.Repo.URL = "gw-01", "file:///srv/fleet"
-	if *got != want {
+	if !reflect.DeepEqual(*got, want) {
 		t.Fatalf("defaults file parses to\n%+v\nwant\n%+v", *got, want)
 	}
 }
