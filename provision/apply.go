@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/docker/docker/api/types/image"
@@ -251,6 +252,11 @@ func apply(ctx context.Context, path string, o *ApplyOptions) (*Result, error) {
 	if err := os.MkdirAll(o.StateDir, 0o755); err != nil {
 		return nil, err
 	}
+	unlock, err := lockDir(o.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	st, err := ReadState(o.StateDir)
 	if err != nil {
 		return nil, err
@@ -502,6 +508,24 @@ func writeTrust(stateDir string, t TrustRoots) error {
 		}
 	}
 	return nil
+}
+
+// lockDir takes an exclusive flock on the state dir itself, so the agent's
+// watcher and a person running apply never interleave; locking the
+// directory creates no file in it.
+func lockDir(dir string) (func(), error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock state dir %s: %w", dir, err)
+	}
+	return func() {
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
 }
 
 // removeStale removes temp areas a crash left behind.
