@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/api/client"
+	"github.com/shoalfleet/shoal/hub"
+	"github.com/shoalfleet/shoal/hub/store"
+	"github.com/shoalfleet/shoal/hub/web"
+)
+
+// TestFleetStatus runs `shoal fleet status` and `shoal fleet device` against
+// a real hub with the status page mounted; the device reports over mutual TLS.
+func TestFleetStatus(t *testing.T) {
+	ctx := t.Context()
+	st, err := store.Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "hub.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	wh, err := web.New(web.Options{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := hub.New(ctx, hub.Options{Store: st, Web: wh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- h.Run(rctx, l) }()
+	t.Cleanup(func() { cancel(); <-done })
+	hubURL := "https://" + l.Addr().String()
+
+	for i, id := range []string{"press-1", "press-2"} {
+		tr, err := hub.CreateEnrolToken(ctx, st, id, time.Hour, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		c, err := client.Enrol(ctx, hubURL, tr.Token, key, api.KeySoftware, client.EnrolOptions{CAFingerprint: h.CAFingerprint()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := client.New(client.Options{Hub: hubURL, Key: key, Cert: c})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.CloseIdleConnections()
+		s := &api.Status{APIVersion: api.Version, DeviceID: id, Seq: 1, Time: time.Now(), State: api.StateConverged, Groups: []string{"line-a"},
+			Commit: api.CommitStatus{Attempted: "abcdef0123456789", Applied: "abcdef0123456789"},
+			Apps:   []api.AppStatus{{Name: "plc-bridge", State: "running", Health: "healthy"}},
+			Update: &api.UpdateStatus{State: "committed", Slot: "a", Version: "2.0.1"}}
+		if i == 1 {
+			s.State, s.Groups = api.StateStalled, []string{"line-b"}
+			s.Commit.Attempted = "ffff000011112222"
+			s.Problem = &api.Problem{Kind: "stalled", Reason: "spec-invalid", Message: "apps/plc.yaml:4:3: image: missing"}
+		}
+		if _, err := cl.Send(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	op, err := hub.CreateOperatorToken(ctx, st, 0, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, h.CAPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SHOAL_HUB", hubURL)
+	t.Setenv("SHOAL_HUB_CA", caFile)
+	t.Setenv("SHOAL_OPERATOR_TOKEN", op)
+
+	cases := []struct {
+		name    string
+		args    []string
+		want    []string
+		notWant []string
+	}{
+		{"all", []string{"status"}, []string{"all 2", "converged 1", "failed 1", "press-1", "press-2", "abcdef01", "2.0.1@a", "1/1"}, nil},
+		{"group", []string{"status", "--group", "line-b"}, []string{"all 1", "press-2", "stalled"}, []string{"press-1 "}},
+		{"state", []string{"status", "--state", "failed"}, []string{"press-2"}, []string{"press-1 "}},
+		{"json", []string{"status", "--json", "--group", "line-a"}, []string{`"id": "press-1"`, `"appliedCommit": "abcdef0123456789"`}, []string{"press-2"}},
+		{"device", []string{"device", "press-2"}, []string{"applied    abcdef0123456789", "attempted  ffff000011112222", "spec-invalid: apps/plc.yaml:4:3: image: missing", "plc-bridge", "committed, running 2.0.1 on slot a"}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cmd := newFleetCmd()
+			var out, errb bytes.Buffer
+			cmd.SetOut(&out)
+			cmd.SetErr(&errb)
+			cmd.SetArgs(c.args)
+			if err := cmd.ExecuteContext(ctx); err != nil {
+				t.Fatalf("%v: %v (%s)", c.args, err, errb.String())
+			}
+			for _, w := range c.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+			for _, w := range c.notWant {
+				if strings.Contains(out.String(), w) {
+					t.Errorf("output has %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+	cmd := newFleetCmd()
+	cmd.SetOut(&bytes.Buffer{})
+	cmd.SetErr(&bytes.Buffer{})
+	cmd.SetArgs([]string{"status", "--state", "bogus"})
+	if err := cmd.ExecuteContext(ctx); err == nil {
+		t.Error("--state bogus accepted")
+	}
+	cmd.SetArgs([]string{"device", "nope"})
+	if err := cmd.ExecuteContext(ctx); err == nil {
+		t.Error("unknown device: no error")
+	}
+}
