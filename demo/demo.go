@@ -1,0 +1,627 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
+
+	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/hub/store"
+	"github.com/shoalfleet/shoal/internal/dockertest"
+)
+
+// fleetDevices is the example fleet in the order the demo starts devices, so
+// that a short demo still has the canary, a second gateway and a plant server.
+var fleetDevices = []struct{ id, role string }{
+	{"gw-01", "gateway"}, {"gw-02", "gateway"}, {"plant-01", "server"},
+	{"gw-03", "gateway"}, {"gw-04", "gateway"}, {"gw-05", "gateway"}, {"plant-02", "server"},
+}
+
+// Options configure one demo run.
+type Options struct {
+	Devices int       // how many of fleetDevices to run (1..7)
+	Out     io.Writer // narration, one line a step
+	// Hold keeps the hub and devices running after the script until ctx ends.
+	Hold bool
+	// Timeout bounds each wait for the fleet to reach a state; 0 means 2 minutes.
+	Timeout time.Duration
+	// Result, if not nil, receives what the script observed.
+	Result *Result
+}
+
+// Result is what the script saw, for the end-to-end test.
+type Result struct {
+	FirstCommit, NewCommit, BadCommit string
+	Latest                            map[string]api.Status // each device's latest report at the hub
+	RolledBack                        string                // device whose broken app was rolled back
+	Rollback                          *api.Rollback
+}
+
+// demo holds one run's processes and paths; close undoes everything.
+type demo struct {
+	o       Options
+	id      string // prefix and Docker label value of everything created
+	dir     string
+	bin     string
+	repo    string
+	cli     *client.Client
+	hubURL  string
+	env     []string // operator environment for `shoal`
+	hc      *http.Client
+	op      string
+	procs   []*exec.Cmd
+	devices []string
+	role    map[string]string
+	step    int
+}
+
+// Run runs the demo script; it returns nil only when every step was seen to
+// succeed. With Hold it then waits for ctx to end. Everything it created is
+// removed before it returns.
+func Run(ctx context.Context, o Options) (err error) {
+	if o.Timeout == 0 {
+		o.Timeout = 2 * time.Minute
+	}
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+	var rb [3]byte
+	rand.Read(rb[:])
+	d := &demo{o: o, id: "shoal-demo-" + hex.EncodeToString(rb[:]), role: map[string]string{}}
+	for _, fd := range fleetDevices[:o.Devices] {
+		d.devices = append(d.devices, fd.id)
+		d.role[fd.id] = fd.role
+	}
+	if d.dir, err = os.MkdirTemp("", d.id+"-"); err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, d.close()) }()
+	if err := d.script(ctx); err != nil {
+		return err
+	}
+	if o.Hold {
+		d.say("every step succeeded; the hub and %d devices keep running (hub %s). Ctrl-C stops and removes everything", len(d.devices), d.hubURL)
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return nil
+}
+
+func (d *demo) say(format string, args ...any) {
+	d.step++
+	fmt.Fprintf(d.o.Out, "[%2d] %s\n", d.step, fmt.Sprintf(format, args...))
+}
+
+func (d *demo) script(ctx context.Context) error {
+	var err error
+	d.cli, err = client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return fmt.Errorf("docker client: %w", err)
+	}
+	d.say("building shoal and shoal-agent into %s", d.dir)
+	if err := d.build(ctx); err != nil {
+		return err
+	}
+	d.say("building the testapp image and writing the fleet repo (groups workshop, plant, canary; %s)", strings.Join(d.devices, ", "))
+	if err := d.writeRepo(ctx); err != nil {
+		return err
+	}
+	if err := d.shoal(ctx, "validate", d.repo); err != nil {
+		return err
+	}
+	first, err := d.commit(ctx, "fleet: workshop gateways and plant servers")
+	if err != nil {
+		return err
+	}
+	d.say("starting shoal hub on SQLite")
+	if err := d.startHub(ctx); err != nil {
+		return err
+	}
+	d.say("hub up at %s (status page: not mounted by `shoal hub` yet; operator API /v1/admin/devices)", d.hubURL)
+	if err := d.startDevices(ctx); err != nil {
+		return err
+	}
+	d.say("%d devices enrolled and running; waiting for them to converge on %s", len(d.devices), first[:8])
+	if _, err := d.waitAll(ctx, "converge", func(_ string, s api.Status) bool {
+		return s.State == api.StateConverged && s.Commit.Applied == first
+	}); err != nil {
+		return err
+	}
+	d.say("all %d devices converged on %s", len(d.devices), first[:8])
+
+	// A new app version for every device, announced by a poke.
+	if err := d.writeFile("apps/metrics-exporter.yaml", appYAML(d, "metrics-exporter", "2", false)); err != nil {
+		return err
+	}
+	next, err := d.commit(ctx, "apps: metrics-exporter 2")
+	if err != nil {
+		return err
+	}
+	if err := d.shoal(ctx, "poke", "--commit", next); err != nil {
+		return err
+	}
+	d.say("committed metrics-exporter version 2 as %s and poked the fleet", next[:8])
+	if _, err := d.waitAll(ctx, "converge on the new commit", func(_ string, s api.Status) bool {
+		return s.State == api.StateConverged && s.Commit.Applied == next
+	}); err != nil {
+		return err
+	}
+	d.say("all %d devices converged on %s", len(d.devices), next[:8])
+
+	// A broken version on one device: its health gate fails and it is rolled back.
+	victim := d.devices[len(d.devices)-1]
+	app := appFor(d.role[victim])
+	if err := d.writeFile("devices/"+victim+".yaml", deviceYAML(d, victim, app)); err != nil {
+		return err
+	}
+	if err := d.shoal(ctx, "validate", d.repo); err != nil {
+		return err
+	}
+	broken, err := d.commit(ctx, "devices: "+victim+" tries "+app+" 3")
+	if err != nil {
+		return err
+	}
+	if err := d.shoal(ctx, "poke", "--device", victim, "--commit", broken); err != nil {
+		return err
+	}
+	d.say("committed a broken %s (answers 503 on /healthz) for %s only as %s", app, victim, broken[:8])
+	var rb *api.Rollback
+	if _, err := d.wait(ctx, "roll back "+victim, []string{victim}, func(_ string, s api.Status) bool {
+		for _, a := range s.Apps {
+			if a.Name == app && a.Rollback != nil && s.Commit.Attempted == broken {
+				rb = a.Rollback
+				return true
+			}
+		}
+		return false
+	}); err != nil {
+		return err
+	}
+	d.say("%s rolled %s back; the hub has the reason: check %q, message %q", victim, app, rb.Check, rb.Message)
+	// Undo the override so the fleet is healthy before the invalid commit.
+	if err := os.Remove(filepath.Join(d.repo, "devices", victim+".yaml")); err != nil {
+		return err
+	}
+	if err := d.writeFile("devices/"+victim+".yaml", deviceYAML(d, victim, "")); err != nil {
+		return err
+	}
+	good, err := d.commit(ctx, "devices: "+victim+" back to the group's version")
+	if err != nil {
+		return err
+	}
+	if err := d.shoal(ctx, "poke", "--commit", good); err != nil {
+		return err
+	}
+	if _, err := d.waitAll(ctx, "converge after the rollback", func(_ string, s api.Status) bool {
+		return s.State == api.StateConverged && s.Commit.Applied == good
+	}); err != nil {
+		return err
+	}
+	d.say("override removed; all %d devices converged on %s", len(d.devices), good[:8])
+
+	// An invalid commit: every device keeps its last good commit and says why.
+	if err := d.writeFile("apps/metrics-exporter.yaml", strings.Replace(appYAML(d, "metrics-exporter", "2", false), "restart: unless-stopped", "restart: sometimes", 1)); err != nil {
+		return err
+	}
+	bad, err := d.commit(ctx, "apps: an invalid restart policy")
+	if err != nil {
+		return err
+	}
+	if err := d.shoal(ctx, "poke", "--commit", bad); err != nil {
+		return err
+	}
+	d.say("committed an invalid spec as %s and poked the fleet", bad[:8])
+	latest, err := d.waitAll(ctx, "refuse the invalid commit", func(_ string, s api.Status) bool {
+		return s.Commit.Attempted == bad && s.Commit.Applied == good && s.Problem != nil && s.Problem.Reason == "spec-invalid"
+	})
+	if err != nil {
+		return err
+	}
+	s := latest[d.devices[0]]
+	d.say("every device kept %s and reports spec-invalid: %s", good[:8], firstLine(s.Problem.Message))
+	d.say("not shown yet: an OS release to the canary group (A/B slots), the status page, a simulated TPM")
+	if r := d.o.Result; r != nil {
+		*r = Result{FirstCommit: first, NewCommit: next, BadCommit: bad, Latest: latest, RolledBack: victim, Rollback: rb}
+	}
+	return nil
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}
+
+// appFor is the app the broken version replaces on a device of this role.
+func appFor(role string) string {
+	if role == "server" {
+		return "mqtt-broker"
+	}
+	return "sensor-aggregator"
+}
+
+func (d *demo) build(ctx context.Context) error {
+	d.bin = filepath.Join(d.dir, "bin")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", d.bin+"/",
+		"github.com/shoalfleet/shoal/cmd/shoal", "github.com/shoalfleet/shoal/cmd/shoal-agent")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// imageRef and imageSum describe the testapp image saved into the fleet repo.
+var imageTar = "images/testapp.tar"
+
+func (d *demo) imageRef() string { return d.id + "/testapp:1" }
+
+func (d *demo) writeRepo(ctx context.Context) error {
+	d.repo = filepath.Join(d.dir, "fleet")
+	if _, err := dockertest.BuildImage(ctx, d.cli, d.imageRef(), dockertest.Labels(d.id)); err != nil {
+		return err
+	}
+	rc, err := d.cli.ImageSave(ctx, []string{d.imageRef()})
+	if err != nil {
+		return fmt.Errorf("save image: %w", err)
+	}
+	tarBytes, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		return fmt.Errorf("save image: %w", err)
+	}
+	sum := sha256.Sum256(tarBytes)
+	imageSum = hex.EncodeToString(sum[:])
+	files := map[string]string{
+		"fleet.cue": "api_version: \"shoal/v1\"\ndescription: \"Riverside plant (demo): workshop gateways and plant servers\"\n" +
+			"defaults: update: offline_ok: true\n",
+		"groups/workshop.yaml":        "description: Workshop floor gateways\nselector:\n  match_labels:\n    role: gateway\nspec:\n  apps:\n    sensor-aggregator: {}\n    metrics-exporter: {}\n",
+		"groups/plant.yaml":           "description: Plant servers\nselector:\n  match_labels:\n    role: server\nspec:\n  apps:\n    mqtt-broker: {}\n    metrics-exporter: {}\n",
+		"groups/canary.yaml":          "description: Canary devices, updated first\nselector:\n  devices: [gw-01]\npriority: 10\n",
+		"apps/sensor-aggregator.yaml": appYAML(d, "sensor-aggregator", "1", false),
+		"apps/mqtt-broker.yaml":       appYAML(d, "mqtt-broker", "1", false),
+		"apps/metrics-exporter.yaml":  appYAML(d, "metrics-exporter", "1", false),
+		imageTar:                      string(tarBytes),
+	}
+	for _, id := range d.devices {
+		files["devices/"+id+".yaml"] = deviceYAML(d, id, "")
+	}
+	for name, data := range files {
+		if err := d.writeFile(name, data); err != nil {
+			return err
+		}
+	}
+	return d.git(ctx, "init", "-q", "-b", "main")
+}
+
+var imageSum string
+
+// appYAML is an app running testapp with a healthcheck and no host ports
+// (every device shares one Engine); broken makes /healthz answer 503.
+func appYAML(d *demo, name, version string, broken bool) string {
+	cmd := `["-listen", ":8080"]`
+	if broken {
+		cmd = `["-listen", ":8080", "-unhealthy"]`
+	}
+	return fmt.Sprintf(`description: "%s (testapp stands in for it; nothing can be pulled here)"
+image:
+  ref: %s
+  source:
+    path: %s
+    sha256: %s
+command: %s
+env:
+  VERSION: "%s"
+restart: unless-stopped
+healthcheck:
+  test: ["CMD", "%s", "-probe", "http://127.0.0.1:8080/healthz"]
+  interval: 1s
+  timeout: 2s
+  retries: 2
+health_timeout: 8s
+labels:
+  %s: %s
+`, name, d.imageRef(), imageTar, imageSum, cmd, version, dockertest.AppBinary, dockertest.LabelKey, d.id)
+}
+
+// deviceYAML is a device file: its role, its own network (devices share one
+// Engine), and, when broken names an app, a version of it that never gets healthy.
+func deviceYAML(d *demo, id, broken string) string {
+	s := fmt.Sprintf("description: %s (simulated)\nlabels:\n  role: %s\nspec:\n  network: %s-%s\n", id, d.role[id], d.id, id)
+	if broken != "" {
+		s += fmt.Sprintf("  apps:\n    %s:\n      command: [\"-listen\", \":8080\", \"-unhealthy\"]\n      env:\n        VERSION: \"3\"\n", broken)
+	}
+	return s
+}
+
+func (d *demo) writeFile(name, data string) error {
+	p := filepath.Join(d.repo, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(p, []byte(data), 0o644)
+}
+
+func (d *demo) git(ctx context.Context, args ...string) error {
+	_, err := d.gitOut(ctx, args...)
+	return err
+}
+
+func (d *demo) gitOut(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "git", args...)
+	cmd.Dir = d.repo
+	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=demo", "GIT_AUTHOR_EMAIL=demo@example.invalid",
+		"GIT_COMMITTER_NAME=demo", "GIT_COMMITTER_EMAIL=demo@example.invalid", "GIT_CONFIG_NOSYSTEM=1", "HOME="+d.dir)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("git %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// commit commits the whole fleet repo and returns the commit ID.
+func (d *demo) commit(ctx context.Context, msg string) (string, error) {
+	if err := d.git(ctx, "add", "-A"); err != nil {
+		return "", err
+	}
+	if err := d.git(ctx, "commit", "-qm", msg); err != nil {
+		return "", err
+	}
+	return d.gitOut(ctx, "rev-parse", "HEAD")
+}
+
+func (d *demo) start(ctx context.Context, name string, args ...string) (*exec.Cmd, error) {
+	logf, err := os.Create(filepath.Join(d.dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(filepath.Join(d.bin, args[0]), args[1:]...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	d.procs = append(d.procs, cmd)
+	return cmd, nil
+}
+
+func (d *demo) startHub(ctx context.Context) error {
+	db := "sqlite://" + filepath.Join(d.dir, "hub.db")
+	out, err := exec.CommandContext(ctx, filepath.Join(d.bin, "shoal"), "hub", "token", "create", "--db", db).Output()
+	if err != nil {
+		return fmt.Errorf("shoal hub token create: %w", err)
+	}
+	d.op = strings.TrimSpace(string(out))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	d.hubURL = "https://" + addr
+	if _, err := d.start(ctx, "hub", "shoal", "hub", "--listen", addr, "--db", db, "--host", "127.0.0.1", "--poll-wait", "20s"); err != nil {
+		return err
+	}
+	// The hub writes its CA into the database on first start: wait for it and /healthz.
+	st, err := store.Open(ctx, db)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return d.until(ctx, "the hub to answer", func() bool {
+		ca, err := st.CA(ctx)
+		if err != nil {
+			return false
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(ca.CertPEM)
+		hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}
+		resp, err := hc.Get(d.hubURL + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return false
+		}
+		caFile := filepath.Join(d.dir, "hub-ca.pem")
+		if os.WriteFile(caFile, ca.CertPEM, 0o600) != nil {
+			return false
+		}
+		d.hc = hc
+		d.env = []string{"SHOAL_HUB=" + d.hubURL, "SHOAL_HUB_CA=" + caFile, "SHOAL_OPERATOR_TOKEN=" + d.op}
+		return true
+	})
+}
+
+var (
+	tokenRe = regexp.MustCompile(`token:\s+(\S+)`)
+	fpRe    = regexp.MustCompile(`ca-fingerprint:\s+([0-9a-f]{64})`)
+)
+
+func (d *demo) startDevices(ctx context.Context) error {
+	for _, id := range d.devices {
+		cmd := exec.CommandContext(ctx, filepath.Join(d.bin, "shoal"), "token", "create", "--device", id, "--ttl", "1h")
+		cmd.Env = append(os.Environ(), d.env...)
+		out, err := cmd.Output()
+		if err != nil {
+			return fmt.Errorf("shoal token create --device %s: %w", id, err)
+		}
+		tok, fp := tokenRe.FindSubmatch(out), fpRe.FindSubmatch(out)
+		if tok == nil || fp == nil {
+			return fmt.Errorf("shoal token create printed %q", out)
+		}
+		state := filepath.Join(d.dir, "devices", id)
+		if err := os.MkdirAll(state, 0o700); err != nil {
+			return err
+		}
+		cfgPath := filepath.Join(state, "agent.yaml")
+		cfg := fmt.Sprintf("device_id: %s\nstate_dir: %s\nrepo:\n  url: file://%s\npoll_interval: 3s\nretry_min: 1s\nretry_max: 5s\nmetrics_addr: \"\"\ncontainers:\n  prefix: %s-%s-\ntrust:\n  tpm: none\nhub_url: %s\n",
+			id, filepath.Join(state, "state"), d.repo, d.id, id, d.hubURL)
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+			return err
+		}
+		enrol := exec.CommandContext(ctx, filepath.Join(d.bin, "shoal-agent"), "enrol", "--config", cfgPath, "--hub", d.hubURL, "--token", string(tok[1]), "--ca-fingerprint", string(fp[1]))
+		if out, err := enrol.CombinedOutput(); err != nil {
+			return fmt.Errorf("shoal-agent enrol %s: %w\n%s", id, err, out)
+		}
+		if _, err := d.start(ctx, id, "shoal-agent", "--config", cfgPath); err != nil {
+			return err
+		}
+		d.say("%s (%s) enrolled with a one-time token and started: containers %s-%s-*, network %s-%s", id, d.role[id], d.id, id, d.id, id)
+	}
+	return nil
+}
+
+// shoal runs the operator CLI against the demo hub.
+func (d *demo) shoal(ctx context.Context, args ...string) error {
+	cmd := exec.CommandContext(ctx, filepath.Join(d.bin, "shoal"), args...)
+	cmd.Env = append(os.Environ(), d.env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("shoal %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// latest is a device's latest status report at the hub.
+func (d *demo) latest(ctx context.Context, id string) (api.Status, error) {
+	var s api.Status
+	req, err := http.NewRequestWithContext(ctx, "GET", d.hubURL+"/v1/admin/devices/"+id+"/reports?limit=1", nil)
+	if err != nil {
+		return s, err
+	}
+	req.Header.Set("Authorization", "Bearer "+d.op)
+	resp, err := d.hc.Do(req)
+	if err != nil {
+		return s, err
+	}
+	defer resp.Body.Close()
+	var reps []api.Status
+	if resp.StatusCode != http.StatusOK {
+		return s, fmt.Errorf("reports of %s: %s", id, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&reps); err != nil {
+		return s, fmt.Errorf("reports of %s: %w", id, err)
+	}
+	if len(reps) == 0 {
+		return s, fmt.Errorf("no report from %s yet", id)
+	}
+	return reps[0], nil
+}
+
+func (d *demo) waitAll(ctx context.Context, what string, ok func(string, api.Status) bool) (map[string]api.Status, error) {
+	return d.wait(ctx, what, d.devices, ok)
+}
+
+// wait polls the hub until every device's latest report satisfies ok.
+func (d *demo) wait(ctx context.Context, what string, ids []string, ok func(string, api.Status) bool) (map[string]api.Status, error) {
+	got := map[string]api.Status{}
+	var last string
+	err := d.until(ctx, "devices to "+what, func() bool {
+		for _, id := range ids {
+			s, err := d.latest(ctx, id)
+			if err != nil {
+				last = err.Error()
+				return false
+			}
+			got[id] = s
+			if !ok(id, s) {
+				b, _ := json.Marshal(s)
+				last = id + ": " + string(b)
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w; last seen: %s", err, last)
+	}
+	return got, nil
+}
+
+// until polls cond every 500 ms until it holds, ctx ends or the timeout passes:
+// the state lives in other processes, so there is no event to wait on.
+func (d *demo) until(ctx context.Context, what string, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, d.o.Timeout)
+	defer cancel()
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if cond() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", what, context.Cause(ctx))
+		case <-tick.C:
+		}
+	}
+}
+
+// close stops every process, removes every Docker object the demo created
+// (by label, and networks by name prefix) and the temp dir.
+func (d *demo) close() error {
+	var errs []error
+	for _, p := range d.procs {
+		p.Process.Signal(syscall.SIGTERM)
+	}
+	for _, p := range d.procs {
+		done := make(chan struct{})
+		go func() { p.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+	}
+	if d.cli != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		// Containers by name prefix too, in case an agent did not copy the label.
+		cs, _ := d.cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", d.id+"-"))})
+		for _, c := range cs {
+			if err := d.cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil {
+				errs = append(errs, fmt.Errorf("remove container %v: %w", c.Names, err))
+			}
+		}
+		if err := dockertest.RemoveLabelled(ctx, d.cli, d.id); err != nil {
+			errs = append(errs, err)
+		}
+		ns, _ := d.cli.NetworkList(ctx, network.ListOptions{Filters: filters.NewArgs(filters.Arg("name", d.id+"-"))})
+		for _, n := range ns {
+			if err := d.cli.NetworkRemove(ctx, n.ID); err != nil {
+				errs = append(errs, fmt.Errorf("remove network %s: %w", n.Name, err))
+			}
+		}
+		d.cli.Close()
+	}
+	if err := os.RemoveAll(d.dir); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("clean up: %w", errors.Join(errs...))
+	}
+	return nil
+}
