@@ -178,9 +178,34 @@ func AsViewer(s Store) (Viewer, error) {
 var viewStates sync.Map // *sqlStore → *viewState
 
 type viewState struct {
-	mu    sync.Mutex
-	ready bool
+	mu          sync.Mutex
+	ready       bool
+	maxReceived int64     // newest report received at the last pass
+	full        time.Time // last pass that looked at every device
+	attestID    int64     // newest attestation at the last pass
+	counts      map[countsKey]countsEntry
 }
+
+// countsKey is what FleetCounts depends on besides the data.
+type countsKey struct {
+	group, label, search  string
+	offlineAfter, maxSkew time.Duration
+	revoked               bool
+}
+
+type countsEntry struct {
+	at     time.Time
+	counts FleetCounts
+}
+
+// countsFresh is how long counts are reused while no report or
+// attestation arrived; enrolments, revocations and devices going offline
+// show within it.
+const countsFresh = 15 * time.Second
+
+// fullEvery bounds how long a report stored with an older received time
+// (another hub's clock) can stay out of the view.
+const fullEvery = 30 * time.Second
 
 func (s *sqlStore) viewState() *viewState {
 	v, _ := viewStates.LoadOrStore(s, &viewState{})
@@ -322,7 +347,11 @@ func deriveView(id string, seq, received int64, body []byte) viewRow {
 	return r
 }
 
-// refreshView brings device_view up to date with each device's latest report.
+// refreshView brings device_view up to date with each device's latest
+// report. The newest received time (one index lookup) tells whether any
+// report arrived since the last pass; only then, or every fullEvery, does it
+// look for devices whose view row is behind (a scan of devices, no bodies),
+// and it reads and parses only those devices' latest reports.
 func (s *sqlStore) refreshView(ctx context.Context) error {
 	vs := s.viewState()
 	vs.mu.Lock()
@@ -330,40 +359,73 @@ func (s *sqlStore) refreshView(ctx context.Context) error {
 	if err := s.ensureView(ctx, vs); err != nil {
 		return err
 	}
-	st, err := s.prep(ctx, s.r, `SELECT d.id, d.latest_seq, r.received, r.body, COALESCE(v.commit_attempted, ''), COALESCE(v.commit_seen, 0)
-		FROM devices d
-		JOIN reports r ON r.device_id = d.id AND r.seq = d.latest_seq
-		LEFT JOIN device_view v ON v.id = d.id
+	var maxRecv int64
+	if err := s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(received), 0) FROM reports`).Scan(&maxRecv); err != nil {
+		return fmt.Errorf("refresh fleet view: %w", err)
+	}
+	var attestID int64
+	if err := s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM attestations`).Scan(&attestID); err != nil {
+		return fmt.Errorf("refresh fleet view: %w", err)
+	}
+	if attestID != vs.attestID {
+		vs.attestID, vs.counts = attestID, nil
+	}
+	if maxRecv == vs.maxReceived && time.Since(vs.full) < fullEvery {
+		return nil
+	}
+	vs.counts = nil
+	st, err := s.prep(ctx, s.r, `SELECT d.id, d.latest_seq, COALESCE(v.commit_attempted, ''), COALESCE(v.commit_seen, 0)
+		FROM devices d LEFT JOIN device_view v ON v.id = d.id
 		WHERE d.latest_seq > 0 AND (v.seq IS NULL OR v.seq <> d.latest_seq)`)
 	if err != nil {
 		return fmt.Errorf("refresh fleet view: %w", err)
 	}
+	type behind struct {
+		id, prevAttempted string
+		seq, prevSeen     int64
+	}
+	var todo []behind
 	rows, err := st.QueryContext(ctx)
 	if err != nil {
 		return fmt.Errorf("refresh fleet view: %w", err)
 	}
-	var changed []viewRow
 	for rows.Next() {
-		var id, prevAttempted string
-		var seq, received, prevSeen int64
-		var body []byte
-		if err := rows.Scan(&id, &seq, &received, &body, &prevAttempted, &prevSeen); err != nil {
+		var b behind
+		if err := rows.Scan(&b.id, &b.seq, &b.prevAttempted, &b.prevSeen); err != nil {
 			rows.Close()
 			return fmt.Errorf("refresh fleet view: %w", err)
 		}
-		v := deriveView(id, seq, received, body)
-		v.commitSeen = received
-		if v.attempted == prevAttempted && prevSeen != 0 {
-			v.commitSeen = prevSeen
-		}
-		changed = append(changed, v)
+		todo = append(todo, b)
 	}
 	if err := rows.Err(); err != nil {
 		rows.Close()
 		return fmt.Errorf("refresh fleet view: %w", err)
 	}
 	rows.Close()
+	body, err := s.prep(ctx, s.r, `SELECT received, body FROM reports WHERE device_id = ? AND seq = ?`)
+	if err != nil {
+		return fmt.Errorf("refresh fleet view: %w", err)
+	}
+	var changed []viewRow
+	for _, b := range todo {
+		var received int64
+		var raw []byte
+		err := body.QueryRowContext(ctx, b.id, b.seq).Scan(&received, &raw)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue // reported concurrently and not yet visible; next pass
+		}
+		if err != nil {
+			return fmt.Errorf("refresh fleet view of device %q: %w", b.id, err)
+		}
+		v := deriveView(b.id, b.seq, received, raw)
+		v.commitSeen = received
+		if v.attempted == b.prevAttempted && b.prevSeen != 0 {
+			v.commitSeen = b.prevSeen
+		}
+		changed = append(changed, v)
+	}
 	if len(changed) == 0 {
+		vs.maxReceived, vs.full = maxRecv, time.Now()
 		return nil
 	}
 	tx, err := s.w.BeginTx(ctx, nil)
@@ -395,6 +457,7 @@ func (s *sqlStore) refreshView(ctx context.Context) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("refresh fleet view: commit: %w", err)
 	}
+	vs.maxReceived, vs.full = maxRecv, time.Now()
 	return nil
 }
 
@@ -626,6 +689,14 @@ func (s *sqlStore) FleetCounts(ctx context.Context, q FleetQuery) (FleetCounts, 
 	if err := s.refreshView(ctx); err != nil {
 		return FleetCounts{}, err
 	}
+	key := countsKey{q.Group, q.Label, q.Search, q.OfflineAfter, q.MaxSkew, q.Revoked}
+	vs := s.viewState()
+	vs.mu.Lock()
+	e, ok := vs.counts[key]
+	vs.mu.Unlock()
+	if ok && time.Since(e.at) < countsFresh && !q.Now.Before(e.at) {
+		return e.counts, nil
+	}
 	where, wargs := baseWhere(q)
 	var sel []string
 	var args []any
@@ -656,6 +727,15 @@ func (s *sqlStore) FleetCounts(ctx context.Context, q FleetQuery) (FleetCounts, 
 	// device crosses the line within a minute.
 	st := n[len(Filters):]
 	out.Stamp = fmt.Sprintf("%d-%d-%d-%d-%d-%d", st[0], st[1], st[2], st[3], st[4], out.Counts[FilterOffline])
+	if time.Until(q.Now).Abs() < time.Second {
+		// Only counts for the present are reused.
+		vs.mu.Lock()
+		if vs.counts == nil {
+			vs.counts = map[countsKey]countsEntry{}
+		}
+		vs.counts[key] = countsEntry{at: time.Now(), counts: out}
+		vs.mu.Unlock()
+	}
 	return out, nil
 }
 
