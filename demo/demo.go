@@ -52,7 +52,9 @@ type Options struct {
 
 // Result is what the script saw, for the end-to-end test.
 type Result struct {
+	ID, Dir                           string // prefix and label of what the demo created, its temp dir
 	FirstCommit, NewCommit, BadCommit string
+	Converged                         map[string]api.Status // each device's report on NewCommit
 	Latest                            map[string]api.Status // each device's latest report at the hub
 	RolledBack                        string                // device whose broken app was rolled back
 	Rollback                          *api.Rollback
@@ -95,6 +97,9 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	if d.dir, err = os.MkdirTemp("", d.id+"-"); err != nil {
 		return err
+	}
+	if o.Result != nil {
+		o.Result.ID, o.Result.Dir = d.id, d.dir
 	}
 	defer func() { err = errors.Join(err, d.close()) }()
 	if err := d.script(ctx); err != nil {
@@ -162,9 +167,10 @@ func (d *demo) script(ctx context.Context) error {
 		return err
 	}
 	d.say("committed metrics-exporter version 2 as %s and poked the fleet", next[:8])
-	if _, err := d.waitAll(ctx, "converge on the new commit", func(_ string, s api.Status) bool {
+	converged, err := d.waitAll(ctx, "converge on the new commit", func(_ string, s api.Status) bool {
 		return s.State == api.StateConverged && s.Commit.Applied == next
-	}); err != nil {
+	})
+	if err != nil {
 		return err
 	}
 	d.say("all %d devices converged on %s", len(d.devices), next[:8])
@@ -242,7 +248,7 @@ func (d *demo) script(ctx context.Context) error {
 	d.say("every device kept %s and reports spec-invalid: %s", good[:8], firstLine(s.Problem.Message))
 	d.say("not shown yet: an OS release to the canary group (A/B slots), the status page, a simulated TPM")
 	if r := d.o.Result; r != nil {
-		*r = Result{FirstCommit: first, NewCommit: next, BadCommit: bad, Latest: latest, RolledBack: victim, Rollback: rb}
+		*r = Result{ID: d.id, Dir: d.dir, Converged: converged, FirstCommit: first, NewCommit: next, BadCommit: bad, Latest: latest, RolledBack: victim, Rollback: rb}
 	}
 	return nil
 }

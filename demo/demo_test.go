@@ -1,0 +1,104 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/network"
+
+	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/internal/dockertest"
+	"github.com/shoalfleet/shoal/internal/testenv"
+)
+
+// The shortened demo, end to end against the real Docker Engine, git, the
+// built shoal and shoal-agent binaries and a real hub: three devices converge,
+// take a new version, one rolls a broken app back with the reason at the hub,
+// and an invalid commit is refused everywhere. Then nothing it made is left.
+func TestDemoShort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("demo: the end-to-end run takes minutes")
+	}
+	testenv.LookPath(t, "git", "git")
+	testenv.LookPath(t, "go", "golang-go")
+	cli := dockertest.Client(t)
+
+	var out bytes.Buffer
+	var res Result
+	ctx, cancel := context.WithTimeout(t.Context(), 12*time.Minute)
+	defer cancel()
+	err := Run(ctx, Options{Devices: 3, Out: &out, Timeout: 3 * time.Minute, Result: &res})
+	t.Logf("narration:\n%s", out.String())
+	if res.ID != "" {
+		// Run cleans up on every path; this is a second net should it not.
+		t.Cleanup(func() { dockertest.RemoveLabelled(context.Background(), cli, res.ID) })
+	}
+	if err != nil {
+		t.Fatalf("demo: %v", err)
+	}
+
+	devices := []string{"gw-01", "gw-02", "plant-01"}
+	for _, id := range devices {
+		if s := res.Converged[id]; s.State != api.StateConverged || s.Commit.Applied != res.NewCommit {
+			t.Errorf("%s on the new commit: state %q applied %q, want converged on %s", id, s.State, s.Commit.Applied, res.NewCommit)
+		}
+		s := res.Latest[id]
+		if s.Commit.Attempted != res.BadCommit || s.Commit.Applied == res.BadCommit || s.Commit.Applied == "" {
+			t.Errorf("%s after the invalid commit: %+v", id, s.Commit)
+		}
+		if s.State != api.StateStalled || s.Problem == nil || s.Problem.Reason != "spec-invalid" || !strings.Contains(s.Problem.Message, "restart") {
+			t.Errorf("%s does not report the invalid spec: state %q problem %+v", id, s.State, s.Problem)
+		}
+	}
+	if res.RolledBack != "plant-01" || res.Rollback == nil || res.Rollback.Check != "health-failed" {
+		t.Errorf("rollback: device %q, %+v", res.RolledBack, res.Rollback)
+	}
+	for _, line := range []string{"all 3 devices converged on " + res.NewCommit[:8], "rolled mqtt-broker back", "reports spec-invalid"} {
+		if !strings.Contains(out.String(), line) {
+			t.Errorf("narration lacks %q", line)
+		}
+	}
+
+	// Everything the demo created is gone: containers, networks, images, temp dir.
+	bg := context.Background()
+	byName := filters.NewArgs(filters.Arg("name", res.ID))
+	byLabel := filters.NewArgs(filters.Arg("label", dockertest.LabelKey+"="+res.ID))
+	if cs, err := cli.ContainerList(bg, container.ListOptions{All: true, Filters: byName}); err != nil || len(cs) != 0 {
+		t.Errorf("containers left: %d (%v)", len(cs), err)
+	}
+	if ns, err := cli.NetworkList(bg, network.ListOptions{Filters: byName}); err != nil || len(ns) != 0 {
+		t.Errorf("networks left: %d (%v)", len(ns), err)
+	}
+	if is, err := cli.ImageList(bg, image.ListOptions{All: true, Filters: byLabel}); err != nil || len(is) != 0 {
+		t.Errorf("images left: %d (%v)", len(is), err)
+	}
+	if _, err := os.Stat(res.Dir); !os.IsNotExist(err) {
+		t.Errorf("temp dir %s left (%v)", res.Dir, err)
+	}
+}
+
+func TestDemoDevicesEnv(t *testing.T) {
+	cases := []struct {
+		name, val, err string
+	}{
+		{"not a number", "many", "DEMO_DEVICES"},
+		{"zero", "0", "want 1..7"},
+		{"too many", "8", "want 1..7"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("DEMO_DEVICES", tc.val)
+			err := runMain(t.Context(), &bytes.Buffer{})
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("DEMO_DEVICES=%s: %v, want %q", tc.val, err, tc.err)
+			}
+		})
+	}
+}
