@@ -232,6 +232,23 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("rollout of %s in line-a = %q, want 1 converged", c2[:8], rollout)
 	}
 
+	// Phone width: the page fits the screen (the table scrolls inside its box).
+	do(t, ctx, "phone width",
+		chromedp.EmulateViewport(390, 844),
+		chromedp.Navigate(th.URL+"/"),
+		chromedp.WaitVisible(css("table.fleet")),
+	)
+	if !eval[bool](t, ctx, `document.documentElement.scrollWidth <= window.innerWidth`) {
+		t.Error("the overview is wider than a 390 px phone screen")
+	}
+	phone, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(t.ArtifactDir(), "overview-phone.png"), phone, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	// Sign out: the page asks for the token again.
 	do(t, ctx, "sign out",
 		chromedp.Click(css(`.logout button`)),
