@@ -33,10 +33,9 @@ staticcheck:
 gotest:
 	$(GO) test -count=1 -timeout 25m ./...
 
-## demo: a simulated factory fleet end to end (not built yet).
+## demo: a simulated factory fleet end to end (DEMO_DEVICES=N, default 7; DEMO_STEPS=1 runs the script once and exits).
 demo:
-	@echo "make demo: the simulated fleet demo is not built yet. Today: go build -o bin/ ./cmd/... && bin/shoal validate fleet-repo-example"
-	@exit 1
+	$(GO) run ./demo
 
 ## bench: re-run the quick benchmarks and rewrite docs/BENCHMARKS.md.
 bench:

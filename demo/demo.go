@@ -106,7 +106,12 @@ func Run(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	if o.Hold {
-		d.say("every step succeeded; the hub and %d devices keep running (hub %s). Ctrl-C stops and removes everything", len(d.devices), d.hubURL)
+		tokFile := filepath.Join(d.dir, "operator-token")
+		if err := os.WriteFile(tokFile, []byte(d.op+"\n"), 0o600); err != nil {
+			return err
+		}
+		d.say("every step succeeded; the hub and %d devices keep running. Try: SHOAL_HUB=%s SHOAL_HUB_CA=%s SHOAL_OPERATOR_TOKEN_FILE=%s %s hub device list. Ctrl-C stops and removes everything",
+			len(d.devices), d.hubURL, filepath.Join(d.dir, "hub-ca.pem"), tokFile, filepath.Join(d.bin, "shoal"))
 		<-ctx.Done()
 		return ctx.Err()
 	}
