@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 
 	"github.com/shoalfleet/shoal/api"
@@ -247,6 +248,20 @@ func TestBrowser(t *testing.T) {
 	}
 	if err := os.WriteFile(filepath.Join(t.ArtifactDir(), "overview-phone.png"), phone, 0o644); err != nil {
 		t.Fatal(err)
+	}
+
+	// The page follows the system's colour scheme.
+	light := eval[string](t, ctx, `getComputedStyle(document.body).backgroundColor`)
+	if _, err := chromedp.Call(ctx, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
+		Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: "dark"}}}); err != nil {
+		t.Fatal(err)
+	}
+	dark := eval[string](t, ctx, `getComputedStyle(document.body).backgroundColor`)
+	if light != "rgb(255, 255, 255)" || dark != "rgb(15, 19, 24)" {
+		t.Errorf("background: light %s, dark %s", light, dark)
+	}
+	if shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)); err == nil {
+		_ = os.WriteFile(filepath.Join(t.ArtifactDir(), "overview-phone-dark.png"), shot, 0o644)
 	}
 
 	// Sign out: the page asks for the token again.
