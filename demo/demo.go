@@ -258,8 +258,12 @@ func (d *demo) script(ctx context.Context) error {
 	return nil
 }
 
+// firstLine keeps a multi-line message to one narration line.
 func firstLine(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 160 {
+		s = s[:160] + "…"
+	}
 	return s
 }
 
