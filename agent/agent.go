@@ -420,6 +420,7 @@ func (a *Agent) status(st *State, problem *api.Problem, specErrs []string) api.S
 	}
 	if a.applied != nil {
 		s.Groups = a.applied.Groups
+		s.Labels = a.applied.Labels
 	}
 	names := make([]string, 0, len(a.results))
 	for n := range a.results {

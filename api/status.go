@@ -18,6 +18,8 @@ type Status struct {
 	// Groups are the fleet groups the device's render matched; the hub
 	// uses them to target `shoal poke --group`.
 	Groups []string `json:"groups,omitempty"`
+	// Labels are the device's labels from its devices/<id> file.
+	Labels map[string]string `json:"labels,omitempty"`
 
 	// State summarises the device for the fleet page.
 	State State `json:"state"`

@@ -25,6 +25,7 @@ import (
 	"github.com/shoalfleet/shoal/attest"
 	"github.com/shoalfleet/shoal/hub"
 	"github.com/shoalfleet/shoal/hub/store"
+	"github.com/shoalfleet/shoal/hub/web"
 )
 
 const defaultHubDB = "sqlite:///var/lib/shoal-hub/hub.db"
@@ -35,12 +36,17 @@ func newHubCmd() *cobra.Command {
 	var (
 		listen, db, caCert, caKey, tlsCert, tlsKey, logLevel string
 		hosts                                                []string
-		certTTL, retention, pollWait                         time.Duration
+		certTTL, retention, pollWait, offlineAfter           time.Duration
+		openAccess                                           bool
 	)
 	cmd := &cobra.Command{
 		Use:   "hub",
 		Short: "Run the Shoal hub: enrolment, device status, attestation, pokes",
 		Long: `shoal hub serves the device API (mutual TLS 1.3) and the operator API.
+
+The fleet status page is served at / (sign in with an operator token from
+"shoal hub token create"; --open-access skips that for loopback clients when
+the hub listens on loopback only).
 
 The database is SQLite by default (one hub) or PostgreSQL (several hubs on
 one database; pokes reach devices polling any of them). Migrations run at
@@ -86,6 +92,12 @@ where it is created on first start.`,
 			if o.Verifier, err = hub.NewAttestVerifier(attest.VerifierOptions{Logger: log, Counters: &attest.MemCounterStore{}}); err != nil {
 				return err
 			}
+			if openAccess && !loopbackListen(listen) {
+				return usageError{fmt.Errorf("--open-access needs --listen on a loopback address (127.0.0.1:PORT or [::1]:PORT), not %q", listen)}
+			}
+			if o.Web, err = web.New(web.Options{Store: st, OpenAccess: openAccess, OfflineAfter: offlineAfter, Logger: log}); err != nil {
+				return err
+			}
 			h, err := hub.New(ctx, o)
 			if err != nil {
 				return err
@@ -109,6 +121,8 @@ where it is created on first start.`,
 	f.DurationVar(&retention, "retention", 30*24*time.Hour, "keep status reports this long (each device's latest is kept)")
 	f.DurationVar(&pollWait, "poll-wait", 60*time.Second, "longest long poll")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.BoolVar(&openAccess, "open-access", false, "serve the status page to loopback clients without the operator token (only with a loopback --listen)")
+	f.DurationVar(&offlineAfter, "offline-after", time.Hour, "a device that has not reported for this long shows as offline")
 
 	tok := &cobra.Command{Use: "token", Short: "Operator tokens for the hub's operator API"}
 	var ttl time.Duration
@@ -395,4 +409,17 @@ func (o *opConn) do(ctx context.Context, method, path string, in, out any) error
 		}
 	}
 	return nil
+}
+
+// loopbackListen reports whether a --listen address binds a loopback address only.
+func loopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
