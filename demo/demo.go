@@ -56,26 +56,34 @@ type Result struct {
 	FirstCommit, NewCommit, BadCommit string
 	Converged                         map[string]api.Status // each device's report on NewCommit
 	Latest                            map[string]api.Status // each device's latest report at the hub
+	ReleaseCommit                     string                // the OS release's commit, when the canary ran
+	CanaryUpdate                      *api.UpdateStatus     // the canary's update status after the release
 	RolledBack                        string                // device whose broken app was rolled back
 	Rollback                          *api.Rollback
 }
 
 // demo holds one run's processes and paths; close undoes everything.
 type demo struct {
-	o       Options
-	id      string // prefix and Docker label value of everything created
-	dir     string
-	bin     string
-	repo    string
-	cli     *client.Client
-	hubURL  string
-	env     []string // operator environment for `shoal`
-	hc      *http.Client
-	op      string
-	procs   []*exec.Cmd
-	devices []string
-	role    map[string]string
-	step    int
+	o      Options
+	id     string // prefix and Docker label value of everything created
+	dir    string
+	bin    string
+	repo   string
+	cli    *client.Client
+	hubURL string
+	env    []string // operator environment for `shoal`
+	hc     *http.Client
+	op     string
+	procs  []*exec.Cmd
+	agents map[string]*exec.Cmd // device ID -> its running shoal-agent
+	cfgs   map[string]string    // device ID -> its config file
+	boot   string               // the canary's slots and boot files
+	// releaseCommit is the commit that rolled the release out, once it has.
+	releaseCommit string
+	canaryUpdate  *api.UpdateStatus
+	devices       []string
+	role          map[string]string
+	step          int
 }
 
 // Run runs the demo script; it returns nil only when every step was seen to
@@ -90,7 +98,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	var rb [3]byte
 	rand.Read(rb[:])
-	d := &demo{o: o, id: "shoal-demo-" + hex.EncodeToString(rb[:]), role: map[string]string{}}
+	d := &demo{o: o, id: "shoal-demo-" + hex.EncodeToString(rb[:]), role: map[string]string{}, agents: map[string]*exec.Cmd{}, cfgs: map[string]string{}}
 	for _, fd := range fleetDevices[:o.Devices] {
 		d.devices = append(d.devices, fd.id)
 		d.role[fd.id] = fd.role
@@ -180,6 +188,12 @@ func (d *demo) script(ctx context.Context) error {
 	}
 	d.say("all %d devices converged on %s", len(d.devices), next[:8])
 
+	if d.role[canary] != "" {
+		if err := d.release(ctx); err != nil {
+			return err
+		}
+	}
+
 	// A broken version on one device: its health gate fails and it is rolled back.
 	victim := d.devices[len(d.devices)-1]
 	app := appFor(d.role[victim])
@@ -251,9 +265,9 @@ func (d *demo) script(ctx context.Context) error {
 	}
 	s := latest[d.devices[0]]
 	d.say("every device kept %s and reports spec-invalid: %s", good[:8], firstLine(s.Problem.Message))
-	d.say("not shown yet: an OS release to the canary group (A/B slots), the status page, a simulated TPM")
+	d.say("not shown yet: the status page (not mounted by shoal hub), a simulated TPM (devices use a software key)")
 	if r := d.o.Result; r != nil {
-		*r = Result{ID: d.id, Dir: d.dir, Converged: converged, FirstCommit: first, NewCommit: next, BadCommit: bad, Latest: latest, RolledBack: victim, Rollback: rb}
+		*r = Result{ID: d.id, Dir: d.dir, Converged: converged, ReleaseCommit: d.releaseCommit, CanaryUpdate: d.canaryUpdate, FirstCommit: first, NewCommit: next, BadCommit: bad, Latest: latest, RolledBack: victim, Rollback: rb}
 	}
 	return nil
 }
@@ -494,6 +508,11 @@ func (d *demo) startDevices(ctx context.Context) error {
 		cfgPath := filepath.Join(state, "agent.yaml")
 		cfg := fmt.Sprintf("device_id: %s\nstate_dir: %s\nrepo:\n  url: file://%s\npoll_interval: 3s\nretry_min: 1s\nretry_max: 5s\nmetrics_addr: \"\"\ncontainers:\n  prefix: %s-%s-\ntrust:\n  tpm: none\nhub_url: %s\n",
 			id, filepath.Join(state, "state"), d.repo, d.id, id, d.hubURL)
+		if id == canary {
+			if cfg, err = d.canaryConfig(cfg, state); err != nil {
+				return err
+			}
+		}
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			return err
 		}
@@ -501,7 +520,8 @@ func (d *demo) startDevices(ctx context.Context) error {
 		if out, err := enrol.CombinedOutput(); err != nil {
 			return fmt.Errorf("shoal-agent enrol %s: %w\n%s", id, err, out)
 		}
-		if _, err := d.start(ctx, id, "shoal-agent", "--config", cfgPath); err != nil {
+		d.cfgs[id] = cfgPath
+		if d.agents[id], err = d.start(ctx, id, "shoal-agent", "--config", cfgPath); err != nil {
 			return err
 		}
 		d.say("%s (%s) enrolled with a one-time token and started: containers %s-%s-*, network %s-%s", id, d.role[id], d.id, id, d.id, id)
@@ -594,14 +614,35 @@ func (d *demo) until(ctx context.Context, what string, cond func() bool) error {
 	}
 }
 
+// stop ends one process with SIGTERM, or SIGKILL after 15 s.
+func (d *demo) stop(p *exec.Cmd) error {
+	if err := p.Process.Signal(syscall.SIGTERM); err != nil {
+		return fmt.Errorf("stop %s: %w", p.Path, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+	return nil
+}
+
 // close stops every process, removes every Docker object the demo created
 // (by label, and networks by name prefix) and the temp dir.
 func (d *demo) close() error {
 	var errs []error
 	for _, p := range d.procs {
-		p.Process.Signal(syscall.SIGTERM)
+		if p.ProcessState == nil {
+			p.Process.Signal(syscall.SIGTERM)
+		}
 	}
 	for _, p := range d.procs {
+		if p.ProcessState != nil {
+			continue // already stopped (the canary's simulated reboot)
+		}
 		done := make(chan struct{})
 		go func() { p.Wait(); close(done) }()
 		select {

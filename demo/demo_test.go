@@ -20,7 +20,8 @@ import (
 
 // The shortened demo, end to end against the real Docker Engine, git, the
 // built shoal and shoal-agent binaries and a real hub: three devices converge,
-// take a new version, one rolls a broken app back with the reason at the hub,
+// take a new version, the canary installs, trial-boots and commits an OS
+// release on file-backed A/B slots with a GRUB env, one rolls a broken app back with the reason at the hub,
 // and an invalid commit is refused everywhere. Then nothing it made is left.
 func TestDemoShort(t *testing.T) {
 	if testing.Short() {
@@ -57,10 +58,13 @@ func TestDemoShort(t *testing.T) {
 			t.Errorf("%s does not report the invalid spec: state %q problem %+v", id, s.State, s.Problem)
 		}
 	}
+	if u := res.CanaryUpdate; res.ReleaseCommit == "" || u == nil || u.Version != releaseVersion || u.Slot != "b" {
+		t.Errorf("canary release: commit %q, update %+v; want %s committed in slot b", res.ReleaseCommit, u, releaseVersion)
+	}
 	if res.RolledBack != "plant-01" || res.Rollback == nil || res.Rollback.Check != "health-failed" {
 		t.Errorf("rollback: device %q, %+v", res.RolledBack, res.Rollback)
 	}
-	for _, line := range []string{"all 3 devices converged on " + res.NewCommit[:8], "rolled mqtt-broker back", "reports spec-invalid"} {
+	for _, line := range []string{"all 3 devices converged on " + res.NewCommit[:8], "shoal_slot=b upgrade_available=1", "gw-01 committed 2026.11.0", "rolled mqtt-broker back", "reports spec-invalid"} {
 		if !strings.Contains(out.String(), line) {
 			t.Errorf("narration lacks %q", line)
 		}
