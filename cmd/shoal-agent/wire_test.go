@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -18,6 +19,8 @@ import (
 	"github.com/docker/docker/api/types/filters"
 
 	"github.com/shoalfleet/shoal/agent"
+	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/attest"
 	"github.com/shoalfleet/shoal/hub"
 	"github.com/shoalfleet/shoal/hub/store"
 	"github.com/shoalfleet/shoal/internal/dockertest"
@@ -79,7 +82,11 @@ func TestAgentWiredConvergesContainers(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	h, err := hub.New(t.Context(), hub.Options{Store: st})
+	verifier, err := hub.NewAttestVerifier(attest.VerifierOptions{Counters: &attest.MemCounterStore{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := hub.New(t.Context(), hub.Options{Store: st, Verifier: verifier})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,8 +140,18 @@ func TestAgentWiredConvergesContainers(t *testing.T) {
 	if err != nil || len(reps) == 0 {
 		t.Fatalf("no report at the hub: %v", err)
 	}
-	if !strings.Contains(string(reps[0].Body), `"web"`) || !strings.Contains(string(reps[0].Body), st0.Applied.Commit) {
-		t.Errorf("report at the hub lacks the app or commit: %s", reps[0].Body)
+	body := string(reps[0].Body)
+	if !strings.Contains(body, `"web"`) || !strings.Contains(body, st0.Applied.Commit) {
+		t.Errorf("report at the hub lacks the app or commit: %s", body)
+	}
+	// The trust stage quoted with the device's (software) key over a hub
+	// nonce, and the hub's verifier accepted it; the weaker key is flagged.
+	var rep api.Status
+	if err := json.Unmarshal(reps[0].Body, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Attest == nil || !rep.Attest.OK || !rep.Attest.Weak {
+		t.Errorf("attestation in the report: %+v", rep.Attest)
 	}
 	// A second pass finds nothing to do and stays converged.
 	if code := run(context.Background(), []string{"--once", "--config", cfgPath}); code != exitOK {
