@@ -48,6 +48,10 @@ type Options struct {
 	Timeout time.Duration
 	// Result, if not nil, receives what the script observed.
 	Result *Result
+	// OnStep, if not nil, is called after each checked step ("converged",
+	// "release", "rollback", "invalid") with the status page's URL, while the
+	// fleet is in that state; an error ends the run.
+	OnStep func(ctx context.Context, step, pageURL string) error
 }
 
 // Result is what the script saw, for the end-to-end test.
@@ -156,7 +160,7 @@ func (d *demo) script(ctx context.Context) error {
 	if err := d.startHub(ctx); err != nil {
 		return err
 	}
-	d.say("hub up at %s (status page: not mounted by `shoal hub` yet; operator API /v1/admin/devices)", d.hubURL)
+	d.say("hub up; fleet status page: %s/ (open to loopback clients; the certificate is from the hub's own CA)", d.hubURL)
 	if err := d.startDevices(ctx); err != nil {
 		return err
 	}
@@ -187,6 +191,9 @@ func (d *demo) script(ctx context.Context) error {
 		return err
 	}
 	d.say("all %d devices converged on %s", len(d.devices), next[:8])
+	if err := d.onStep(ctx, "converged"); err != nil {
+		return err
+	}
 
 	if d.role[canary] != "" {
 		if err := d.release(ctx); err != nil {
@@ -223,7 +230,10 @@ func (d *demo) script(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	d.say("%s rolled %s back; the hub has the reason: check %q, message %q", victim, app, rb.Check, rb.Message)
+	d.say("%s rolled %s back; the hub has the reason: check %q, message %q (see %s/devices/%s)", victim, app, rb.Check, rb.Message, d.hubURL, victim)
+	if err := d.onStep(ctx, "rollback"); err != nil {
+		return err
+	}
 	// Undo the override so the fleet is healthy before the invalid commit.
 	if err := os.Remove(filepath.Join(d.repo, "devices", victim+".yaml")); err != nil {
 		return err
@@ -265,9 +275,22 @@ func (d *demo) script(ctx context.Context) error {
 	}
 	s := latest[d.devices[0]]
 	d.say("every device kept %s and reports spec-invalid: %s", good[:8], firstLine(s.Problem.Message))
-	d.say("not shown yet: the status page (not mounted by shoal hub), a simulated TPM (devices use a software key)")
+	if err := d.onStep(ctx, "invalid"); err != nil {
+		return err
+	}
+	d.say("not shown yet: a simulated TPM (devices use a software key)")
 	if r := d.o.Result; r != nil {
 		*r = Result{ID: d.id, Dir: d.dir, Converged: converged, ReleaseCommit: d.releaseCommit, CanaryUpdate: d.canaryUpdate, FirstCommit: first, NewCommit: next, BadCommit: bad, Latest: latest, RolledBack: victim, Rollback: rb}
+	}
+	return nil
+}
+
+func (d *demo) onStep(ctx context.Context, step string) error {
+	if d.o.OnStep == nil {
+		return nil
+	}
+	if err := d.o.OnStep(ctx, step, d.hubURL+"/"); err != nil {
+		return fmt.Errorf("step %s: %w", step, err)
 	}
 	return nil
 }
@@ -449,7 +472,7 @@ func (d *demo) startHub(ctx context.Context) error {
 	addr := l.Addr().String()
 	l.Close()
 	d.hubURL = "https://" + addr
-	if _, err := d.start(ctx, "hub", "shoal", "hub", "--listen", addr, "--db", db, "--host", "127.0.0.1", "--poll-wait", "20s"); err != nil {
+	if _, err := d.start(ctx, "hub", "shoal", "hub", "--listen", addr, "--db", db, "--host", "127.0.0.1", "--poll-wait", "20s", "--open-access"); err != nil {
 		return err
 	}
 	// The hub writes its CA into the database on first start: wait for it and /healthz.

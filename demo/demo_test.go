@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
@@ -22,7 +24,8 @@ import (
 // built shoal and shoal-agent binaries and a real hub: three devices converge,
 // take a new version, the canary installs, trial-boots and commits an OS
 // release on file-backed A/B slots with a GRUB env, one rolls a broken app back with the reason at the hub,
-// and an invalid commit is refused everywhere. Then nothing it made is left.
+// and an invalid commit is refused everywhere; headless Chromium finds each
+// of those states on the hub's status page. Then nothing it made is left.
 func TestDemoShort(t *testing.T) {
 	if testing.Short() {
 		t.Skip("demo: the end-to-end run takes minutes")
@@ -30,12 +33,41 @@ func TestDemoShort(t *testing.T) {
 	testenv.LookPath(t, "git", "git")
 	testenv.LookPath(t, "go", "golang-go")
 	cli := dockertest.Client(t)
+	tab := browser(t)
+
+	// What headless Chromium must find on the status page at each step.
+	pages := map[string][]struct{ path, text string }{
+		"converged": {{"", "gw-01"}, {"", "gw-02"}, {"", "plant-01"}, {"", "converged"}},
+		"release":   {{"devices/gw-01", "2026.11.0"}},
+		"rollback":  {{"devices/plant-01", `rolled-back: app "mqtt-broker"`}, {"devices/plant-01", "health-failed"}},
+		"invalid": {{"", "stalled"}, {"devices/gw-01", "spec-invalid"}, {"devices/gw-02", "spec-invalid"},
+			{"devices/plant-01", "The newest commit was not applied"}},
+	}
+	seen := map[string]bool{}
+	onStep := func(ctx context.Context, step, pageURL string) error {
+		for _, want := range pages[step] {
+			sctx, cancel := context.WithTimeout(tab, 30*time.Second)
+			err := chromedp.Do(sctx, chromedp.Navigate(pageURL+want.path),
+				chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+					_, err := chromedp.Poll[bool](fmt.Sprintf("document.body && document.body.innerText.includes(%q)", want.text),
+						chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(20*time.Second))(ctx, tg)
+					return err
+				}))
+			cancel()
+			if err != nil {
+				body, _ := chromedp.Run(tab, chromedp.Evaluate[string](`document.body ? document.body.innerText.slice(0, 1500) : ""`))
+				return fmt.Errorf("page %s%s lacks %q: %w\n%s", pageURL, want.path, want.text, err, body)
+			}
+		}
+		seen[step] = true
+		return nil
+	}
 
 	var out bytes.Buffer
 	var res Result
 	ctx, cancel := context.WithTimeout(t.Context(), 12*time.Minute)
 	defer cancel()
-	err := Run(ctx, Options{Devices: 3, Out: &out, Timeout: 3 * time.Minute, Result: &res})
+	err := Run(ctx, Options{Devices: 3, Out: &out, Timeout: 3 * time.Minute, Result: &res, OnStep: onStep})
 	t.Logf("narration:\n%s", out.String())
 	if res.ID != "" {
 		// Run cleans up on every path; this is a second net should it not.
@@ -45,6 +77,11 @@ func TestDemoShort(t *testing.T) {
 		t.Fatalf("demo: %v", err)
 	}
 
+	for step := range pages {
+		if !seen[step] {
+			t.Errorf("the status page was not checked at step %q", step)
+		}
+	}
 	devices := []string{"gw-01", "gw-02", "plant-01"}
 	for _, id := range devices {
 		if s := res.Converged[id]; s.State != api.StateConverged || s.Commit.Applied != res.NewCommit {
@@ -86,6 +123,29 @@ func TestDemoShort(t *testing.T) {
 	if _, err := os.Stat(res.Dir); !os.IsNotExist(err) {
 		t.Errorf("temp dir %s left (%v)", res.Dir, err)
 	}
+}
+
+// browser starts headless Debian Chromium and returns a tab's context.
+func browser(t *testing.T) context.Context {
+	t.Helper()
+	exe := testenv.LookPath(t, "chromium", "chromium")
+	actx, cancel := chromedp.NewExecAllocator(t.Context(),
+		chromedp.ExecPath(exe),
+		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("disable-background-networking", true),
+		// The hub's certificate is from the hub's own CA, which this
+		// throwaway profile does not hold.
+		chromedp.Flag("ignore-certificate-errors", true),
+		chromedp.UserDataDir(t.TempDir()),
+	)
+	t.Cleanup(cancel)
+	ctx, cancel2 := chromedp.NewContext(actx)
+	t.Cleanup(cancel2)
+	if err := chromedp.Do(ctx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	return ctx
 }
 
 func TestDemoDevicesEnv(t *testing.T) {

@@ -170,5 +170,5 @@ func (d *demo) release(ctx context.Context) error {
 		return err
 	}
 	d.releaseCommit, d.canaryUpdate = commit, got[canary].Update
-	return nil
+	return d.onStep(ctx, "release")
 }
