@@ -48,7 +48,7 @@ release:
 	  os=$${p%%/*}; rest=$${p#*/}; arch=$${rest%%/*}; arm=$${rest#*/v}; [ "$$arm" = "$$rest" ] && arm=""; \
 	  out=$(BIN)/$$(echo $$p | tr / -); mkdir -p $$out; \
 	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$arm $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $$out/ ./cmd/shoal-agent ./cmd/shoal || exit 1; \
-	  for b in $$out/*; do printf '%-32s %6.1f MB\n' $$b $$(echo "$$(stat -c %s $$b) / 1048576" | bc -l); done; \
+	  for b in $$out/*; do printf '%-32s %6.1f MiB\n' $$b $$(echo "$$(stat -c %s $$b) / 1048576" | bc -l); done; \
 	done
 
 clean:
