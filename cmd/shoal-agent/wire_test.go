@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -31,7 +30,6 @@ import (
 // and trust stages converges a device on a fleet repo commit, through the
 // real Docker Engine, and writes what it did into state and status.
 func TestAgentWiredConvergesContainers(t *testing.T) {
-	gitBin := testenv.LookPath(t, "git", "git")
 	cli := dockertest.Client(t)
 	label := dockertest.Label(t, cli)
 	tag := "shoal-wire-test:" + label
@@ -63,18 +61,7 @@ func TestAgentWiredConvergesContainers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	git := func(args ...string) {
-		t.Helper()
-		cmd := exec.Command(gitBin, args...)
-		cmd.Dir = repo
-		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("git %v: %v\n%s", args, err, out)
-		}
-	}
-	git("init", "-q", "-b", "main")
-	git("add", "-A")
-	git("commit", "-qm", "one web app")
+	testenv.GitCommitAll(t, repo, "one web app")
 
 	// A real hub (SQLite, mutual TLS) the device enrols with through the CLI.
 	st, err := store.Open(t.Context(), "sqlite://"+filepath.Join(t.TempDir(), "hub.db"))

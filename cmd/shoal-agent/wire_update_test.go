@@ -28,7 +28,6 @@ import (
 // after a simulated boot into the new slot the next pass passes the health
 // gate and commits.
 func TestAgentWiredUpdatesOS(t *testing.T) {
-	gitBin := testenv.LookPath(t, "git", "git")
 	editenv := testenv.LookPath(t, "grub-editenv", "grub-common")
 	dir := t.TempDir()
 	write := func(name string, b []byte) string {
@@ -73,18 +72,7 @@ func TestAgentWiredUpdatesOS(t *testing.T) {
 		os.MkdirAll(filepath.Dir(p), 0o755)
 		os.WriteFile(p, []byte(data), 0o644)
 	}
-	git := func(args ...string) {
-		t.Helper()
-		cmd := exec.Command(gitBin, args...)
-		cmd.Dir = repo
-		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("git %v: %v\n%s", args, err, out)
-		}
-	}
-	git("init", "-q", "-b", "main")
-	git("add", "-A")
-	git("commit", "-qm", "release os-2")
+	testenv.GitCommitAll(t, repo, "release os-2")
 
 	state := filepath.Join(dir, "state")
 	cfgPath := write("agent.yaml", []byte(fmt.Sprintf(`device_id: d1

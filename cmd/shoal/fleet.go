@@ -31,6 +31,24 @@ func loadFleet(w io.Writer, dir string) (*spec.Fleet, int) {
 	return f, printErrors(w, err)
 }
 
+// renderDevice loads the fleet repo in dir and renders one device, printing
+// what is wrong with either.
+func renderDevice(cmd *cobra.Command, dir, device string) (*spec.Device, error) {
+	if device == "" {
+		return nil, usageError{errors.New("--device is required")}
+	}
+	f, n := loadFleet(cmd.ErrOrStderr(), dir)
+	if f == nil || n > 0 {
+		return nil, silentError{exitInvalid}
+	}
+	d, err := f.Render(device)
+	if err != nil {
+		printErrors(cmd.ErrOrStderr(), err)
+		return nil, silentError{exitInvalid}
+	}
+	return d, nil
+}
+
 // printErrors prints err (spec.Errors one per line) and returns how many there were.
 func printErrors(w io.Writer, err error) int {
 	if err == nil {
@@ -136,17 +154,9 @@ compares to detect change. The hash is printed as a comment (YAML) or on stderr.
 Exit codes: 0 ok, 1 invalid, 2 usage error.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if device == "" {
-				return usageError{errors.New("--device is required")}
-			}
-			f, n := loadFleet(cmd.ErrOrStderr(), args[0])
-			if f == nil || n > 0 {
-				return silentError{exitInvalid}
-			}
-			d, err := f.Render(device)
+			d, err := renderDevice(cmd, args[0], device)
 			if err != nil {
-				printErrors(cmd.ErrOrStderr(), err)
-				return silentError{exitInvalid}
+				return err
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {

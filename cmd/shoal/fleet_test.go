@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -76,28 +75,16 @@ func TestFleetCommands(t *testing.T) {
 }
 
 func TestDiffBetweenCommits(t *testing.T) {
-	gitBin := testenv.LookPath(t, "git", "git")
 	dir := t.TempDir()
 	copyDir(t, "../../fleet-repo-example", dir)
-	git := func(args ...string) {
-		t.Helper()
-		cmd := exec.Command(gitBin, args...)
-		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("git %v: %v\n%s", args, err, out)
-		}
-	}
-	git("init", "-q", "-b", "main")
-	git("add", "-A")
-	git("commit", "-qm", "initial")
+	testenv.GitCommitAll(t, dir, "initial")
 	// Bump the aggregator's log level for the workshop: every gateway but the canary changes.
 	p := filepath.Join(dir, "apps/sensor-aggregator.yaml")
 	b, _ := os.ReadFile(p)
 	if err := os.WriteFile(p, bytes.Replace(b, []byte("LOG_LEVEL: info"), []byte("LOG_LEVEL: warn"), 1), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	git("commit", "-qam", "quieter aggregator")
+	testenv.GitCommitAll(t, dir, "quieter aggregator")
 
 	code, out, errs := shoal(t, "diff", "HEAD~1", "HEAD", dir)
 	if code != 0 {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 
@@ -26,17 +25,9 @@ is written to the Engine.
 Exit codes: 0 ok, 1 invalid spec or Engine unreachable, 2 usage error.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if device == "" {
-				return usageError{errors.New("--device is required")}
-			}
-			f, n := loadFleet(cmd.ErrOrStderr(), args[0])
-			if f == nil || n > 0 {
-				return silentError{exitInvalid}
-			}
-			d, err := f.Render(device)
+			d, err := renderDevice(cmd, args[0], device)
 			if err != nil {
-				printErrors(cmd.ErrOrStderr(), err)
-				return silentError{exitInvalid}
+				return err
 			}
 			cli, err := reconcile.NewClient()
 			if err != nil {

@@ -3,7 +3,6 @@ package gitfs
 import (
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"testing/fstest"
@@ -14,17 +13,7 @@ import (
 // A commit's tree read through FS passes the standard fs.FS conformance test,
 // sees the commit's content (not the working tree's), and honours a subdirectory.
 func TestFS(t *testing.T) {
-	gitBin := testenv.LookPath(t, "git", "git")
 	dir := t.TempDir()
-	git := func(args ...string) {
-		t.Helper()
-		cmd := exec.Command(gitBin, args...)
-		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("git %v: %v\n%s", args, err, out)
-		}
-	}
 	write := func(name, data string) {
 		p := filepath.Join(dir, name)
 		os.MkdirAll(filepath.Dir(p), 0o755)
@@ -32,12 +21,10 @@ func TestFS(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	git("init", "-q", "-b", "main")
 	write("fleet/devices/d1.yaml", "labels: {}\n")
 	write("fleet/apps/web.yaml", "image: {}\n")
 	write("README", "top\n")
-	git("add", "-A")
-	git("commit", "-qm", "one")
+	testenv.GitCommitAll(t, dir, "one")
 	write("fleet/apps/web.yaml", "changed in the working tree\n")
 
 	fsys, hash, err := Open(filepath.Join(dir, "fleet"), "HEAD")

@@ -42,3 +42,32 @@ func LookPath(t testing.TB, command, debianPackage string) string {
 	Missing(t, command, "apt-get install "+debianPackage)
 	return ""
 }
+
+// Git runs the git CLI in dir with a fixed author and committer, failing t
+// on error (and skipping or failing, as Missing says, when git is absent).
+func Git(t testing.TB, dir string, args ...string) string {
+	t.Helper()
+	bin := LookPath(t, "git", "git")
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(),
+		"GIT_AUTHOR_NAME=Shoal Test", "GIT_AUTHOR_EMAIL=test@shoal.invalid",
+		"GIT_COMMITTER_NAME=Shoal Test", "GIT_COMMITTER_EMAIL=test@shoal.invalid",
+		"GIT_CONFIG_GLOBAL=/dev/null", "GIT_CONFIG_NOSYSTEM=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("git %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+// GitCommitAll makes dir a repository on branch main (if it is not one yet)
+// and commits everything in it with message.
+func GitCommitAll(t testing.TB, dir, message string) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(dir, ".git")); err != nil {
+		Git(t, dir, "init", "-q", "-b", "main")
+	}
+	Git(t, dir, "add", "-A")
+	Git(t, dir, "commit", "-qm", message)
+}
