@@ -2,6 +2,7 @@ package spec
 
 import (
 	"fmt"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -54,6 +55,54 @@ func toErrors(err error, fallback string) Errors {
 	}
 	if len(out) == 0 && err != nil {
 		out = append(out, &Error{File: fallback, Msg: err.Error()})
+	}
+	return foldDisjunctions(out)
+}
+
+var (
+	disjunctionHeader = regexp.MustCompile(`^\d+ errors in empty disjunction:?$`)
+	conflict          = regexp.MustCompile(`^conflicting values (.+) and (.+?)( \(mismatched types .*\))?$`)
+)
+
+// foldDisjunctions turns CUE's report of a value that matches no branch of a
+// disjunction ("4 errors in empty disjunction", then one conflict per branch)
+// into one error that lists what is allowed, e.g.
+// restart: "sometimes" is not one of "always", "no", "on-failure", "unless-stopped".
+func foldDisjunctions(es Errors) Errors {
+	out := es[:0]
+	for i := 0; i < len(es); i++ {
+		e := es[i]
+		if !disjunctionHeader.MatchString(e.Msg) {
+			out = append(out, e)
+			continue
+		}
+		// The branches follow the header, at the same path.
+		j := i + 1
+		for j < len(es) && es[j].Path == e.Path && !disjunctionHeader.MatchString(es[j].Msg) {
+			j++
+		}
+		branches := es[i+1 : j]
+		var allowed []string
+		bad := ""
+		for _, b := range branches {
+			m := conflict.FindStringSubmatch(b.Msg)
+			if m == nil || (bad != "" && m[2] != bad) {
+				allowed = nil
+				break
+			}
+			bad = m[2]
+			allowed = append(allowed, m[1])
+		}
+		if len(allowed) == 0 || len(branches) == 0 {
+			// Branches of different kinds: keep them, drop the header.
+			out = append(out, branches...)
+		} else {
+			f := *branches[0]
+			f.Msg = fmt.Sprintf("%s is not one of %s", bad, strings.Join(allowed, ", "))
+			f.Also = ""
+			out = append(out, &f)
+		}
+		i = j - 1
 	}
 	return out
 }

@@ -121,6 +121,12 @@ func TestBadInput(t *testing.T) {
 			want: []string{"releases/os-1.yaml:1:10", "version"},
 		},
 		{
+			name: "value not among the allowed ones",
+			file: "apps/web.yaml",
+			data: "image:\n  ref: example/web@sha256:" + strings.Repeat("a", 64) + "\nrestart: sometimes\n",
+			want: []string{`apps/web.yaml:3:10: restart: "sometimes" is not one of "always", "no", "on-failure", "unless-stopped"`},
+		},
+		{
 			name:   "device names an unknown app",
 			file:   "devices/d1.yaml",
 			data:   "labels:\n  role: web\nspec:\n  apps:\n    nope: {}\n",
