@@ -16,6 +16,7 @@ import (
 	"github.com/docker/docker/api/types/network"
 
 	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/internal/browsertest"
 	"github.com/shoalfleet/shoal/internal/dockertest"
 	"github.com/shoalfleet/shoal/internal/testenv"
 )
@@ -47,7 +48,7 @@ func TestDemoShort(t *testing.T) {
 	onStep := func(ctx context.Context, step, pageURL string) error {
 		for _, want := range pages[step] {
 			sctx, cancel := context.WithTimeout(tab, 30*time.Second)
-			err := chromedp.Do(sctx, chromedp.Navigate(pageURL+want.path),
+			err := chromedp.Do(sctx, browsertest.Navigate(pageURL+want.path),
 				chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
 					_, err := chromedp.Poll[bool](fmt.Sprintf("document.body && document.body.innerText.includes(%q)", want.text),
 						chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(20*time.Second))(ctx, tg)

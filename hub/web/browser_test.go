@@ -13,6 +13,7 @@ import (
 
 	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/hub/web"
+	"github.com/shoalfleet/shoal/internal/browsertest"
 	"github.com/shoalfleet/shoal/internal/testenv"
 )
 
@@ -121,7 +122,7 @@ func TestBrowser(t *testing.T) {
 		Update: &api.UpdateStatus{State: "downloading", Slot: "a", Version: "1.2.0", Target: "1.3.0", Progress: 0.4}})
 
 	do(t, ctx, "open the page",
-		chromedp.Navigate(th.URL+"/"),
+		browsertest.Navigate(th.URL+"/"),
 		chromedp.WaitVisible(css("#token")),
 	)
 	loginTitle := eval[string](t, ctx, "document.title")
@@ -187,7 +188,7 @@ func TestBrowser(t *testing.T) {
 
 	// Open a device and find what it reported.
 	do(t, ctx, "open device",
-		chromedp.Navigate(th.URL+"/?group=line-b"),
+		browsertest.Navigate(th.URL+"/?group=line-b"),
 		chromedp.WaitVisible(css(`a[href="/devices/plant-02"]`)),
 		chromedp.Click(css(`a[href="/devices/plant-02"]`)),
 		chromedp.WaitVisible(css(`#commit`)),
@@ -236,7 +237,7 @@ func TestBrowser(t *testing.T) {
 	// Phone width: the page fits the screen (the table scrolls inside its box).
 	do(t, ctx, "phone width",
 		chromedp.EmulateViewport(390, 844),
-		chromedp.Navigate(th.URL+"/"),
+		browsertest.Navigate(th.URL+"/"),
 		chromedp.WaitVisible(css("table.fleet")),
 	)
 	if !eval[bool](t, ctx, `document.documentElement.scrollWidth <= window.innerWidth`) {
@@ -268,7 +269,7 @@ func TestBrowser(t *testing.T) {
 	do(t, ctx, "sign out",
 		chromedp.Click(css(`.logout button`)),
 		chromedp.WaitVisible(css("#token")),
-		chromedp.Navigate(th.URL+"/"),
+		browsertest.Navigate(th.URL+"/"),
 		chromedp.WaitVisible(css("#token")),
 	)
 }
