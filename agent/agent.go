@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -22,6 +21,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/internal/atomicfile"
@@ -352,6 +353,8 @@ func (a *Agent) Pass(ctx context.Context, trigger string) (*Report, error) {
 	// 4. Status: queued in the outbox, then state.json.
 	rep.Resources = ReadResources(a.cfg.StateDir, a.cfg.DockerRoot)
 	rep.Status = a.status(&st, problem, specErrs)
+	rep.Status.Stages = stageStatuses(a.o.Stages, rep.Stages)
+	rep.Status.Resources = rep.Resources.api()
 	rep.Duration = a.now().Sub(start)
 	keep := a.lastStatus == nil || transition(a.lastStatus, &rep.Status)
 	seq, err := a.outbox.Enqueue(rep.Status, keep)

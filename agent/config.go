@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/shoalfleet/shoal/updater"
 	"os"
 	"reflect"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"cuelang.org/go/encoding/yaml"
 
 	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/updater"
 )
 
 // DefaultConfigPath is where shoal-agent looks for its config file.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/shoalfleet/shoal/api"
 )
 
 // Resources is what the device has left: load, memory, disk and uptime.
@@ -110,4 +112,20 @@ func meminfo(path string) (map[string]uint64, error) {
 		m[k] = n
 	}
 	return m, sc.Err()
+}
+
+// api is r as the status report carries it.
+func (r *Resources) api() *api.Resources {
+	if r == nil {
+		return nil
+	}
+	out := &api.Resources{Load1: r.Load1, CPUs: r.CPUs, MemTotal: r.MemTotal, MemAvailable: r.MemAvail,
+		UptimeSeconds: int64(r.Uptime.Seconds()), AgentRSS: r.AgentRSS}
+	if r.StateDisk != nil {
+		out.StateDiskTotal, out.StateDiskFree = r.StateDisk.Total, r.StateDisk.Free
+	}
+	if r.DockerDisk != nil {
+		out.DockerDiskTotal, out.DockerDiskFree = r.DockerDisk.Total, r.DockerDisk.Free
+	}
+	return out
 }

@@ -68,6 +68,19 @@ type StageReport struct {
 	Error     string `json:"error,omitempty"`
 }
 
+// stageStatuses lists the stages' reports in the order the stages run.
+func stageStatuses(stages []Stage, reports map[string]StageReport) []api.StageStatus {
+	var out []api.StageStatus
+	for _, s := range stages {
+		r, ok := reports[s.Name()]
+		if !ok {
+			continue
+		}
+		out = append(out, api.StageStatus{Name: s.Name(), Ran: r.Ran, Converged: r.Converged, Summary: r.Summary, Error: r.Error})
+	}
+	return out
+}
+
 // ReadState reads state.json from stateDir; a missing file gives an empty State.
 func ReadState(stateDir string) (*State, error) {
 	b, err := os.ReadFile(filepath.Join(stateDir, "state.json"))

@@ -20,6 +20,10 @@ type Status struct {
 	Groups []string `json:"groups,omitempty"`
 	// Labels are the device's labels from its devices/<id> file.
 	Labels map[string]string `json:"labels,omitempty"`
+	// Stages are what each stage of the last pass said, in order.
+	Stages []StageStatus `json:"stages,omitempty"`
+	// Resources are the device's load, memory, disks and uptime at the pass.
+	Resources *Resources `json:"resources,omitempty"`
 
 	// State summarises the device for the fleet page.
 	State State `json:"state"`
@@ -53,6 +57,29 @@ type CommitStatus struct {
 	Attempted string `json:"attempted,omitempty"`
 	Applied   string `json:"applied,omitempty"`
 	SpecHash  string `json:"specHash,omitempty"` // spec.Device.Hash() of the applied render
+}
+
+// StageStatus is one stage's result in a pass (containers, trust, update).
+type StageStatus struct {
+	Name      string `json:"name"`
+	Ran       bool   `json:"ran"` // false: nothing new, the stage was not called
+	Converged bool   `json:"converged"`
+	Summary   string `json:"summary,omitempty"`
+	Error     string `json:"error,omitempty"`
+}
+
+// Resources are the device's resources; byte counts, 0 where unreadable.
+type Resources struct {
+	Load1           float64 `json:"load1"`
+	CPUs            int     `json:"cpus"`
+	MemTotal        uint64  `json:"memTotal"`
+	MemAvailable    uint64  `json:"memAvailable"`
+	StateDiskTotal  uint64  `json:"stateDiskTotal,omitempty"`
+	StateDiskFree   uint64  `json:"stateDiskFree,omitempty"`
+	DockerDiskTotal uint64  `json:"dockerDiskTotal,omitempty"`
+	DockerDiskFree  uint64  `json:"dockerDiskFree,omitempty"`
+	UptimeSeconds   int64   `json:"uptimeSeconds"`
+	AgentRSS        uint64  `json:"agentRSS"`
 }
 
 // AppStatus is one container app.

@@ -140,6 +140,13 @@ func TestAgentWiredConvergesContainers(t *testing.T) {
 	if rep.Attest == nil || !rep.Attest.OK || !rep.Attest.Weak {
 		t.Errorf("attestation in the report: %+v", rep.Attest)
 	}
+	// Each stage's result and the device's resources travel with the report.
+	if len(rep.Stages) != 2 || rep.Stages[0].Name != "containers" || !rep.Stages[0].Converged || rep.Stages[1].Name != "trust" {
+		t.Errorf("stages in the report: %+v", rep.Stages)
+	}
+	if r := rep.Resources; r == nil || r.CPUs < 1 || r.MemTotal == 0 || r.StateDiskTotal == 0 {
+		t.Errorf("resources in the report: %+v", rep.Resources)
+	}
 	// A second pass finds nothing to do and stays converged.
 	if code := run(context.Background(), []string{"--once", "--config", cfgPath}); code != exitOK {
 		t.Fatalf("second pass exit %d", code)
