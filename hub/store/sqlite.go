@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	_ "modernc.org/sqlite" // pure Go: the hub cross-compiles without cgo
 )
@@ -86,7 +88,10 @@ func OpenSQLite(ctx context.Context, path string) (Store, error) {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
 	q := url.Values{}
-	for _, p := range []string{"journal_mode(WAL)", "busy_timeout(10000)", "synchronous(NORMAL)", "foreign_keys(1)"} {
+	// busy_timeout first: the pragmas after it (switching a new database to
+	// WAL above all) then wait for another connection instead of failing
+	// at once with SQLITE_BUSY, as hubs opening one file together do.
+	for _, p := range []string{"busy_timeout(10000)", "journal_mode(WAL)", "synchronous(NORMAL)", "foreign_keys(1)"} {
 		q.Add("_pragma", p)
 	}
 	q.Set("_txlock", "immediate")
@@ -111,7 +116,7 @@ func OpenSQLite(ctx context.Context, path string) (Store, error) {
 		}
 		return err2
 	}
-	if err := s.migrate(ctx); err != nil {
+	if err := migrateSQLite(ctx, s); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
@@ -121,4 +126,24 @@ func OpenSQLite(ctx context.Context, path string) (Store, error) {
 	}
 	s.batch = newBatcher(s)
 	return s, nil
+}
+
+// migrateSQLite migrates, waiting out SQLITE_BUSY: while another process turns
+// a new database to WAL, SQLite can refuse a transaction without calling the
+// busy handler, so busy_timeout alone does not cover hubs starting together.
+func migrateSQLite(ctx context.Context, s *sqlStore) error {
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for attempt := 1; ; attempt++ {
+		err := s.migrate(ctx)
+		if err == nil || attempt == 100 || !strings.Contains(err.Error(), "SQLITE_BUSY") {
+			return err
+		}
+		t.Reset(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-t.C:
+		}
+	}
 }
