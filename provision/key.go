@@ -7,12 +7,12 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
 
 	"github.com/shoalfleet/shoal/internal/atomicfile"
+	"github.com/shoalfleet/shoal/internal/pemkeys"
 )
 
 // GenerateKey makes a new ed25519 bundle key.
@@ -92,28 +92,17 @@ func ReadPrivateKey(path string) (ed25519.PrivateKey, error) {
 
 // ParsePublicKeys reads every PKIX PEM ed25519 public key in data.
 func ParsePublicKeys(data []byte) ([]ed25519.PublicKey, error) {
-	var out []ed25519.PublicKey
-	for {
-		var blk *pem.Block
-		blk, data = pem.Decode(data)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "PUBLIC KEY" {
-			continue
-		}
-		k, err := x509.ParsePKIXPublicKey(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("public key: %w", err)
-		}
+	keys, err := pemkeys.Parse(data)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ed25519.PublicKey, 0, len(keys))
+	for _, k := range keys {
 		ek, ok := k.(ed25519.PublicKey)
 		if !ok {
 			return nil, fmt.Errorf("public key: %T, want ed25519", k)
 		}
 		out = append(out, ek)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no PUBLIC KEY PEM block")
 	}
 	return out, nil
 }

@@ -8,11 +8,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -20,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoalfleet/shoal/internal/pemkeys"
 	"github.com/shoalfleet/shoal/spec"
 )
 
@@ -88,27 +86,14 @@ func SignedPayload(rel *spec.Release) []byte {
 // ParseTrustRoots reads PEM "PUBLIC KEY" blocks (PKIX) holding ed25519 or
 // ECDSA P-256 keys: the keys a release signature must verify against.
 func ParseTrustRoots(pemData []byte) ([]crypto.PublicKey, error) {
-	var keys []crypto.PublicKey
-	for {
-		var blk *pem.Block
-		blk, pemData = pem.Decode(pemData)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "PUBLIC KEY" {
-			continue
-		}
-		k, err := x509.ParsePKIXPublicKey(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("trust root %d: %w", len(keys)+1, err)
-		}
-		if err := checkKey(k); err != nil {
-			return nil, fmt.Errorf("trust root %d: %w", len(keys)+1, err)
-		}
-		keys = append(keys, k)
+	keys, err := pemkeys.Parse(pemData)
+	if err != nil {
+		return nil, fmt.Errorf("trust roots: %w", err)
 	}
-	if len(keys) == 0 {
-		return nil, errors.New("trust roots: no PEM PUBLIC KEY block")
+	for i, k := range keys {
+		if err := checkKey(k); err != nil {
+			return nil, fmt.Errorf("trust root %d: %w", i+1, err)
+		}
 	}
 	return keys, nil
 }
