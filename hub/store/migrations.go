@@ -1,0 +1,136 @@
+package store
+
+// The schema migrations of both backends, in order: version N is element
+// N-1, applied once, in one transaction at start (see migrate). Append new
+// migrations at the end of both lists; never edit or reorder one that has
+// shipped. Each entry may hold several statements separated by ";\n".
+
+var sqliteSchema = []string{
+	// 1: initial schema. Times are Unix nanoseconds; 0 means unset.
+	`CREATE TABLE tokens (
+		hash BLOB PRIMARY KEY,
+		kind TEXT NOT NULL,
+		device_id TEXT NOT NULL,
+		created INTEGER NOT NULL,
+		expires INTEGER NOT NULL,
+		used INTEGER NOT NULL,
+		revoked INTEGER NOT NULL
+	);
+	CREATE TABLE devices (
+		id TEXT PRIMARY KEY,
+		key_kind TEXT NOT NULL,
+		cert_serial TEXT NOT NULL,
+		cert_not_after INTEGER NOT NULL,
+		enrolled INTEGER NOT NULL,
+		revoked INTEGER NOT NULL,
+		latest_seq INTEGER NOT NULL,
+		state TEXT NOT NULL,
+		groups TEXT NOT NULL,
+		last_seen INTEGER NOT NULL,
+		attest_ok INTEGER,
+		attest_time INTEGER NOT NULL DEFAULT 0,
+		ak BLOB
+	);
+	CREATE TABLE reports (
+		device_id TEXT NOT NULL,
+		seq INTEGER NOT NULL,
+		time INTEGER NOT NULL,
+		received INTEGER NOT NULL,
+		state TEXT NOT NULL,
+		body BLOB NOT NULL,
+		PRIMARY KEY (device_id, seq)
+	) WITHOUT ROWID;
+	CREATE INDEX reports_received ON reports (received);
+	CREATE TABLE nonces (
+		nonce BLOB PRIMARY KEY,
+		device_id TEXT NOT NULL,
+		expires INTEGER NOT NULL,
+		used INTEGER NOT NULL
+	);
+	CREATE TABLE attestations (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		device_id TEXT NOT NULL,
+		time INTEGER NOT NULL,
+		ok INTEGER NOT NULL,
+		result BLOB NOT NULL
+	);
+	CREATE INDEX attestations_device ON attestations (device_id, id);
+	CREATE TABLE pokes (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		grp TEXT NOT NULL,
+		devices TEXT NOT NULL,
+		commit_id TEXT NOT NULL,
+		reason TEXT NOT NULL,
+		time INTEGER NOT NULL
+	);
+	CREATE TABLE ca (
+		id INTEGER PRIMARY KEY,
+		cert BLOB NOT NULL,
+		key BLOB NOT NULL
+	)`,
+}
+
+var postgresSchema = []string{
+	// 1: initial schema. Times are Unix nanoseconds; 0 means unset.
+	`CREATE TABLE tokens (
+		hash BYTEA PRIMARY KEY,
+		kind TEXT NOT NULL,
+		device_id TEXT NOT NULL,
+		created BIGINT NOT NULL,
+		expires BIGINT NOT NULL,
+		used BIGINT NOT NULL,
+		revoked INTEGER NOT NULL
+	);
+	CREATE TABLE devices (
+		id TEXT PRIMARY KEY,
+		key_kind TEXT NOT NULL,
+		cert_serial TEXT NOT NULL,
+		cert_not_after BIGINT NOT NULL,
+		enrolled BIGINT NOT NULL,
+		revoked BIGINT NOT NULL,
+		latest_seq BIGINT NOT NULL,
+		state TEXT NOT NULL,
+		groups TEXT NOT NULL,
+		last_seen BIGINT NOT NULL,
+		attest_ok INTEGER,
+		attest_time BIGINT NOT NULL DEFAULT 0,
+		ak BYTEA
+	);
+	CREATE TABLE reports (
+		device_id TEXT NOT NULL,
+		seq BIGINT NOT NULL,
+		time BIGINT NOT NULL,
+		received BIGINT NOT NULL,
+		state TEXT NOT NULL,
+		body BYTEA NOT NULL,
+		PRIMARY KEY (device_id, seq)
+	);
+	CREATE INDEX reports_received ON reports (received);
+	CREATE TABLE nonces (
+		nonce BYTEA PRIMARY KEY,
+		device_id TEXT NOT NULL,
+		expires BIGINT NOT NULL,
+		used INTEGER NOT NULL
+	);
+	CREATE TABLE attestations (
+		id BIGSERIAL PRIMARY KEY,
+		device_id TEXT NOT NULL,
+		time BIGINT NOT NULL,
+		ok INTEGER NOT NULL,
+		result BYTEA NOT NULL
+	);
+	CREATE INDEX attestations_device ON attestations (device_id, id);
+	CREATE TABLE pokes (
+		id BIGSERIAL PRIMARY KEY,
+		grp TEXT NOT NULL,
+		devices TEXT NOT NULL,
+		commit_id TEXT NOT NULL,
+		reason TEXT NOT NULL,
+		time BIGINT NOT NULL
+	);
+	CREATE TABLE ca (
+		id INTEGER PRIMARY KEY,
+		cert BYTEA NOT NULL,
+		key BYTEA NOT NULL
+	)`,
+}
