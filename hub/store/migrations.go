@@ -68,6 +68,25 @@ var sqliteSchema = []string{
 		cert BLOB NOT NULL,
 		key BLOB NOT NULL
 	)`,
+	// 2: device receipts for offline bundles, and the public key each device
+	// enrolled or last renewed with, which a receipt must be signed by.
+	`ALTER TABLE devices ADD COLUMN pubkey BLOB;
+	CREATE TABLE receipts (
+		device_id TEXT NOT NULL,
+		rkey TEXT NOT NULL,
+		bundle_hash TEXT NOT NULL,
+		digest TEXT NOT NULL,
+		applied INTEGER NOT NULL,
+		commit_id TEXT NOT NULL,
+		release_version TEXT NOT NULL,
+		result TEXT NOT NULL,
+		reason TEXT NOT NULL,
+		errors TEXT NOT NULL,
+		received INTEGER NOT NULL,
+		body BLOB NOT NULL,
+		PRIMARY KEY (device_id, rkey)
+	) WITHOUT ROWID;
+	CREATE INDEX receipts_applied ON receipts (device_id, applied)`,
 }
 
 var postgresSchema = []string{
@@ -133,4 +152,23 @@ var postgresSchema = []string{
 		cert BYTEA NOT NULL,
 		key BYTEA NOT NULL
 	)`,
+	// 2: device receipts for offline bundles, and the public key each device
+	// enrolled or last renewed with, which a receipt must be signed by.
+	`ALTER TABLE devices ADD COLUMN pubkey BYTEA;
+	CREATE TABLE receipts (
+		device_id TEXT NOT NULL,
+		rkey TEXT NOT NULL,
+		bundle_hash TEXT NOT NULL,
+		digest TEXT NOT NULL,
+		applied BIGINT NOT NULL,
+		commit_id TEXT NOT NULL,
+		release_version TEXT NOT NULL,
+		result TEXT NOT NULL,
+		reason TEXT NOT NULL,
+		errors TEXT NOT NULL,
+		received BIGINT NOT NULL,
+		body BYTEA NOT NULL,
+		PRIMARY KEY (device_id, rkey)
+	);
+	CREATE INDEX receipts_applied ON receipts (device_id, applied)`,
 }
