@@ -23,3 +23,6 @@ var _ transport.TPMCloser = (*TPM)(nil)
 
 // OpenSeeded returns ErrUnsupported: the simulator is not compiled in.
 func OpenSeeded(int64) (*TPM, error) { return nil, ErrUnsupported }
+
+// Boot returns ErrUnsupported.
+func (*TPM) Boot(int) error { return ErrUnsupported }
