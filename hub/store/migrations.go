@@ -87,6 +87,19 @@ var sqliteSchema = []string{
 		PRIMARY KEY (device_id, rkey)
 	) WITHOUT ROWID;
 	CREATE INDEX receipts_applied ON receipts (device_id, applied)`,
+	// 3: each device's TPM counters (reset, restart, clock) of its last
+	// accepted quote, for the AK they belong to (sha256 of its public area).
+	// version makes the update conditional: hubs sharing the database never
+	// move them backwards.
+	`CREATE TABLE tpm_counters (
+		device_id TEXT PRIMARY KEY,
+		ak_hash BLOB NOT NULL,
+		reset_count INTEGER NOT NULL,
+		restart_count INTEGER NOT NULL,
+		clock INTEGER NOT NULL,
+		updated INTEGER NOT NULL,
+		version INTEGER NOT NULL
+	)`,
 }
 
 var postgresSchema = []string{
@@ -171,4 +184,17 @@ var postgresSchema = []string{
 		PRIMARY KEY (device_id, rkey)
 	);
 	CREATE INDEX receipts_applied ON receipts (device_id, applied)`,
+	// 3: each device's TPM counters (reset, restart, clock) of its last
+	// accepted quote, for the AK they belong to (sha256 of its public area).
+	// version makes the update conditional: hubs sharing the database never
+	// move them backwards.
+	`CREATE TABLE tpm_counters (
+		device_id TEXT PRIMARY KEY,
+		ak_hash BYTEA NOT NULL,
+		reset_count BIGINT NOT NULL,
+		restart_count BIGINT NOT NULL,
+		clock BIGINT NOT NULL,
+		updated BIGINT NOT NULL,
+		version BIGINT NOT NULL
+	)`,
 }

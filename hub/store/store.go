@@ -125,6 +125,7 @@ type Store interface {
 	Devices
 	Reports
 	Attestations
+	Counters
 	Pokes
 	// CA returns the stored CA, or ErrNotFound.
 	CA(ctx context.Context) (CA, error)

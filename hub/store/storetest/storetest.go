@@ -55,6 +55,7 @@ func Run(t *testing.T, open Open) {
 	t.Run("Prune", func(t *testing.T) { testPrune(t, open(t)) })
 	t.Run("Nonces", func(t *testing.T) { testNonces(t, open(t)) })
 	t.Run("Attestations", func(t *testing.T) { testAttestations(t, open(t)) })
+	t.Run("Counters", func(t *testing.T) { testCounters(t, open(t)) })
 	t.Run("Pokes", func(t *testing.T) { testPokes(t, open(t)) })
 	t.Run("CA", func(t *testing.T) { testCA(t, open(t)) })
 }
