@@ -100,6 +100,39 @@ var sqliteSchema = []string{
 		updated INTEGER NOT NULL,
 		version INTEGER NOT NULL
 	)`,
+	// 4: the status page's device_view (see view.go): one row per device
+	// derived from its latest report, a cache the hub can rebuild at any
+	// time. It was created outside the migrations before, hence IF NOT
+	// EXISTS. The indexes on devices let each hub notice, with one index
+	// lookup, an enrolment or revocation made by another hub.
+	`CREATE TABLE IF NOT EXISTS device_view (
+		id TEXT PRIMARY KEY,
+		seq INTEGER NOT NULL,
+		received INTEGER NOT NULL,
+		commit_attempted TEXT NOT NULL,
+		commit_applied TEXT NOT NULL,
+		commit_seen INTEGER NOT NULL,
+		spec_hash TEXT NOT NULL,
+		release TEXT NOT NULL,
+		target TEXT NOT NULL,
+		slot TEXT NOT NULL,
+		update_state TEXT NOT NULL,
+		update_since INTEGER NOT NULL,
+		apps_total INTEGER NOT NULL,
+		apps_healthy INTEGER NOT NULL,
+		drifted INTEGER NOT NULL,
+		clock_trusted INTEGER,
+		skew INTEGER NOT NULL,
+		skew_abs INTEGER NOT NULL,
+		attest_ok INTEGER,
+		weak INTEGER NOT NULL,
+		problem_reason TEXT NOT NULL,
+		problem_message TEXT NOT NULL,
+		labels TEXT NOT NULL
+	);
+	CREATE INDEX IF NOT EXISTS device_view_commit ON device_view (commit_seen);
+	CREATE INDEX IF NOT EXISTS devices_enrolled ON devices (enrolled);
+	CREATE INDEX IF NOT EXISTS devices_revoked ON devices (revoked)`,
 }
 
 var postgresSchema = []string{
@@ -197,4 +230,37 @@ var postgresSchema = []string{
 		updated BIGINT NOT NULL,
 		version BIGINT NOT NULL
 	)`,
+	// 4: the status page's device_view (see view.go): one row per device
+	// derived from its latest report, a cache the hub can rebuild at any
+	// time. It was created outside the migrations before, hence IF NOT
+	// EXISTS. The indexes on devices let each hub notice, with one index
+	// lookup, an enrolment or revocation made by another hub.
+	`CREATE TABLE IF NOT EXISTS device_view (
+		id TEXT PRIMARY KEY,
+		seq BIGINT NOT NULL,
+		received BIGINT NOT NULL,
+		commit_attempted TEXT NOT NULL,
+		commit_applied TEXT NOT NULL,
+		commit_seen BIGINT NOT NULL,
+		spec_hash TEXT NOT NULL,
+		release TEXT NOT NULL,
+		target TEXT NOT NULL,
+		slot TEXT NOT NULL,
+		update_state TEXT NOT NULL,
+		update_since BIGINT NOT NULL,
+		apps_total INTEGER NOT NULL,
+		apps_healthy INTEGER NOT NULL,
+		drifted INTEGER NOT NULL,
+		clock_trusted INTEGER,
+		skew BIGINT NOT NULL,
+		skew_abs BIGINT NOT NULL,
+		attest_ok INTEGER,
+		weak INTEGER NOT NULL,
+		problem_reason TEXT NOT NULL,
+		problem_message TEXT NOT NULL,
+		labels TEXT NOT NULL
+	);
+	CREATE INDEX IF NOT EXISTS device_view_commit ON device_view (commit_seen);
+	CREATE INDEX IF NOT EXISTS devices_enrolled ON devices (enrolled);
+	CREATE INDEX IF NOT EXISTS devices_revoked ON devices (revoked)`,
 }

@@ -29,6 +29,8 @@ type sqlStore struct {
 	close func() error
 	stmts sync.Map // prepared hot-path statements, by pool and query
 	batch *batcher // SQLite: group commit of status reports; nil for PostgreSQL
+
+	view viewState // the status page's fleet index (fleetindex.go)
 }
 
 type stmtKey struct {
@@ -278,6 +280,7 @@ func (s *sqlStore) Enrol(ctx context.Context, tokenHash []byte, now time.Time, d
 	if err := tx.Commit(); err != nil {
 		return Device{}, fmt.Errorf("enrol device %q: commit: %w", id, err)
 	}
+	s.markDirty(id)
 	return d, nil
 }
 
@@ -341,6 +344,7 @@ func (s *sqlStore) RevokeDevice(ctx context.Context, id string, now time.Time) e
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("revoke device %q: %w", id, ErrNotFound)
 	}
+	s.markDirty(id)
 	return nil
 }
 
@@ -392,6 +396,7 @@ func (s *sqlStore) PutStatus(ctx context.Context, r Report) (PutResult, error) {
 	if err != nil {
 		return PutResult{}, fmt.Errorf("put status %d of device %q: %w", r.Seq, r.DeviceID, err)
 	}
+	s.markDirty(r.DeviceID)
 	return res, nil
 }
 
@@ -588,6 +593,7 @@ func (s *sqlStore) PutAttestation(ctx context.Context, a Attestation) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("put attestation of device %q: commit: %w", a.DeviceID, err)
 	}
+	s.markDirty(a.DeviceID)
 	return nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/shoalfleet/shoal/api"
@@ -21,12 +20,12 @@ import (
 // What the page filters and sorts on (commit, release, apps, drift, clock)
 // lives inside the JSON body of each device's latest report. Parsing 10,000
 // bodies per request is far too slow, so the view keeps a derived table,
-// device_view, with one row per device taken from its latest report. It is a
-// cache: every read first brings it up to date from devices.latest_seq (one
-// indexed anti-join; only changed devices' bodies are parsed), and it can be
-// dropped at any time and is rebuilt on the next read. It is created with
-// CREATE TABLE IF NOT EXISTS under the migration lock rather than as a
-// numbered migration, because the migration list is kept by the backends.
+// device_view (a numbered migration), with one row per device taken from its
+// latest report. It is a cache: every read first brings the rows of changed
+// devices up to date (only their bodies are parsed; see fleetindex.go for
+// how changes are found), and its rows can be deleted at any time and are
+// rebuilt on the next full load. The counts per filter come from an
+// in-memory index kept alongside (fleetindex.go), not from SQL.
 
 // Fleet filters: each names a predicate over a device; counts are per filter
 // and a device may match several.
@@ -173,107 +172,6 @@ func AsViewer(s Store) (Viewer, error) {
 	return nil, fmt.Errorf("store %T has no fleet view", s)
 }
 
-// viewStates remembers, per open store, that device_view exists, and
-// serialises refreshes so concurrent page loads do not parse the same bodies.
-var viewStates sync.Map // *sqlStore → *viewState
-
-type viewState struct {
-	mu          sync.Mutex
-	ready       bool
-	maxReceived int64     // newest report received at the last pass
-	full        time.Time // last pass that looked at every device
-	attestID    int64     // newest attestation at the last pass
-	counts      map[countsKey]countsEntry
-}
-
-// countsKey is what FleetCounts depends on besides the data.
-type countsKey struct {
-	group, label, search  string
-	offlineAfter, maxSkew time.Duration
-	revoked               bool
-}
-
-type countsEntry struct {
-	at     time.Time
-	counts FleetCounts
-}
-
-// countsFresh is how long counts are reused while no report or
-// attestation arrived; enrolments, revocations and devices going offline
-// show within it.
-const countsFresh = 15 * time.Second
-
-// fullEvery bounds how long a report stored with an older received time
-// (another hub's clock) can stay out of the view.
-const fullEvery = 30 * time.Second
-
-func (s *sqlStore) viewState() *viewState {
-	v, _ := viewStates.LoadOrStore(s, &viewState{})
-	return v.(*viewState)
-}
-
-func (s *sqlStore) viewDDL() []string {
-	integer := "INTEGER"
-	if s.d.name == "postgres" {
-		integer = "BIGINT"
-	}
-	return []string{
-		`CREATE TABLE IF NOT EXISTS device_view (
-		id TEXT PRIMARY KEY,
-		seq ` + integer + ` NOT NULL,
-		received ` + integer + ` NOT NULL,
-		commit_attempted TEXT NOT NULL,
-		commit_applied TEXT NOT NULL,
-		commit_seen ` + integer + ` NOT NULL,
-		spec_hash TEXT NOT NULL,
-		release TEXT NOT NULL,
-		target TEXT NOT NULL,
-		slot TEXT NOT NULL,
-		update_state TEXT NOT NULL,
-		update_since ` + integer + ` NOT NULL,
-		apps_total INTEGER NOT NULL,
-		apps_healthy INTEGER NOT NULL,
-		drifted INTEGER NOT NULL,
-		clock_trusted INTEGER,
-		skew ` + integer + ` NOT NULL,
-		skew_abs ` + integer + ` NOT NULL,
-		attest_ok INTEGER,
-		weak INTEGER NOT NULL,
-		problem_reason TEXT NOT NULL,
-		problem_message TEXT NOT NULL,
-		labels TEXT NOT NULL
-	)`,
-		`CREATE INDEX IF NOT EXISTS device_view_commit ON device_view (commit_seen)`,
-	}
-}
-
-// ensureView creates device_view once per store.
-func (s *sqlStore) ensureView(ctx context.Context, vs *viewState) error {
-	if vs.ready {
-		return nil
-	}
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("create fleet view: %w", err)
-	}
-	defer tx.Rollback()
-	if s.d.lock != "" {
-		if _, err := tx.ExecContext(ctx, s.d.lock); err != nil {
-			return fmt.Errorf("create fleet view: lock: %w", err)
-		}
-	}
-	for _, q := range s.viewDDL() {
-		if _, err := tx.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("create fleet view: %w", err)
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("create fleet view: %w", err)
-	}
-	vs.ready = true
-	return nil
-}
-
 // viewBody is what the view reads from a report. Labels are read if the
 // agent sends them, ahead of the wire type carrying them.
 type viewBody struct {
@@ -347,90 +245,12 @@ func deriveView(id string, seq, received int64, body []byte) viewRow {
 	return r
 }
 
-// refreshView brings device_view up to date with each device's latest
-// report. The newest received time (one index lookup) tells whether any
-// report arrived since the last pass; only then, or every fullEvery, does it
-// look for devices whose view row is behind (a scan of devices, no bodies),
-// and it reads and parses only those devices' latest reports.
-func (s *sqlStore) refreshView(ctx context.Context) error {
-	vs := s.viewState()
-	vs.mu.Lock()
-	defer vs.mu.Unlock()
-	if err := s.ensureView(ctx, vs); err != nil {
-		return err
-	}
-	var maxRecv int64
-	if err := s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(received), 0) FROM reports`).Scan(&maxRecv); err != nil {
-		return fmt.Errorf("refresh fleet view: %w", err)
-	}
-	var attestID int64
-	if err := s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM attestations`).Scan(&attestID); err != nil {
-		return fmt.Errorf("refresh fleet view: %w", err)
-	}
-	if attestID != vs.attestID {
-		vs.attestID, vs.counts = attestID, nil
-	}
-	if maxRecv == vs.maxReceived && time.Since(vs.full) < fullEvery {
-		return nil
-	}
-	vs.counts = nil
-	st, err := s.prep(ctx, s.r, `SELECT d.id, d.latest_seq, COALESCE(v.commit_attempted, ''), COALESCE(v.commit_seen, 0)
-		FROM devices d LEFT JOIN device_view v ON v.id = d.id
-		WHERE d.latest_seq > 0 AND (v.seq IS NULL OR v.seq <> d.latest_seq)`)
-	if err != nil {
-		return fmt.Errorf("refresh fleet view: %w", err)
-	}
-	type behind struct {
-		id, prevAttempted string
-		seq, prevSeen     int64
-	}
-	var todo []behind
-	rows, err := st.QueryContext(ctx)
-	if err != nil {
-		return fmt.Errorf("refresh fleet view: %w", err)
-	}
-	for rows.Next() {
-		var b behind
-		if err := rows.Scan(&b.id, &b.seq, &b.prevAttempted, &b.prevSeen); err != nil {
-			rows.Close()
-			return fmt.Errorf("refresh fleet view: %w", err)
-		}
-		todo = append(todo, b)
-	}
-	if err := rows.Err(); err != nil {
-		rows.Close()
-		return fmt.Errorf("refresh fleet view: %w", err)
-	}
-	rows.Close()
-	body, err := s.prep(ctx, s.r, `SELECT received, body FROM reports WHERE device_id = ? AND seq = ?`)
-	if err != nil {
-		return fmt.Errorf("refresh fleet view: %w", err)
-	}
-	var changed []viewRow
-	for _, b := range todo {
-		var received int64
-		var raw []byte
-		err := body.QueryRowContext(ctx, b.id, b.seq).Scan(&received, &raw)
-		if errors.Is(err, sql.ErrNoRows) {
-			continue // reported concurrently and not yet visible; next pass
-		}
-		if err != nil {
-			return fmt.Errorf("refresh fleet view of device %q: %w", b.id, err)
-		}
-		v := deriveView(b.id, b.seq, received, raw)
-		v.commitSeen = received
-		if v.attempted == b.prevAttempted && b.prevSeen != 0 {
-			v.commitSeen = b.prevSeen
-		}
-		changed = append(changed, v)
-	}
-	if len(changed) == 0 {
-		vs.maxReceived, vs.full = maxRecv, time.Now()
-		return nil
-	}
+// putViewRows writes re-derived view rows. A row never moves back to an
+// older report (another hub may have written a newer one meanwhile).
+func (s *sqlStore) putViewRows(ctx context.Context, changed []viewRow) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("refresh fleet view: %w", err)
+		return fmt.Errorf("write fleet view: %w", err)
 	}
 	defer tx.Rollback()
 	up, err := s.txStmt(ctx, tx, `INSERT INTO device_view (id, seq, received, commit_attempted, commit_applied, commit_seen, spec_hash, release, target, slot,
@@ -445,19 +265,18 @@ func (s *sqlStore) refreshView(ctx context.Context) error {
 			problem_message = excluded.problem_message, labels = excluded.labels
 		WHERE device_view.seq < excluded.seq`)
 	if err != nil {
-		return fmt.Errorf("refresh fleet view: %w", err)
+		return fmt.Errorf("write fleet view: %w", err)
 	}
 	for _, v := range changed {
 		if _, err := up.ExecContext(ctx, v.id, v.seq, v.received, v.attempted, v.applied, v.commitSeen, v.specHash, v.release, v.target, v.slot,
 			v.ust, v.since, v.appsTotal, v.appsHealthy, v.drifted, v.clockTrusted, v.skew, v.skewAbs, v.attestOK, v.weak,
 			v.problemReason, v.problemMessage, v.labels); err != nil {
-			return fmt.Errorf("refresh fleet view of device %q: %w", v.id, err)
+			return fmt.Errorf("write fleet view of device %q: %w", v.id, err)
 		}
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("refresh fleet view: commit: %w", err)
+		return fmt.Errorf("write fleet view: commit: %w", err)
 	}
-	vs.maxReceived, vs.full = maxRecv, time.Now()
 	return nil
 }
 
@@ -680,7 +499,8 @@ func (s *sqlStore) FleetDevice(ctx context.Context, id string, q FleetQuery) (Fl
 	return fr, nil
 }
 
-// FleetCounts counts devices per filter in one pass over the devices.
+// FleetCounts counts devices per filter from the in-memory fleet index
+// (see fleetindex.go), after bringing it up to date.
 func (s *sqlStore) FleetCounts(ctx context.Context, q FleetQuery) (FleetCounts, error) {
 	q.Filter, q.Sort = "", ""
 	if err := q.defaults(); err != nil {
@@ -689,13 +509,22 @@ func (s *sqlStore) FleetCounts(ctx context.Context, q FleetQuery) (FleetCounts, 
 	if err := s.refreshView(ctx); err != nil {
 		return FleetCounts{}, err
 	}
-	key := countsKey{q.Group, q.Label, q.Search, q.OfflineAfter, q.MaxSkew, q.Revoked}
-	vs := s.viewState()
-	vs.mu.Lock()
-	e, ok := vs.counts[key]
-	vs.mu.Unlock()
-	if ok && time.Since(e.at) < countsFresh && !q.Now.Before(e.at) {
-		return e.counts, nil
+	s.view.mu.Lock()
+	defer s.view.mu.Unlock()
+	return s.view.countIndex(q, s.d.name == "sqlite"), nil
+}
+
+// FleetCountsSQL counts like FleetCounts but with one SQL scan over
+// devices joined with device_view instead of the in-memory index: it is
+// the definition the index must agree with, and the conformance suite
+// compares the two. It is not on Viewer; reach it by type assertion.
+func (s *sqlStore) FleetCountsSQL(ctx context.Context, q FleetQuery) (FleetCounts, error) {
+	q.Filter, q.Sort = "", ""
+	if err := q.defaults(); err != nil {
+		return FleetCounts{}, err
+	}
+	if err := s.refreshView(ctx); err != nil {
+		return FleetCounts{}, err
 	}
 	where, wargs := baseWhere(q)
 	var sel []string
@@ -705,13 +534,11 @@ func (s *sqlStore) FleetCounts(ctx context.Context, q FleetQuery) (FleetCounts, 
 		sel = append(sel, "COALESCE(SUM(CASE WHEN "+p+" THEN 1 ELSE 0 END), 0)")
 		args = append(args, pargs...)
 	}
-	// The stamp: anything a report, an attestation, an enrolment or a
-	// revocation changes moves one of these.
 	sel = append(sel, "COALESCE(SUM(d.latest_seq), 0)", "COALESCE(MAX(d.last_seen), 0)", "COALESCE(MAX(d.attest_time), 0)",
-		"COALESCE(MAX(d.enrolled), 0)", "COALESCE(SUM(d.revoked), 0)")
+		"COALESCE(MAX(d.enrolled), 0)", "COALESCE(SUM(CASE WHEN d.revoked <> 0 THEN 1 ELSE 0 END), 0)", "COALESCE(MAX(d.revoked), 0)")
 	args = append(args, wargs...)
 	query := `SELECT ` + strings.Join(sel, ", ") + ` FROM devices d LEFT JOIN device_view v ON v.id = d.id WHERE ` + where
-	n := make([]int64, len(Filters)+5)
+	n := make([]int64, len(Filters)+6)
 	dst := make([]any, len(n))
 	for i := range n {
 		dst[i] = &n[i]
@@ -723,19 +550,8 @@ func (s *sqlStore) FleetCounts(ctx context.Context, q FleetQuery) (FleetCounts, 
 	for i, f := range Filters {
 		out.Counts[f] = int(n[i])
 	}
-	// Offline depends on the clock too: round it so the stamp moves when a
-	// device crosses the line within a minute.
 	st := n[len(Filters):]
-	out.Stamp = fmt.Sprintf("%d-%d-%d-%d-%d-%d", st[0], st[1], st[2], st[3], st[4], out.Counts[FilterOffline])
-	if time.Until(q.Now).Abs() < time.Second {
-		// Only counts for the present are reused.
-		vs.mu.Lock()
-		if vs.counts == nil {
-			vs.counts = map[countsKey]countsEntry{}
-		}
-		vs.counts[key] = countsEntry{at: time.Now(), counts: out}
-		vs.mu.Unlock()
-	}
+	out.Stamp = fleetStamp(out.Counts, st[0], st[1], st[2], st[3], st[4], st[5])
 	return out, nil
 }
 

@@ -1,9 +1,11 @@
 package storetest
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -12,13 +14,32 @@ import (
 	"github.com/shoalfleet/shoal/hub/store"
 )
 
+// NewDB returns the URL of a fresh, empty database (see store.Open). The
+// view suite opens some databases twice, as two hubs sharing one database.
+type NewDB func(t *testing.T) string
+
 // RunView runs the fleet view's conformance tests: the status page's
 // filtered, sorted, paged device list, counts, one device and the rollout.
-func RunView(t *testing.T, open Open) {
+func RunView(t *testing.T, newDB NewDB) {
+	open := func(t *testing.T) store.Store { return openURL(t, newDB(t)) }
 	t.Run("Filters", func(t *testing.T) { testViewFilters(t, open(t)) })
 	t.Run("PagesAndSort", func(t *testing.T) { testViewPages(t, open(t)) })
 	t.Run("Refresh", func(t *testing.T) { testViewRefresh(t, open(t)) })
 	t.Run("Rollout", func(t *testing.T) { testViewRollout(t, open(t)) })
+	t.Run("CountsMatchSQL", func(t *testing.T) {
+		u := newDB(t)
+		testViewCountsMatchSQL(t, openURL(t, u), openURL(t, u))
+	})
+}
+
+func openURL(t *testing.T, url string) store.Store {
+	t.Helper()
+	s, err := store.Open(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }
 
 func viewer(t *testing.T, s store.Store) store.Viewer {
@@ -32,6 +53,12 @@ func viewer(t *testing.T, s store.Store) store.Viewer {
 
 // put stores st as device id's report seq, received at t0+seq minutes.
 func put(t *testing.T, s store.Store, st api.Status, labels map[string]string) {
+	t.Helper()
+	putAt(t, s, st, labels, t0.Add(time.Duration(st.Seq)*time.Minute))
+}
+
+// putAt stores st as device id's report seq, received at received.
+func putAt(t *testing.T, s store.Store, st api.Status, labels map[string]string, received time.Time) {
 	t.Helper()
 	st.APIVersion = api.Version
 	if st.Time.IsZero() {
@@ -48,7 +75,7 @@ func put(t *testing.T, s store.Store, st api.Status, labels map[string]string) {
 		body, _ = json.Marshal(m)
 	}
 	if _, err := s.PutStatus(t.Context(), store.Report{DeviceID: st.DeviceID, Seq: st.Seq, Time: st.Time,
-		Received: t0.Add(time.Duration(st.Seq) * time.Minute), State: string(st.State), Groups: st.Groups, Body: body}); err != nil {
+		Received: received, State: string(st.State), Groups: st.Groups, Body: body}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -351,5 +378,188 @@ func testViewRollout(t *testing.T, s store.Store) {
 	}
 	if len(got) != len(want) {
 		t.Errorf("releases = %+v", got)
+	}
+}
+
+// sqlCounter is the SQL definition of the counts that FleetCounts' in-memory
+// index must agree with.
+type sqlCounter interface {
+	FleetCountsSQL(ctx context.Context, q store.FleetQuery) (store.FleetCounts, error)
+}
+
+// enrolAt creates and uses a token for id at now.
+func enrolAt(t *testing.T, s store.Store, id, kind string, now time.Time) {
+	t.Helper()
+	th := hash(fmt.Sprint("tok-", id, tokenN.Add(1)))
+	if err := s.CreateToken(t.Context(), store.Token{Hash: th, Kind: store.TokenEnrol, DeviceID: id, Created: now, Expires: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Enrol(t.Context(), th, now, store.Device{KeyKind: kind, CertSerial: "01", CertNotAfter: now.Add(24 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testViewCountsMatchSQL: after every kind of write (reports, attestations,
+// enrolment, revocation, time passing) the counts equal a fresh SQL count,
+// on the hub that wrote and on a second hub sharing the database, and a
+// write through either hub shows on the other. Times are real: hubs find
+// each other's reports by the time they were received.
+func testViewCountsMatchSQL(t *testing.T, hub1, hub2 store.Store) {
+	ctx := t.Context()
+	queries := []store.FleetQuery{
+		{}, {Group: "line-a"}, {Group: "LINE-A"}, {Group: "line"}, {Label: "site=north"}, {Label: "site"}, {Label: "SITE=North"},
+		{Search: "dev-1"}, {Search: "DEV-0"}, {Search: "_"}, {Revoked: true}, {Revoked: true, Group: "line-b"},
+		{MaxSkew: 10 * time.Second}, {OfflineAfter: time.Nanosecond},
+	}
+	// check compares each hub's counts with SQL's for every query at now,
+	// and the two hubs with each other; it returns the fleet-wide counts.
+	check := func(step string, now time.Time) map[string]int {
+		t.Helper()
+		var first map[string]int
+		for i, h := range []store.Store{hub1, hub2} {
+			sc, ok := h.(sqlCounter)
+			if !ok {
+				t.Fatalf("store %T has no FleetCountsSQL", h)
+			}
+			v := viewer(t, h)
+			for _, q := range queries {
+				q.Now = now
+				got, err := v.FleetCounts(ctx, q)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want, err := sc.FleetCountsSQL(ctx, q)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !maps.Equal(got.Counts, want.Counts) || got.Stamp != want.Stamp {
+					t.Errorf("%s: hub %d, query %+v:\n index %v %s\n SQL   %v %s", step, i+1, q, got.Counts, got.Stamp, want.Counts, want.Stamp)
+				}
+				if q.Group == "" && q.Label == "" && q.Search == "" && !q.Revoked && q.MaxSkew == 0 && q.OfflineAfter == 0 {
+					if first == nil {
+						first = got.Counts
+					} else if !maps.Equal(first, got.Counts) {
+						t.Errorf("%s: hub 1 counts %v, hub 2 counts %v", step, first, got.Counts)
+					}
+				}
+			}
+		}
+		return first
+	}
+	expect := func(step string, c map[string]int, want map[string]int) {
+		t.Helper()
+		for f, n := range want {
+			if c[f] != n {
+				t.Errorf("%s: counts[%s] = %d, want %d (%v)", step, f, c[f], n, c)
+			}
+		}
+	}
+
+	// Both hubs have loaded their index before any write.
+	expect("empty", check("empty", time.Now()), map[string]int{store.FilterAll: 0})
+	for i := 1; i <= 12; i++ {
+		kind := "tpm"
+		if i%3 == 0 {
+			kind = "software"
+		}
+		enrolAt(t, hub1, fmt.Sprintf("dev-%02d", i), kind, time.Now())
+	}
+	c := check("enrolled", time.Now())
+	expect("enrolled", c, map[string]int{store.FilterAll: 12, store.FilterNeverSeen: 12, store.FilterOffline: 12, store.FilterWeakIdentity: 4})
+
+	states := []api.State{api.StateConverged, api.StateUpdating, api.StateStalled, api.StateWaiting}
+	status := func(i int, seq uint64) api.Status {
+		st := api.Status{DeviceID: fmt.Sprintf("dev-%02d", i), Seq: seq, State: states[i%4], Groups: []string{[]string{"line-a", "line-b"}[i%2]},
+			Commit: api.CommitStatus{Attempted: "c1", Applied: "c1"}, Update: &api.UpdateStatus{State: "committed", Slot: "a", Version: "1.0"},
+			Clock: &api.ClockStatus{Trusted: true, Skew: 10 * time.Millisecond}, Apps: []api.AppStatus{{Name: "web", State: "running"}}}
+		switch i {
+		case 3:
+			st.Update.State = "trial"
+		case 5:
+			st.Update.State = "rolled-back"
+		case 6:
+			st.Apps[0].Drift = "image changed"
+		case 7:
+			st.Clock.Skew = -5 * time.Second
+		case 8:
+			st.Clock.Trusted = false
+		case 9:
+			st.Attest = &api.AttestStatus{OK: false}
+		case 10:
+			st.Clock, st.Attest = nil, &api.AttestStatus{OK: true, Weak: true}
+		}
+		return st
+	}
+	for i := 1; i <= 11; i++ { // dev-12 never reports
+		putAt(t, hub1, status(i, 1), map[string]string{"site": []string{"north", "south"}[i%2]}, time.Now())
+	}
+	c = check("reported", time.Now())
+	expect("reported", c, map[string]int{store.FilterAll: 12, store.FilterNeverSeen: 1, store.FilterOffline: 1, store.FilterConverged: 2,
+		store.FilterWaiting: 3, store.FilterTrial: 1, store.FilterRolledBack: 1, store.FilterDrifted: 1, store.FilterClockSkewed: 2,
+		store.FilterAttestFailed: 1, store.FilterWeakIdentity: 5})
+
+	if err := hub1.PutAttestation(ctx, store.Attestation{DeviceID: "dev-01", Time: time.Now(), OK: false, Result: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	c = check("attestation failed", time.Now())
+	expect("attestation failed", c, map[string]int{store.FilterAttestFailed: 2})
+	if err := hub1.PutAttestation(ctx, store.Attestation{DeviceID: "dev-09", Time: time.Now(), OK: true, Result: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	c = check("attestation passed over a failed report", time.Now())
+	expect("attestation passed over a failed report", c, map[string]int{store.FilterAttestFailed: 1})
+
+	if err := hub1.RevokeDevice(ctx, "dev-02", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	c = check("revoked", time.Now())
+	expect("revoked", c, map[string]int{store.FilterAll: 11, store.FilterFailed: 2})
+	enrolAt(t, hub1, "dev-02", "tpm", time.Now())
+	c = check("re-enrolled", time.Now())
+	expect("re-enrolled", c, map[string]int{store.FilterAll: 12, store.FilterFailed: 3})
+
+	// Devices go offline as time passes, with no write at all.
+	c = check("two hours later", time.Now().Add(2*time.Hour))
+	expect("two hours later", c, map[string]int{store.FilterOffline: 12})
+	c = check("back to now", time.Now())
+	expect("back to now", c, map[string]int{store.FilterOffline: 1})
+
+	// Writes through the second hub show on the first, and the other way.
+	st := status(3, 2)
+	st.Update.State = "committed" // dev-03: trial → committed
+	putAt(t, hub2, st, nil, time.Now())
+	st = status(4, 2)
+	st.State = api.StateWaiting // dev-04: converged → waiting
+	putAt(t, hub2, st, nil, time.Now())
+	c = check("report through hub 2", time.Now())
+	expect("report through hub 2", c, map[string]int{store.FilterTrial: 0, store.FilterConverged: 1, store.FilterWaiting: 4})
+	if err := hub2.PutAttestation(ctx, store.Attestation{DeviceID: "dev-05", Time: time.Now(), OK: false, Result: []byte(`{}`)}); err != nil {
+		t.Fatal(err)
+	}
+	c = check("attestation through hub 2", time.Now())
+	expect("attestation through hub 2", c, map[string]int{store.FilterAttestFailed: 2})
+	enrolAt(t, hub2, "dev-13", "software", time.Now())
+	c = check("enrolment through hub 2", time.Now())
+	expect("enrolment through hub 2", c, map[string]int{store.FilterAll: 13, store.FilterNeverSeen: 2})
+	if err := hub2.RevokeDevice(ctx, "dev-06", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	c = check("revocation through hub 2", time.Now())
+	expect("revocation through hub 2", c, map[string]int{store.FilterAll: 12, store.FilterDrifted: 0})
+	putAt(t, hub1, status(12, 1), nil, time.Now())
+	c = check("report through hub 1 after hub 2's writes", time.Now())
+	expect("report through hub 1 after hub 2's writes", c, map[string]int{store.FilterNeverSeen: 1, store.FilterConverged: 2})
+
+	// The page agrees with the counts on both hubs.
+	for i, h := range []store.Store{hub1, hub2} {
+		for _, f := range store.Filters {
+			p, err := viewer(t, h).FleetPage(ctx, store.FleetQuery{Filter: f, Now: time.Now()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Total != c[f] {
+				t.Errorf("hub %d: page total for %s = %d, counts say %d", i+1, f, p.Total, c[f])
+			}
+		}
 	}
 }

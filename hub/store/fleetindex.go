@@ -1,0 +1,594 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The fleet index keeps, per open store, the few facts about every device
+// that FleetCounts needs (state, last seen, key kind, attestation, groups,
+// labels, update state, drift, clock), about a hundred bytes each, so the
+// status page's counts are a scan in memory instead of a join over every
+// device in SQL. Offline is decided from last_seen against the query's Now,
+// so it is exact without any timer.
+//
+// The index follows the database through three channels:
+//   - this process's own writes mark their device dirty after commit
+//     (markDirty); the next read reloads just those devices;
+//   - other hubs' writes on the same database are found through cheap range
+//     reads on indexed columns: reports received since the last pass (with an
+//     overlap that covers transactions committing out of order), attestations
+//     with a higher id, devices enrolled or revoked later than any seen;
+//   - every fullEvery, and whenever too many devices changed at once, the
+//     whole index is reloaded, which bounds how long a write with an odd
+//     clock (another hub's, or a late commit outside the overlap) stays out.
+//
+// Reloading a device also brings its device_view row up to date from its
+// latest report, so the SQL paths (the page, the rollout) see it too.
+
+// fullEvery bounds how long a write the change reads cannot see (another
+// hub's clock far behind ours) stays out of the index.
+const fullEvery = 30 * time.Second
+
+// reportOverlap is how far before the newest report received (or the
+// previous pass) the next pass looks again, for reports whose transaction
+// committed after a later one: commit latency plus clock differences
+// between hubs must stay under it.
+const reportOverlap = 5 * time.Second
+
+// fullAbove is how many changed devices make a full reload cheaper than
+// reloading them one chunk at a time.
+const fullAbove = 2000
+
+// fleetEntry is what the counts need about one device. Tri-state values
+// hold -1 for SQL NULL so the filters keep SQL's meaning exactly.
+type fleetEntry struct {
+	id, lid     string // lid: the ID lower-cased as the backend's LOWER does
+	groups      string // devices.groups, JSON as stored
+	labels      string // device_view.labels, JSON as stored
+	state       string
+	updateState string
+
+	lastSeen, latestSeq, attestTime, enrolled, revoked, skewAbs int64
+
+	attestOK, reportAttestOK, clockTrusted int8
+	software, hasView, drifted, weak       bool
+}
+
+type reportKey struct {
+	id  string
+	seq int64
+}
+
+// viewState is the fleet index of one store plus what its refresh needs.
+// The zero value is an empty index that loads fully on the first read.
+type viewState struct {
+	mu      sync.Mutex // held by a refresh and by counting
+	loaded  bool
+	entries []fleetEntry
+	pos     map[string]int // device ID → index in entries
+	intern  map[string]string
+	fullAt  time.Time // last full reload
+	// Change reads: the newest report received seen, the wall time of the
+	// previous pass, reports already handled within the overlap, the
+	// newest attestation id, enrolment and revocation times seen.
+	recvMark  int64
+	lastPass  int64
+	recvSeen  map[reportKey]int64
+	attestID  int64
+	enrolMark int64
+	revMark   int64
+
+	dirtyMu sync.Mutex // apart from mu: writers never wait for a refresh
+	dirty   map[string]struct{}
+}
+
+// markDirty records that this process changed device id; the next read
+// reloads it. The write paths call it after their commit.
+func (s *sqlStore) markDirty(id string) {
+	v := &s.view
+	v.dirtyMu.Lock()
+	if v.dirty == nil {
+		v.dirty = map[string]struct{}{}
+	}
+	v.dirty[id] = struct{}{}
+	v.dirtyMu.Unlock()
+}
+
+func (v *viewState) takeDirty() map[string]struct{} {
+	v.dirtyMu.Lock()
+	defer v.dirtyMu.Unlock()
+	d := v.dirty
+	v.dirty = nil
+	return d
+}
+
+// restoreDirty puts back IDs a failed refresh took.
+func (v *viewState) restoreDirty(ids map[string]struct{}) {
+	if len(ids) == 0 {
+		return
+	}
+	v.dirtyMu.Lock()
+	defer v.dirtyMu.Unlock()
+	if v.dirty == nil {
+		v.dirty = map[string]struct{}{}
+	}
+	for id := range ids {
+		v.dirty[id] = struct{}{}
+	}
+}
+
+// refreshView brings the fleet index and device_view up to date: the
+// devices this process wrote, those other hubs' writes touched, or
+// everything on the first read and every fullEvery.
+func (s *sqlStore) refreshView(ctx context.Context) error {
+	v := &s.view
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	dirty := v.takeDirty()
+	if err := s.refreshLocked(ctx, v, dirty); err != nil {
+		v.restoreDirty(dirty)
+		return fmt.Errorf("refresh fleet view: %w", err)
+	}
+	return nil
+}
+
+func (s *sqlStore) refreshLocked(ctx context.Context, v *viewState, dirty map[string]struct{}) error {
+	now := time.Now()
+	full := !v.loaded || now.Sub(v.fullAt) >= fullEvery
+	changed, err := s.readChanges(ctx, v, now)
+	if err != nil {
+		return err
+	}
+	for id := range dirty {
+		changed[id] = struct{}{}
+	}
+	if full || len(changed) > fullAbove {
+		entries, err := s.loadEntries(ctx, v, nil)
+		if err != nil {
+			return err
+		}
+		v.entries, v.pos = entries, make(map[string]int, len(entries))
+		for i, e := range entries {
+			v.pos[e.id] = i
+		}
+		v.loaded, v.fullAt = true, now
+		return nil
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(changed))
+	for id := range changed {
+		ids = append(ids, id)
+	}
+	entries, err := s.loadEntries(ctx, v, ids)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if i, ok := v.pos[e.id]; ok {
+			v.entries[i] = e
+			continue
+		}
+		v.pos[e.id] = len(v.entries)
+		v.entries = append(v.entries, e)
+	}
+	return nil
+}
+
+// readChanges returns the devices that writes since the last pass touched,
+// as far as the database shows them (other hubs' writes included). On the
+// first pass it only sets the marks: the full load that follows reads
+// everything.
+func (s *sqlStore) readChanges(ctx context.Context, v *viewState, now time.Time) (map[string]struct{}, error) {
+	changed := map[string]struct{}{}
+	if !v.loaded {
+		err := s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(received), 0) FROM reports`).Scan(&v.recvMark)
+		if err == nil {
+			err = s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM attestations`).Scan(&v.attestID)
+		}
+		if err == nil {
+			err = s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(enrolled), 0), COALESCE(MAX(revoked), 0) FROM devices`).Scan(&v.enrolMark, &v.revMark)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read change marks: %w", err)
+		}
+	}
+
+	// Reports: everything received after the mark, less the overlap.
+	from := max(v.recvMark, v.lastPass) - int64(reportOverlap)
+	st, err := s.prep(ctx, s.r, `SELECT device_id, seq, received FROM reports WHERE received > ?`)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := st.QueryContext(ctx, from)
+	if err != nil {
+		return nil, fmt.Errorf("read new reports: %w", err)
+	}
+	if v.recvSeen == nil {
+		v.recvSeen = map[reportKey]int64{}
+	}
+	for rows.Next() {
+		var k reportKey
+		var received int64
+		if err := rows.Scan(&k.id, &k.seq, &received); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("read new reports: %w", err)
+		}
+		if _, ok := v.recvSeen[k]; !ok {
+			v.recvSeen[k] = received
+			changed[k.id] = struct{}{}
+		}
+		v.recvMark = max(v.recvMark, received)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read new reports: %w", err)
+	}
+	v.lastPass = now.UnixNano()
+	next := max(v.recvMark, v.lastPass) - int64(reportOverlap)
+	for k, r := range v.recvSeen {
+		if r <= next {
+			delete(v.recvSeen, k)
+		}
+	}
+
+	// Attestations: ids after the newest seen.
+	st, err = s.prep(ctx, s.r, `SELECT id, device_id FROM attestations WHERE id > ?`)
+	if err != nil {
+		return nil, err
+	}
+	rows, err = st.QueryContext(ctx, v.attestID)
+	if err != nil {
+		return nil, fmt.Errorf("read new attestations: %w", err)
+	}
+	for rows.Next() {
+		var id int64
+		var dev string
+		if err := rows.Scan(&id, &dev); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("read new attestations: %w", err)
+		}
+		changed[dev] = struct{}{}
+		v.attestID = max(v.attestID, id)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read new attestations: %w", err)
+	}
+
+	// Enrolments and revocations after the newest seen (both indexed).
+	st, err = s.prep(ctx, s.r, `SELECT id, enrolled, revoked FROM devices WHERE enrolled > ? OR revoked > ?`)
+	if err != nil {
+		return nil, err
+	}
+	rows, err = st.QueryContext(ctx, v.enrolMark, v.revMark)
+	if err != nil {
+		return nil, fmt.Errorf("read new enrolments: %w", err)
+	}
+	for rows.Next() {
+		var id string
+		var enrolled, revoked int64
+		if err := rows.Scan(&id, &enrolled, &revoked); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("read new enrolments: %w", err)
+		}
+		changed[id] = struct{}{}
+		v.enrolMark, v.revMark = max(v.enrolMark, enrolled), max(v.revMark, revoked)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read new enrolments: %w", err)
+	}
+	return changed, nil
+}
+
+const entryCols = `SELECT d.id, d.key_kind, d.enrolled, d.revoked, d.latest_seq, d.state, d.groups, d.last_seen, d.attest_ok, d.attest_time,
+	v.seq, v.commit_attempted, v.commit_seen, v.update_state, v.drifted, v.clock_trusted, v.skew_abs, v.attest_ok, v.weak, v.labels
+	FROM devices d LEFT JOIN device_view v ON v.id = d.id`
+
+// loadChunk bounds the IDs in one IN list (SQLite allows 32766 parameters).
+const loadChunk = 500
+
+// loadEntries reads the devices in ids (all when ids is nil) joined with
+// their view rows, first re-deriving the view rows that are behind their
+// device's latest report.
+func (s *sqlStore) loadEntries(ctx context.Context, v *viewState, ids []string) ([]fleetEntry, error) {
+	var out []fleetEntry
+	var behind []viewRow
+	read := func(query string, args ...any) error {
+		rows, err := s.r.QueryContext(ctx, s.q(query), args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			e, b, err := s.scanEntry(ctx, v, rows)
+			if err != nil {
+				return err
+			}
+			out = append(out, e)
+			if b != nil {
+				behind = append(behind, *b)
+			}
+		}
+		return rows.Err()
+	}
+	if ids == nil {
+		v.intern = nil // drop strings no device uses any more
+		if err := read(entryCols); err != nil {
+			return nil, fmt.Errorf("load fleet: %w", err)
+		}
+	}
+	for len(ids) > 0 {
+		n := min(len(ids), loadChunk)
+		args := make([]any, n)
+		for i, id := range ids[:n] {
+			args[i] = id
+		}
+		if err := read(entryCols+` WHERE d.id IN (?`+strings.Repeat(", ?", n-1)+`)`, args...); err != nil {
+			return nil, fmt.Errorf("load %d devices: %w", n, err)
+		}
+		ids = ids[n:]
+	}
+	if len(behind) > 0 {
+		if err := s.putViewRows(ctx, behind); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// scanEntry reads one device joined with its view row. If the view row is
+// behind the device's latest report, it derives the row from that report,
+// builds the entry from it, and returns it to be written.
+func (s *sqlStore) scanEntry(ctx context.Context, v *viewState, r scanner) (fleetEntry, *viewRow, error) {
+	var e fleetEntry
+	var keyKind string
+	var attestOK, vseq, commitSeen, drifted, clockTrusted, skewAbs, reportAttest, weak sql.NullInt64
+	var attempted, updateState, labels sql.NullString
+	if err := r.Scan(&e.id, &keyKind, &e.enrolled, &e.revoked, &e.latestSeq, &e.state, &e.groups, &e.lastSeen, &attestOK, &e.attestTime,
+		&vseq, &attempted, &commitSeen, &updateState, &drifted, &clockTrusted, &skewAbs, &reportAttest, &weak, &labels); err != nil {
+		return fleetEntry{}, nil, err
+	}
+	e.software = keyKind == "software"
+	e.attestOK = tri(attestOK)
+	var derived *viewRow
+	if e.latestSeq > 0 && (!vseq.Valid || vseq.Int64 != e.latestSeq) {
+		st, err := s.prep(ctx, s.r, `SELECT received, body FROM reports WHERE device_id = ? AND seq = ?`)
+		if err != nil {
+			return fleetEntry{}, nil, err
+		}
+		var received int64
+		var raw []byte
+		err = st.QueryRowContext(ctx, e.id, e.latestSeq).Scan(&received, &raw)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return fleetEntry{}, nil, fmt.Errorf("latest report of device %q: %w", e.id, err)
+		}
+		if err == nil {
+			d := deriveView(e.id, e.latestSeq, received, raw)
+			d.commitSeen = received
+			if attempted.Valid && d.attempted == attempted.String && commitSeen.Int64 != 0 {
+				d.commitSeen = commitSeen.Int64
+			}
+			derived = &d
+			vseq = sql.NullInt64{Int64: d.seq, Valid: true}
+			updateState = sql.NullString{String: d.ust, Valid: true}
+			drifted = sql.NullInt64{Int64: int64(d.drifted), Valid: true}
+			clockTrusted, reportAttest = d.clockTrusted, d.attestOK
+			skewAbs = sql.NullInt64{Int64: d.skewAbs, Valid: true}
+			weak = sql.NullInt64{Int64: int64(d.weak), Valid: true}
+			labels = sql.NullString{String: d.labels, Valid: true}
+		}
+		// No row: the report is not visible yet (it commits with the
+		// device's latest_seq, so this should not happen); the stale view
+		// row stands until the device changes again or the next full load.
+	}
+	e.hasView = vseq.Valid
+	e.updateState = updateState.String
+	e.drifted = drifted.Int64 == 1
+	e.clockTrusted = tri(clockTrusted)
+	e.skewAbs = skewAbs.Int64
+	e.reportAttestOK = tri(reportAttest)
+	e.weak = weak.Int64 == 1
+	e.labels = labels.String
+	e.lid = s.lowerID(e.id)
+	e.state, e.groups, e.labels, e.updateState = v.str(e.state), v.str(e.groups), v.str(e.labels), v.str(e.updateState)
+	return e, derived, nil
+}
+
+func tri(n sql.NullInt64) int8 {
+	if !n.Valid {
+		return -1
+	}
+	if n.Int64 == 1 {
+		return 1
+	}
+	return 0
+}
+
+// str interns the strings many devices share (states, group lists).
+func (v *viewState) str(s string) string {
+	if v.intern == nil {
+		v.intern = map[string]string{}
+	}
+	if i, ok := v.intern[s]; ok {
+		return i
+	}
+	v.intern[s] = s
+	return s
+}
+
+// lowerID is LOWER(id) as the backend computes it: SQLite folds ASCII only.
+func (s *sqlStore) lowerID(id string) string {
+	if s.d.name == "postgres" {
+		return strings.ToLower(id)
+	}
+	b := []byte(nil)
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; 'A' <= c && c <= 'Z' {
+			if b == nil {
+				b = []byte(id)
+			}
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	if b == nil {
+		return id
+	}
+	return string(b)
+}
+
+// likeContains is `hay LIKE '%' || needle || '%'` with the needle's
+// wildcards escaped: SQLite's LIKE ignores ASCII case (fold), PostgreSQL's
+// does not. Bytewise matching is exact for UTF-8, where ASCII bytes never
+// occur inside a multi-byte character.
+func likeContains(hay, needle string, fold bool) bool {
+	if !fold {
+		return strings.Contains(hay, needle)
+	}
+	n := len(needle)
+	for i := 0; i+n <= len(hay); i++ {
+		if asciiEqualFold(hay[i:i+n], needle) {
+			return true
+		}
+	}
+	return false
+}
+
+func asciiEqualFold(a, b string) bool {
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// filter bits, in the order of Filters.
+var filterIndex = func() map[string]int {
+	m := make(map[string]int, len(Filters))
+	for i, f := range Filters {
+		m[f] = i
+	}
+	return m
+}()
+
+// countIndex counts the index's devices per filter within q's group,
+// label, search and revoked conditions, with the meaning filterSQL and
+// baseWhere give them in SQL, NULLs included. q has its defaults.
+func (v *viewState) countIndex(q FleetQuery, fold bool) FleetCounts {
+	var group, label, search string
+	if q.Group != "" {
+		group = jsonString(q.Group)
+	}
+	if q.Label != "" {
+		k, val, hasV := strings.Cut(q.Label, "=")
+		label = jsonString(k) + ":"
+		if hasV {
+			label += jsonString(val)
+		}
+	}
+	if q.Search != "" {
+		search = strings.ToLower(q.Search)
+	}
+	offline := nanos(q.Now.Add(-q.OfflineAfter))
+	maxSkew := int64(q.MaxSkew)
+	n := make([]int, len(Filters))
+	var sumSeq, maxSeen, maxAttest, maxEnrolled, nRevoked, maxRevoked int64
+	iAll, iConv, iUpd, iWait, iFailed := filterIndex[FilterAll], filterIndex[FilterConverged], filterIndex[FilterUpdating], filterIndex[FilterWaiting], filterIndex[FilterFailed]
+	iTrial, iRB, iDrift, iOff, iAtt := filterIndex[FilterTrial], filterIndex[FilterRolledBack], filterIndex[FilterDrifted], filterIndex[FilterOffline], filterIndex[FilterAttestFailed]
+	iSkew, iWeak, iNever := filterIndex[FilterClockSkewed], filterIndex[FilterWeakIdentity], filterIndex[FilterNeverSeen]
+	for i := range v.entries {
+		e := &v.entries[i]
+		if !q.Revoked && e.revoked != 0 {
+			continue
+		}
+		if group != "" && !likeContains(e.groups, group, fold) {
+			continue
+		}
+		if label != "" && (!e.hasView || !likeContains(e.labels, label, fold)) {
+			continue
+		}
+		if search != "" && !likeContains(e.lid, search, fold) {
+			continue
+		}
+		n[iAll]++
+		switch e.state {
+		case "converged":
+			n[iConv]++
+		case "updating":
+			n[iUpd]++
+		case "waiting":
+			n[iWait]++
+		case "stalled", "degraded":
+			n[iFailed]++
+		}
+		if e.hasView {
+			switch e.updateState {
+			case "trial":
+				n[iTrial]++
+			case "rolled-back":
+				n[iRB]++
+			}
+			if e.drifted {
+				n[iDrift]++
+			}
+			if e.clockTrusted == 0 || e.skewAbs > maxSkew {
+				n[iSkew]++
+			}
+		}
+		if e.lastSeen < offline {
+			n[iOff]++
+		}
+		if e.attestOK == 0 || e.attestOK == -1 && e.reportAttestOK == 0 {
+			n[iAtt]++
+		}
+		if e.software || e.hasView && e.weak {
+			n[iWeak]++
+		}
+		if e.latestSeq == 0 {
+			n[iNever]++
+		}
+		sumSeq += e.latestSeq
+		maxSeen, maxAttest, maxEnrolled = max(maxSeen, e.lastSeen), max(maxAttest, e.attestTime), max(maxEnrolled, e.enrolled)
+		if e.revoked != 0 {
+			nRevoked++
+			maxRevoked = max(maxRevoked, e.revoked)
+		}
+	}
+	out := FleetCounts{Counts: make(map[string]int, len(Filters))}
+	for i, f := range Filters {
+		out.Counts[f] = n[i]
+	}
+	out.Stamp = fleetStamp(out.Counts, sumSeq, maxSeen, maxAttest, maxEnrolled, nRevoked, maxRevoked)
+	return out
+}
+
+// fleetStamp moves with anything a report, an attestation, an enrolment or
+// a revocation changes, and with the clock as devices go offline.
+func fleetStamp(counts map[string]int, sumSeq, maxSeen, maxAttest, maxEnrolled, nRevoked, maxRevoked int64) string {
+	parts := []int64{sumSeq, maxSeen, maxAttest, maxEnrolled, nRevoked, maxRevoked, int64(counts[FilterAll]), int64(counts[FilterOffline])}
+	b := make([]byte, 0, 8*20)
+	for i, p := range parts {
+		if i > 0 {
+			b = append(b, '-')
+		}
+		b = strconv.AppendInt(b, p, 10)
+	}
+	return string(b)
+}

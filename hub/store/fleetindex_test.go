@@ -1,0 +1,108 @@
+package store
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/shoalfleet/shoal/api"
+)
+
+func TestLikeContains(t *testing.T) {
+	cases := []struct {
+		name, hay, needle string
+		fold, want        bool
+	}{
+		{"substring", `["line-a","plant-n"]`, `"line-a"`, false, true},
+		{"element, not prefix", `["line-ab"]`, `"line-a"`, false, false},
+		{"case differs, PostgreSQL", `["Line-A"]`, `"line-a"`, false, false},
+		{"case differs, SQLite", `["Line-A"]`, `"line-a"`, true, true},
+		{"non-ASCII case is not folded", `["Éa"]`, `"éa"`, true, false},
+		{"empty needle", `[]`, ``, true, true},
+		{"needle longer than hay", `[]`, `"x"`, true, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := likeContains(c.hay, c.needle, c.fold); got != c.want {
+				t.Errorf("likeContains(%q, %q, %v) = %v, want %v", c.hay, c.needle, c.fold, got, c.want)
+			}
+		})
+	}
+}
+
+func TestLowerID(t *testing.T) {
+	lite, pg := &sqlStore{d: dialect{name: "sqlite"}}, &sqlStore{d: dialect{name: "postgres"}}
+	for _, c := range []struct{ id, sqlite, postgres string }{
+		{"dev-01", "dev-01", "dev-01"},
+		{"DEV-Ä1", "dev-Ä1", "dev-ä1"},
+	} {
+		if got := lite.lowerID(c.id); got != c.sqlite {
+			t.Errorf("sqlite lowerID(%q) = %q, want %q", c.id, got, c.sqlite)
+		}
+		if got := pg.lowerID(c.id); got != c.postgres {
+			t.Errorf("postgres lowerID(%q) = %q, want %q", c.id, got, c.postgres)
+		}
+	}
+}
+
+// TestFullReloadCatchesOddClock: a report another hub stores with a
+// received time far behind ours is outside the change reads; the periodic
+// full reload brings it in. The same write through this hub shows at once.
+func TestFullReloadCatchesOddClock(t *testing.T) {
+	ctx := t.Context()
+	path := filepath.Join(t.TempDir(), "hub.db")
+	open := func() *sqlStore {
+		st, err := OpenSQLite(ctx, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return st.(*sqlStore)
+	}
+	hub1, hub2 := open(), open()
+	now := time.Now()
+	for _, id := range []string{"a", "b"} {
+		h := sha256.Sum256([]byte(id))
+		if err := hub1.CreateToken(ctx, Token{Hash: h[:], Kind: TokenEnrol, DeviceID: id, Created: now, Expires: now.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := hub1.Enrol(ctx, h[:], now, Device{KeyKind: "tpm"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	converged := func() int {
+		t.Helper()
+		c, err := hub1.FleetCounts(ctx, FleetQuery{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Counts[FilterConverged]
+	}
+	if n := converged(); n != 0 {
+		t.Fatalf("converged = %d before any report", n)
+	}
+	late := now.Add(-time.Hour) // the writing hub's clock is an hour behind
+	put := func(s *sqlStore, id string) {
+		t.Helper()
+		body, _ := json.Marshal(api.Status{APIVersion: api.Version, DeviceID: id, Seq: 1, State: api.StateConverged})
+		if _, err := s.PutStatus(ctx, Report{DeviceID: id, Seq: 1, Time: late, Received: late, State: "converged", Body: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(hub1, "a")
+	if n := converged(); n != 1 {
+		t.Errorf("after this hub's write: converged = %d, want 1 at once", n)
+	}
+	put(hub2, "b")
+	if n := converged(); n != 1 {
+		t.Errorf("after the other hub's write with an old clock: converged = %d, want 1 until the full reload", n)
+	}
+	hub1.view.mu.Lock()
+	hub1.view.fullAt = time.Now().Add(-fullEvery)
+	hub1.view.mu.Unlock()
+	if n := converged(); n != 2 {
+		t.Errorf("after the full reload: converged = %d, want 2", n)
+	}
+}
