@@ -57,7 +57,9 @@ type ContainersConfig struct {
 // TrustConfig configures the device identity and the clock check.
 type TrustConfig struct {
 	// TPM is the TPM to use: a device path (/dev/tpmrm0), tcp:HOST:PORT for a
-	// swtpm, or none for a software key.
+	// swtpm, none for a software key, or simulator[:SEED] for the in-process
+	// TPM simulator (demos and tests; only in an agent built with cgo and
+	// -tags tpmsim).
 	TPM string `json:"tpm"`
 	// AllowSoftware falls back to a software key (flagged as weaker) when
 	// the TPM path does not exist.
@@ -233,7 +235,10 @@ update:
 
 # Identity and time.
 trust:
-  # /dev/tpmrm0, tcp:HOST:PORT (swtpm), or none (a software key).
+  # /dev/tpmrm0, tcp:HOST:PORT (swtpm), none (a software key), or
+  # simulator[:SEED] (the in-process TPM simulator, for demos and tests: only
+  # in an agent built with CGO_ENABLED=1 -tags tpmsim; its keys follow from
+  # the seed, kept in the state dir when not given).
   tpm: /dev/tpmrm0
   # With no TPM at that path, use a software key (reported as weaker).
   allow_software: true

@@ -230,6 +230,12 @@ func openAttester(ctx context.Context, cfg *agent.Config, log *slog.Logger) (*at
 			return nil, nil, fmt.Errorf("trust: %w", err)
 		}
 		o.TPM, tpm = c, c
+	case isSimulator(t):
+		c, err := openSimulator(cfg.StateDir, t, log)
+		if err != nil {
+			return nil, nil, fmt.Errorf("trust: %w", err)
+		}
+		o.TPM, tpm = c, c
 	default:
 		o.DevicePath = t
 	}
