@@ -127,6 +127,7 @@ type Store interface {
 	Attestations
 	Counters
 	Pokes
+	ReceiptStore
 	// CA returns the stored CA, or ErrNotFound.
 	CA(ctx context.Context) (CA, error)
 	// InitCA stores ca unless one exists, and returns the one stored, so

@@ -57,6 +57,7 @@ func Run(t *testing.T, open Open) {
 	t.Run("Attestations", func(t *testing.T) { testAttestations(t, open(t)) })
 	t.Run("Counters", func(t *testing.T) { testCounters(t, open(t)) })
 	t.Run("Pokes", func(t *testing.T) { testPokes(t, open(t)) })
+	t.Run("Receipts", func(t *testing.T) { testReceipts(t, open(t)) })
 	t.Run("CA", func(t *testing.T) { testCA(t, open(t)) })
 }
 
