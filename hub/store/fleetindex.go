@@ -25,22 +25,29 @@ import (
 //     reads on indexed columns: reports received since the last pass (with an
 //     overlap that covers transactions committing out of order), attestations
 //     with a higher id, devices enrolled or revoked later than any seen;
-//   - every fullEvery, and whenever too many devices changed at once, the
-//     whole index is reloaded, which bounds how long a write with an odd
-//     clock (another hub's, or a late commit outside the overlap) stays out.
+//   - every verifyEvery, a narrow scan of devices (the columns every write
+//     moves, verifySlice devices per read so no one read pays for all) is
+//     compared with the index and the devices that differ are reloaded, which bounds how long a write the change reads missed (another
+//     hub's clock far off, a commit later than the overlap) stays out. The
+//     whole index is reloaded on the first read and when too many devices
+//     changed at once.
 //
 // Reloading a device also brings its device_view row up to date from its
 // latest report, so the SQL paths (the page, the rollout) see it too.
 
-// fullEvery bounds how long a write the change reads cannot see (another
+// verifyEvery bounds how long a write the change reads cannot see (another
 // hub's clock far behind ours) stays out of the index.
-const fullEvery = 30 * time.Second
+const verifyEvery = 30 * time.Second
 
 // reportOverlap is how far before the newest report received (or the
 // previous pass) the next pass looks again, for reports whose transaction
 // committed after a later one: commit latency plus clock differences
 // between hubs must stay under it.
 const reportOverlap = 5 * time.Second
+
+// verifySlice is how many devices one read verifies (about 4 ms on SQLite
+// at 10,000 devices). A variable so a test can sweep in several reads.
+var verifySlice = 2000
 
 // fullAbove is how many changed devices make a full reload cheaper than
 // reloading them one chunk at a time.
@@ -74,7 +81,10 @@ type viewState struct {
 	entries []fleetEntry
 	pos     map[string]int // device ID → index in entries
 	intern  map[string]string
-	fullAt  time.Time // last full reload
+	checkAt time.Time // last full reload or verify sweep started
+	// A verify sweep in progress: the last device ID verified.
+	sweeping  bool
+	sweepFrom string
 	// Change reads: the newest report received seen, the wall time of the
 	// previous pass, reports already handled within the overlap, the
 	// newest attestation id, enrolment and revocation times seen.
@@ -126,7 +136,8 @@ func (v *viewState) restoreDirty(ids map[string]struct{}) {
 
 // refreshView brings the fleet index and device_view up to date: the
 // devices this process wrote, those other hubs' writes touched, or
-// everything on the first read and every fullEvery.
+// everything on the first read, and those a verify scan finds different
+// every verifyEvery.
 func (s *sqlStore) refreshView(ctx context.Context) error {
 	v := &s.view
 	v.mu.Lock()
@@ -141,13 +152,23 @@ func (s *sqlStore) refreshView(ctx context.Context) error {
 
 func (s *sqlStore) refreshLocked(ctx context.Context, v *viewState, dirty map[string]struct{}) error {
 	now := time.Now()
-	full := !v.loaded || now.Sub(v.fullAt) >= fullEvery
+	full := !v.loaded
 	changed, err := s.readChanges(ctx, v, now)
 	if err != nil {
 		return err
 	}
 	for id := range dirty {
 		changed[id] = struct{}{}
+	}
+	if !full && !v.sweeping && now.Sub(v.checkAt) >= verifyEvery {
+		v.sweeping, v.sweepFrom, v.checkAt = true, "", now
+	}
+	if !full && v.sweeping {
+		last, err := s.verifyIndex(ctx, v, v.sweepFrom, changed)
+		if err != nil {
+			return err
+		}
+		v.sweeping, v.sweepFrom = last != "", last
 	}
 	if full || len(changed) > fullAbove {
 		entries, err := s.loadEntries(ctx, v, nil)
@@ -158,7 +179,7 @@ func (s *sqlStore) refreshLocked(ctx context.Context, v *viewState, dirty map[st
 		for i, e := range entries {
 			v.pos[e.id] = i
 		}
-		v.loaded, v.fullAt = true, now
+		v.loaded, v.checkAt, v.sweeping = true, now, false
 		return nil
 	}
 	if len(changed) == 0 {
@@ -290,6 +311,51 @@ func (s *sqlStore) readChanges(ctx context.Context, v *viewState, now time.Time)
 	return changed, nil
 }
 
+// verifyIndex checks the next verifySlice devices by ID after from: it adds
+// to changed every device whose row differs from its entry in the columns
+// writes move (a report moves latest_seq or last_seen, an attestation
+// attest_time and attest_ok, an enrolment enrolled, a revocation revoked),
+// and every device the index lacks. Devices that differ only because they
+// were written since the change reads are reloaded too, which is harmless.
+// It returns the last ID checked, or "" when the sweep is done.
+func (s *sqlStore) verifyIndex(ctx context.Context, v *viewState, from string, changed map[string]struct{}) (string, error) {
+	st, err := s.prep(ctx, s.r, `SELECT id, latest_seq, last_seen, attest_time, COALESCE(attest_ok, -1), enrolled, revoked
+		FROM devices WHERE id > ? ORDER BY id LIMIT `+strconv.Itoa(verifySlice))
+	if err != nil {
+		return "", fmt.Errorf("verify fleet index: %w", err)
+	}
+	rows, err := st.QueryContext(ctx, from)
+	if err != nil {
+		return "", fmt.Errorf("verify fleet index: %w", err)
+	}
+	defer rows.Close()
+	n, last := 0, ""
+	for rows.Next() {
+		var id string
+		var seq, seen, attestTime, attestOK, enrolled, revoked int64
+		if err := rows.Scan(&id, &seq, &seen, &attestTime, &attestOK, &enrolled, &revoked); err != nil {
+			return "", fmt.Errorf("verify fleet index: %w", err)
+		}
+		n, last = n+1, id
+		i, ok := v.pos[id]
+		if !ok {
+			changed[id] = struct{}{}
+			continue
+		}
+		e := &v.entries[i]
+		if e.latestSeq != seq || e.lastSeen != seen || e.attestTime != attestTime || int64(e.attestOK) != attestOK || e.enrolled != enrolled || e.revoked != revoked {
+			changed[id] = struct{}{}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return "", fmt.Errorf("verify fleet index: %w", err)
+	}
+	if n < verifySlice {
+		return "", nil
+	}
+	return last, nil
+}
+
 const entryCols = `SELECT d.id, d.key_kind, d.enrolled, d.revoked, d.latest_seq, d.state, d.groups, d.last_seen, d.attest_ok, d.attest_time,
 	v.seq, v.commit_attempted, v.commit_seen, v.update_state, v.drifted, v.clock_trusted, v.skew_abs, v.attest_ok, v.weak, v.labels
 	FROM devices d LEFT JOIN device_view v ON v.id = d.id`
@@ -389,7 +455,7 @@ func (s *sqlStore) scanEntry(ctx context.Context, v *viewState, r scanner) (flee
 		}
 		// No row: the report is not visible yet (it commits with the
 		// device's latest_seq, so this should not happen); the stale view
-		// row stands until the device changes again or the next full load.
+		// row stands until the device changes again or the next verify scan.
 	}
 	e.hasView = vseq.Valid
 	e.updateState = updateState.String

@@ -47,10 +47,10 @@ func TestLowerID(t *testing.T) {
 	}
 }
 
-// TestFullReloadCatchesOddClock: a report another hub stores with a
-// received time far behind ours is outside the change reads; the periodic
-// full reload brings it in. The same write through this hub shows at once.
-func TestFullReloadCatchesOddClock(t *testing.T) {
+// TestVerifyCatchesOddClock: a report another hub stores with a received
+// time far behind ours is outside the change reads; the periodic verify
+// scan brings it in. The same write through this hub shows at once.
+func TestVerifyCatchesOddClock(t *testing.T) {
 	ctx := t.Context()
 	path := filepath.Join(t.TempDir(), "hub.db")
 	open := func() *sqlStore {
@@ -97,12 +97,22 @@ func TestFullReloadCatchesOddClock(t *testing.T) {
 	}
 	put(hub2, "b")
 	if n := converged(); n != 1 {
-		t.Errorf("after the other hub's write with an old clock: converged = %d, want 1 until the full reload", n)
+		t.Errorf("after the other hub's write with an old clock: converged = %d, want 1 until the verify scan", n)
 	}
+	// One device per read: the sweep finds "b" on its second read.
+	defer func(n int) { verifySlice = n }(verifySlice)
+	verifySlice = 1
 	hub1.view.mu.Lock()
-	hub1.view.fullAt = time.Now().Add(-fullEvery)
+	hub1.view.checkAt = time.Now().Add(-verifyEvery)
 	hub1.view.mu.Unlock()
+	if n := converged(); n != 1 {
+		t.Errorf("after the verify sweep's first slice: converged = %d, want 1", n)
+	}
 	if n := converged(); n != 2 {
-		t.Errorf("after the full reload: converged = %d, want 2", n)
+		t.Errorf("after the verify sweep's second slice: converged = %d, want 2", n)
+	}
+	converged() // a slice past the last device ends the sweep
+	if hub1.view.sweeping {
+		t.Errorf("verify sweep still running after the last device")
 	}
 }
