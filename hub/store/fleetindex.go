@@ -45,9 +45,9 @@ const verifyEvery = 30 * time.Second
 // between hubs must stay under it.
 const reportOverlap = 5 * time.Second
 
-// verifySlice is how many devices one read verifies (about 4 ms on SQLite
+// verifySlice is how many devices one read verifies (about 2 ms on SQLite
 // at 10,000 devices). A variable so a test can sweep in several reads.
-var verifySlice = 2000
+var verifySlice = 1000
 
 // fullAbove is how many changed devices make a full reload cheaper than
 // reloading them one chunk at a time.
@@ -142,23 +142,25 @@ func (s *sqlStore) refreshView(ctx context.Context) error {
 	v := &s.view
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	dirty := v.takeDirty()
-	if err := s.refreshLocked(ctx, v, dirty); err != nil {
-		v.restoreDirty(dirty)
+	// changed starts as this process's writes and gathers what the change
+	// reads and the verify sweep find; if the refresh fails, all of it is
+	// kept for the next one, since the marks have moved past it.
+	changed := v.takeDirty()
+	if changed == nil {
+		changed = map[string]struct{}{}
+	}
+	if err := s.refreshLocked(ctx, v, changed); err != nil {
+		v.restoreDirty(changed)
 		return fmt.Errorf("refresh fleet view: %w", err)
 	}
 	return nil
 }
 
-func (s *sqlStore) refreshLocked(ctx context.Context, v *viewState, dirty map[string]struct{}) error {
+func (s *sqlStore) refreshLocked(ctx context.Context, v *viewState, changed map[string]struct{}) error {
 	now := time.Now()
 	full := !v.loaded
-	changed, err := s.readChanges(ctx, v, now)
-	if err != nil {
+	if err := s.readChanges(ctx, v, now, changed); err != nil {
 		return err
-	}
-	for id := range dirty {
-		changed[id] = struct{}{}
 	}
 	if !full && !v.sweeping && now.Sub(v.checkAt) >= verifyEvery {
 		v.sweeping, v.sweepFrom, v.checkAt = true, "", now
@@ -204,22 +206,24 @@ func (s *sqlStore) refreshLocked(ctx context.Context, v *viewState, dirty map[st
 	return nil
 }
 
-// readChanges returns the devices that writes since the last pass touched,
-// as far as the database shows them (other hubs' writes included). On the
-// first pass it only sets the marks: the full load that follows reads
-// everything.
-func (s *sqlStore) readChanges(ctx context.Context, v *viewState, now time.Time) (map[string]struct{}, error) {
-	changed := map[string]struct{}{}
+// readChanges adds to changed the devices that writes since the last pass
+// touched, as far as the database shows them (other hubs' writes
+// included). On the first pass it sets the marks (each MAX is one index
+// lookup); the full load that follows reads everything.
+func (s *sqlStore) readChanges(ctx context.Context, v *viewState, now time.Time, changed map[string]struct{}) error {
 	if !v.loaded {
-		err := s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(received), 0) FROM reports`).Scan(&v.recvMark)
-		if err == nil {
-			err = s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM attestations`).Scan(&v.attestID)
-		}
-		if err == nil {
-			err = s.r.QueryRowContext(ctx, `SELECT COALESCE(MAX(enrolled), 0), COALESCE(MAX(revoked), 0) FROM devices`).Scan(&v.enrolMark, &v.revMark)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read change marks: %w", err)
+		for _, m := range []struct {
+			query string
+			dst   *int64
+		}{
+			{`SELECT COALESCE(MAX(received), 0) FROM reports`, &v.recvMark},
+			{`SELECT COALESCE(MAX(id), 0) FROM attestations`, &v.attestID},
+			{`SELECT COALESCE(MAX(enrolled), 0) FROM devices`, &v.enrolMark},
+			{`SELECT COALESCE(MAX(revoked), 0) FROM devices`, &v.revMark},
+		} {
+			if err := s.r.QueryRowContext(ctx, m.query).Scan(m.dst); err != nil {
+				return fmt.Errorf("read change marks: %w", err)
+			}
 		}
 	}
 
@@ -227,11 +231,11 @@ func (s *sqlStore) readChanges(ctx context.Context, v *viewState, now time.Time)
 	from := max(v.recvMark, v.lastPass) - int64(reportOverlap)
 	st, err := s.prep(ctx, s.r, `SELECT device_id, seq, received FROM reports WHERE received > ?`)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	rows, err := st.QueryContext(ctx, from)
 	if err != nil {
-		return nil, fmt.Errorf("read new reports: %w", err)
+		return fmt.Errorf("read new reports: %w", err)
 	}
 	if v.recvSeen == nil {
 		v.recvSeen = map[reportKey]int64{}
@@ -241,7 +245,7 @@ func (s *sqlStore) readChanges(ctx context.Context, v *viewState, now time.Time)
 		var received int64
 		if err := rows.Scan(&k.id, &k.seq, &received); err != nil {
 			rows.Close()
-			return nil, fmt.Errorf("read new reports: %w", err)
+			return fmt.Errorf("read new reports: %w", err)
 		}
 		if _, ok := v.recvSeen[k]; !ok {
 			v.recvSeen[k] = received
@@ -251,7 +255,7 @@ func (s *sqlStore) readChanges(ctx context.Context, v *viewState, now time.Time)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read new reports: %w", err)
+		return fmt.Errorf("read new reports: %w", err)
 	}
 	v.lastPass = now.UnixNano()
 	next := max(v.recvMark, v.lastPass) - int64(reportOverlap)
@@ -264,51 +268,51 @@ func (s *sqlStore) readChanges(ctx context.Context, v *viewState, now time.Time)
 	// Attestations: ids after the newest seen.
 	st, err = s.prep(ctx, s.r, `SELECT id, device_id FROM attestations WHERE id > ?`)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	rows, err = st.QueryContext(ctx, v.attestID)
 	if err != nil {
-		return nil, fmt.Errorf("read new attestations: %w", err)
+		return fmt.Errorf("read new attestations: %w", err)
 	}
 	for rows.Next() {
 		var id int64
 		var dev string
 		if err := rows.Scan(&id, &dev); err != nil {
 			rows.Close()
-			return nil, fmt.Errorf("read new attestations: %w", err)
+			return fmt.Errorf("read new attestations: %w", err)
 		}
 		changed[dev] = struct{}{}
 		v.attestID = max(v.attestID, id)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read new attestations: %w", err)
+		return fmt.Errorf("read new attestations: %w", err)
 	}
 
 	// Enrolments and revocations after the newest seen (both indexed).
 	st, err = s.prep(ctx, s.r, `SELECT id, enrolled, revoked FROM devices WHERE enrolled > ? OR revoked > ?`)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	rows, err = st.QueryContext(ctx, v.enrolMark, v.revMark)
 	if err != nil {
-		return nil, fmt.Errorf("read new enrolments: %w", err)
+		return fmt.Errorf("read new enrolments: %w", err)
 	}
 	for rows.Next() {
 		var id string
 		var enrolled, revoked int64
 		if err := rows.Scan(&id, &enrolled, &revoked); err != nil {
 			rows.Close()
-			return nil, fmt.Errorf("read new enrolments: %w", err)
+			return fmt.Errorf("read new enrolments: %w", err)
 		}
 		changed[id] = struct{}{}
 		v.enrolMark, v.revMark = max(v.enrolMark, enrolled), max(v.revMark, revoked)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read new enrolments: %w", err)
+		return fmt.Errorf("read new enrolments: %w", err)
 	}
-	return changed, nil
+	return nil
 }
 
 // verifyIndex checks the next verifySlice devices by ID after from: it adds
@@ -480,9 +484,11 @@ func tri(n sql.NullInt64) int8 {
 	return 0
 }
 
-// str interns the strings many devices share (states, group lists).
+// str interns the strings many devices share (states, group lists). The
+// table starts over when it outgrows the fleet, so values no device holds
+// any more do not pile up.
 func (v *viewState) str(s string) string {
-	if v.intern == nil {
+	if v.intern == nil || len(v.intern) > 4*len(v.entries)+1000 {
 		v.intern = map[string]string{}
 	}
 	if i, ok := v.intern[s]; ok {

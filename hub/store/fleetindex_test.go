@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"path/filepath"
@@ -114,5 +115,47 @@ func TestVerifyCatchesOddClock(t *testing.T) {
 	converged() // a slice past the last device ends the sweep
 	if hub1.view.sweeping {
 		t.Errorf("verify sweep still running after the last device")
+	}
+}
+
+// TestRefreshErrorKeepsChanges: a refresh that fails (here: its context is
+// cancelled) keeps the devices it was to reload, so the next read shows them.
+func TestRefreshErrorKeepsChanges(t *testing.T) {
+	ctx := t.Context()
+	st, err := OpenSQLite(ctx, filepath.Join(t.TempDir(), "hub.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s := st.(*sqlStore)
+	now := time.Now()
+	h := sha256.Sum256([]byte("a"))
+	if err := s.CreateToken(ctx, Token{Hash: h[:], Kind: TokenEnrol, DeviceID: "a", Created: now, Expires: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Enrol(ctx, h[:], now, Device{KeyKind: "tpm"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.FleetCounts(ctx, FleetQuery{}); err != nil {
+		t.Fatal(err)
+	}
+	body, _ := json.Marshal(api.Status{APIVersion: api.Version, DeviceID: "a", Seq: 1, State: api.StateConverged})
+	// Received an hour ago: outside the change reads, so only this
+	// process's dirty mark brings it in.
+	old := now.Add(-time.Hour)
+	if _, err := s.PutStatus(ctx, Report{DeviceID: "a", Seq: 1, Time: old, Received: old, State: "converged", Body: body}); err != nil {
+		t.Fatal(err)
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := s.FleetCounts(cancelled, FleetQuery{}); err == nil {
+		t.Fatal("FleetCounts with a cancelled context: no error")
+	}
+	c, err := s.FleetCounts(ctx, FleetQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Counts[FilterConverged] != 1 {
+		t.Errorf("after a failed refresh: counts %v, want the report counted", c.Counts)
 	}
 }
