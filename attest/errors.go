@@ -20,7 +20,7 @@ var (
 	ErrPCRSelection      = errors.New("quote PCR selection differs from the policy's")
 	ErrPCRDigest         = errors.New("reported PCR values do not match the quoted digest")
 	ErrPCRMismatch       = errors.New("PCR value differs from policy")
-	ErrCountersBackwards = errors.New("TPM reset/restart counters went backwards")
+	ErrCountersBackwards = errors.New("TPM reset/restart counters or clock went backwards")
 	ErrClockUnsafe       = errors.New("TPM clock info is not safe")
 	ErrPolicy            = errors.New("invalid attestation policy")
 )

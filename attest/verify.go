@@ -231,9 +231,12 @@ func (v *Verifier) verify(ctx context.Context, r Request) (*Result, error) {
 		// integers that may wrap.
 		dReset := int32(c.ResetCount - l.ResetCount)
 		dRestart := int32(c.RestartCount - l.RestartCount)
-		if dReset < 0 || (dReset == 0 && dRestart < 0) {
-			return nil, fmt.Errorf("reset/restart %d/%d after %d/%d: %w",
-				c.ResetCount, c.RestartCount, l.ResetCount, l.RestartCount, ErrCountersBackwards)
+		// The clock is not obfuscated; it only moves forward while the TPM
+		// neither resets nor restarts, so within one reset and restart an
+		// earlier clock is an older quote held back and replayed.
+		if dReset < 0 || (dReset == 0 && dRestart < 0) || (dReset == 0 && dRestart == 0 && c.Clock < l.Clock) {
+			return nil, fmt.Errorf("reset/restart/clock %d/%d/%d after %d/%d/%d: %w",
+				c.ResetCount, c.RestartCount, c.Clock, l.ResetCount, l.RestartCount, l.Clock, ErrCountersBackwards)
 		}
 	}
 

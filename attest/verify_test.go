@@ -269,6 +269,13 @@ func TestVerifySwtpm(t *testing.T) {
 			return Request{DeviceID: "dev-a", Quote: q, AK: ak, Policy: pol,
 				Last: &Counters{ResetCount: ci.ResetCount, RestartCount: ci.RestartCount + 1}}
 		}, ErrCountersBackwards},
+		{"clock went backwards within one boot", func(t *testing.T) Request {
+			q := goodQuote(t, dev, issue(t, "dev-a"))
+			p, _ := parseQuote(q, false)
+			ci := p.clock
+			return Request{DeviceID: "dev-a", Quote: q, AK: ak, Policy: pol,
+				Last: &Counters{ResetCount: ci.ResetCount, RestartCount: ci.RestartCount, Clock: ci.Clock + 1}}
+		}, ErrCountersBackwards},
 		{"application PCR of another spec", func(t *testing.T) Request {
 			p := Policy{PCRs: pol.PCRs, Expected: map[int][]byte{AppPCR: AppPCRValue("spec-hash-2", "1.2.3")}}
 			return Request{DeviceID: "dev-a", Quote: goodQuote(t, dev, issue(t, "dev-a")), AK: ak, Policy: p}

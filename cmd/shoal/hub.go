@@ -11,12 +11,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -26,6 +29,7 @@ import (
 	"github.com/shoalfleet/shoal/hub"
 	"github.com/shoalfleet/shoal/hub/store"
 	"github.com/shoalfleet/shoal/hub/web"
+	"github.com/shoalfleet/shoal/source"
 )
 
 const defaultHubDB = "sqlite:///var/lib/shoal-hub/hub.db"
@@ -35,8 +39,10 @@ const defaultHubDB = "sqlite:///var/lib/shoal-hub/hub.db"
 func newHubCmd() *cobra.Command {
 	var (
 		listen, db, caCert, caKey, tlsCert, tlsKey, logLevel string
+		fleet, fleetBranch                                   string
 		hosts                                                []string
 		certTTL, retention, pollWait, offlineAfter           time.Duration
+		fleetRefresh                                         time.Duration
 		openAccess                                           bool
 	)
 	cmd := &cobra.Command{
@@ -51,7 +57,16 @@ the hub listens on loopback only).
 The database is SQLite by default (one hub) or PostgreSQL (several hubs on
 one database; pokes reach devices polling any of them). Migrations run at
 start. The hub CA is taken from --ca-cert/--ca-key, or from the database,
-where it is created on first start.`,
+where it is created on first start. Each device's TPM counters are kept in
+the database, so a quote replayed to another hub is refused.
+
+With --fleet (a directory or a Git URL) the hub holds attestation quotes to
+the fleet repo: each device's quote must cover the PCRs its rendered spec
+lists under attestation.pcrs, with the values the release it claims to run
+lists for them. The fleet is read again every --fleet-refresh and soon after
+a poke (a Git webhook or shoal poke, on any hub of the database); a fleet
+with errors is refused and the last good one kept. Without --fleet, quotes
+are held only to the spec hash and release the device claims.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := hubLogger(cmd.ErrOrStderr(), logLevel)
@@ -87,10 +102,26 @@ where it is created on first start.`,
 			}
 			defer st.Close()
 			o.Store = st
-			// Counters kept in memory: a restarted hub accepts the next
-			// quote's counters afresh.
-			if o.Verifier, err = hub.NewAttestVerifier(attest.VerifierOptions{Logger: log, Counters: &attest.MemCounterStore{}}); err != nil {
+			av, err := hub.NewAttestVerifier(attest.VerifierOptions{Logger: log})
+			if err != nil {
 				return err
+			}
+			av.Counters = st
+			o.Verifier = av
+			if fleet != "" {
+				fp, cleanup, err := fleetPolicy(fleet, fleetBranch, log)
+				if err != nil {
+					return err
+				}
+				defer cleanup()
+				if err := fp.Refresh(ctx); err != nil {
+					return err
+				}
+				av.Policy = fp.Policy
+				fctx, stop := context.WithCancel(ctx)
+				done := make(chan struct{})
+				go func() { defer close(done); fp.Run(fctx, st, fleetRefresh, 2*time.Second) }()
+				defer func() { stop(); <-done }()
 			}
 			if openAccess && !loopbackListen(listen) {
 				return usageError{fmt.Errorf("--open-access needs --listen on a loopback address (127.0.0.1:PORT or [::1]:PORT), not %q", listen)}
@@ -123,6 +154,9 @@ where it is created on first start.`,
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&openAccess, "open-access", false, "serve the status page to loopback clients without the operator token (only with a loopback --listen)")
 	f.DurationVar(&offlineAfter, "offline-after", time.Hour, "a device that has not reported for this long shows as offline")
+	f.StringVar(&fleet, "fleet", "", "fleet repo (a directory or a Git URL) whose attestation PCRs and release PCR values quotes are held to")
+	f.StringVar(&fleetBranch, "fleet-branch", "main", "branch of a --fleet Git URL to follow")
+	f.DurationVar(&fleetRefresh, "fleet-refresh", 5*time.Minute, "read --fleet again this often (and after every poke)")
 
 	tok := &cobra.Command{Use: "token", Short: "Operator tokens for the hub's operator API"}
 	var ttl time.Duration
@@ -203,6 +237,40 @@ where it is created on first start.`,
 	dev.AddCommand(revokeDev, list)
 	cmd.AddCommand(tok, dev)
 	return cmd
+}
+
+// fleetPolicy returns the attestation policy over the fleet at loc: a
+// directory read afresh on each refresh, or a Git URL fetched (shallow, one
+// branch) into a temporary directory that cleanup removes.
+func fleetPolicy(loc, branch string, log *slog.Logger) (*hub.FleetPolicy, func(), error) {
+	if fi, err := os.Stat(loc); err == nil && fi.IsDir() {
+		fsys := os.DirFS(loc)
+		return &hub.FleetPolicy{Logger: log, Load: func(context.Context) (fs.FS, string, error) { return fsys, "", nil }}, func() {}, nil
+	}
+	if !strings.Contains(loc, "://") && !strings.Contains(loc, "@") {
+		return nil, nil, usageError{fmt.Errorf("--fleet %q: not a directory or a Git URL", loc)}
+	}
+	dir, err := os.MkdirTemp("", "shoal-hub-fleet-")
+	if err != nil {
+		return nil, nil, err
+	}
+	cleanup := func() { os.RemoveAll(dir) }
+	src, err := source.New(source.Options{URL: loc, Dir: filepath.Join(dir, "repo"), Branch: branch, Logger: log})
+	if err != nil {
+		cleanup()
+		return nil, nil, usageError{fmt.Errorf("--fleet: %w", err)}
+	}
+	var mu sync.Mutex // a Source is not safe for concurrent use
+	load := func(ctx context.Context) (fs.FS, string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		rev, err := src.Fetch(ctx, "")
+		if err != nil {
+			return nil, "", err
+		}
+		return rev.FS, rev.Commit, nil
+	}
+	return &hub.FleetPolicy{Logger: log, Load: load}, cleanup, nil
 }
 
 func hubLogger(w io.Writer, level string) (*slog.Logger, error) {
