@@ -116,12 +116,16 @@ func (s *UpdateStage) Converge(ctx context.Context, t Target) (StageResult, erro
 	return out, err
 }
 
+// converged: the device runs the release it should, with no update under
+// way. A rolled-back device runs its committed release again, so it has
+// converged once the spec names that release (or none) rather than the one
+// that failed: the updater keeps the rolled-back phase until the next release.
 func converged(st updater.Status, want *spec.Release) bool {
+	settled := st.Phase == updater.PhaseIdle || st.Phase == updater.PhaseCommitted || st.Phase == updater.PhaseRolledBack
 	if want == nil {
-		return st.Phase == updater.PhaseIdle || st.Phase == updater.PhaseCommitted
+		return settled
 	}
-	return st.Committed != nil && st.Committed.SHA256 == want.SHA256 &&
-		(st.Phase == updater.PhaseIdle || st.Phase == updater.PhaseCommitted)
+	return st.Committed != nil && st.Committed.SHA256 == want.SHA256 && settled
 }
 
 func updateStatus(st updater.Status, want *spec.Release) *api.UpdateStatus {
