@@ -41,6 +41,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/api/client"
 	"github.com/shoalfleet/shoal/hub"
@@ -68,6 +70,7 @@ type config struct {
 	dbURL    string
 	listen   string
 	baseline bool
+	setups   string
 }
 
 func run(ctx context.Context, args []string) error {
@@ -81,7 +84,8 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&c.hubs, "hubs", 1, "hub processes (more than one needs postgres)")
 	fs.StringVar(&c.dbURL, "db-url", "", "database URL (hub role)")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:0", "listen address (hub and noop roles)")
-	fs.BoolVar(&c.baseline, "baseline", true, "also measure the bare mutual-TLS baseline")
+	fs.BoolVar(&c.baseline, "baseline", true, "also measure the bare mutual-TLS baseline (with the first setup's clients)")
+	fs.StringVar(&c.setups, "setups", "", "measure several setups back to back, e.g. sqlite,postgres:2 (db[:hubs]); overrides -db and -hubs")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -118,18 +122,59 @@ func serveHub(ctx context.Context, c config) error {
 		return err
 	}
 	if p := os.Getenv("HUBLOAD_CPUPROFILE"); p != "" {
-		f, err := os.Create(fmt.Sprintf("%s.%d", p, os.Getpid()))
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+		stop := profileOnSignal(fmt.Sprintf("%s.%d", p, os.Getpid()))
+		defer stop()
 	}
 	ready(l)
 	return h.Run(ctx, l)
+}
+
+// profileOnSignal writes a CPU profile to path from SIGUSR1 to SIGUSR2 (or
+// the returned stop), which the load role sends around the measured phase,
+// so enrolment and TLS handshakes do not drown the steady state.
+func profileOnSignal(path string) (stop func()) {
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGUSR1, syscall.SIGUSR2)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var f *os.File
+		end := func() {
+			if f != nil {
+				pprof.StopCPUProfile()
+				f.Close()
+				f = nil
+			}
+		}
+		defer end()
+		for {
+			select {
+			case <-done:
+				return
+			case s := <-sig:
+				if s == syscall.SIGUSR2 {
+					end()
+					continue
+				}
+				if f != nil {
+					continue
+				}
+				var err error
+				if f, err = os.Create(path); err != nil {
+					fmt.Fprintln(os.Stderr, "hubload: cpu profile:", err)
+					continue
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					fmt.Fprintln(os.Stderr, "hubload: cpu profile:", err)
+					f.Close()
+					f = nil
+				}
+			}
+		}
+	}()
+	return func() { signal.Stop(sig); close(done); wg.Wait() }
 }
 
 // serveNoop is the baseline: TLS 1.3 with client certificates, JSON decode
@@ -171,11 +216,19 @@ func serveNoop(ctx context.Context, c config) error {
 	return nil
 }
 
-// child starts this binary in a serving role and returns its address and a stop function.
-func child(ctx context.Context, args ...string) (string, func(), error) {
+// proc is a child process serving on addr.
+type proc struct {
+	addr string
+	cmd  *exec.Cmd
+}
+
+func (p *proc) stop() { p.cmd.Process.Signal(syscall.SIGTERM); p.cmd.Wait() }
+
+// child starts this binary in a serving role and returns it once it serves.
+func child(ctx context.Context, args ...string) (*proc, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, self, args...)
 	cmd.Stderr = os.Stderr
@@ -183,21 +236,22 @@ func child(ctx context.Context, args ...string) (string, func(), error) {
 	cmd.WaitDelay = 30 * time.Second
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return "", nil, err
+		return nil, err
 	}
-	stop := func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }
+	p := &proc{cmd: cmd}
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		if addr, ok := strings.CutPrefix(sc.Text(), "READY "); ok {
 			go io.Copy(io.Discard, out)
-			return addr, stop, nil
+			p.addr = addr
+			return p, nil
 		}
 	}
-	stop()
-	return "", nil, fmt.Errorf("child %v exited before it was ready", args)
+	p.stop()
+	return nil, fmt.Errorf("child %v exited before it was ready", args)
 }
 
 type device struct {
@@ -207,52 +261,150 @@ type device struct {
 	seq  atomic.Uint64
 }
 
+// setup is one database and hub count to measure.
+type setup struct {
+	db   string
+	hubs int
+}
+
+func (s setup) String() string {
+	if s.hubs == 1 {
+		return s.db + ", 1 hub"
+	}
+	return fmt.Sprintf("%s, %d hubs", s.db, s.hubs)
+}
+
+func parseSetups(c config) ([]setup, error) {
+	if c.setups == "" {
+		return []setup{{c.db, c.hubs}}, nil
+	}
+	var out []setup
+	for _, f := range strings.Split(c.setups, ",") {
+		db, n, ok := strings.Cut(strings.TrimSpace(f), ":")
+		s := setup{db: db, hubs: 1}
+		if ok {
+			if _, err := fmt.Sscanf(n, "%d", &s.hubs); err != nil || s.hubs < 1 {
+				return nil, fmt.Errorf("-setups %q: hub count %q", f, n)
+			}
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// outcome is one setup's figures.
+type outcome struct {
+	setup
+	res       result
+	enrolRate float64
+	// CPU time per report in the measured phase, by process group.
+	cpuLoad, cpuHubs, cpuDB time.Duration
+	// PostgreSQL transactions committed per report (each a round trip).
+	xactPerReport float64
+}
+
 func load(ctx context.Context, c config) error {
-	if c.hubs > 1 && c.db != "postgres" {
-		return errors.New("several hubs need -db postgres")
+	setups, err := parseSetups(c)
+	if err != nil {
+		return err
+	}
+	var pg *pgtest.Server
+	for _, s := range setups {
+		switch {
+		case s.db != "sqlite" && s.db != "postgres":
+			return fmt.Errorf("-db %q: sqlite or postgres", s.db)
+		case s.hubs > 1 && s.db != "postgres":
+			return errors.New("several hubs need -db postgres")
+		case s.db == "postgres" && pg == nil:
+			// Durable, with asynchronous commit: the same promise as
+			// SQLite's WAL with synchronous=NORMAL (a crash may lose the
+			// last commits, never corrupt).
+			pg, err = pgtest.Start(ctx, pgtest.Options{Durable: true, Settings: []string{"synchronous_commit=off", "shared_buffers=256MB"}})
+			if err != nil {
+				return err
+			}
+			defer pg.Stop()
+		}
 	}
 	tmp, err := os.MkdirTemp("", "hubload-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	var dbURL string
-	switch c.db {
-	case "sqlite":
-		dbURL = "sqlite://" + filepath.Join(tmp, "hub.db")
-	case "postgres":
-		// Durable, with asynchronous commit: the same promise as SQLite's
-		// WAL with synchronous=NORMAL (a crash may lose the last commits,
-		// never corrupt).
-		pg, err := pgtest.Start(ctx, pgtest.Options{Durable: true, Settings: []string{"synchronous_commit=off", "shared_buffers=256MB"}})
+
+	var outs []outcome
+	var base *result
+	for i, s := range setups {
+		o, b, err := runSetup(ctx, c, s, pg, filepath.Join(tmp, fmt.Sprintf("hub%d.db", i)), c.baseline && i == 0)
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", s, err)
 		}
-		defer pg.Stop()
+		outs = append(outs, o)
+		if b != nil {
+			base = b
+		}
+	}
+
+	fmt.Printf("\n| setup (%d devices, %d senders, %v) | reports/s | p50 | p99 | p99.9 | errors | enrolments/s | CPU µs/report: load / hubs / db | db transactions/report |\n|---|---|---|---|---|---|---|---|---|\n",
+		c.devices, c.workers, c.duration)
+	us := func(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/float64(time.Microsecond)) }
+	for _, o := range outs {
+		xact := "—"
+		if o.db == "postgres" {
+			xact = fmt.Sprintf("%.2f", o.xactPerReport)
+		}
+		fmt.Printf("| %s | %.0f | %s | %s | %s | %d | %.0f | %s / %s / %s | %s |\n", o.setup, o.res.rate, o.res.p50, o.res.p99, o.res.p999, o.res.errors,
+			o.enrolRate, us(o.cpuLoad), us(o.cpuHubs), us(o.cpuDB), xact)
+	}
+	if base != nil {
+		fmt.Printf("| baseline: bare mutual-TLS decode+validate, no storage | %.0f | %s | %s | %s | %d | — | — | — |\n",
+			base.rate, base.p50, base.p99, base.p999, base.errors)
+	}
+	fmt.Println()
+	for _, o := range outs {
+		line := fmt.Sprintf("ratio %s:", o.setup)
+		if o != outs[0] {
+			line += fmt.Sprintf(" %.2f × %s's reports/s, p99 ×%.2f;", o.res.rate/outs[0].res.rate, outs[0].setup, float64(o.res.p99)/float64(outs[0].res.p99))
+		}
+		if base != nil {
+			line += fmt.Sprintf(" %.2f × baseline reports/s, p99 ×%.2f", o.res.rate/base.rate, float64(o.res.p99)/float64(base.p99))
+		}
+		fmt.Println(line)
+	}
+	return nil
+}
+
+// runSetup starts s's hubs on a fresh database, enrols the fleet, measures,
+// and (when baseline is set) measures the bare server with the same clients.
+func runSetup(ctx context.Context, c config, s setup, pg *pgtest.Server, sqlitePath string, baseline bool) (outcome, *result, error) {
+	o := outcome{setup: s}
+	dbURL := "sqlite://" + sqlitePath
+	if s.db == "postgres" {
+		var err error
 		if dbURL, err = pg.CreateDB(ctx); err != nil {
-			return err
+			return o, nil, err
 		}
-	default:
-		return fmt.Errorf("-db %q: sqlite or postgres", c.db)
 	}
 	st, err := store.Open(ctx, dbURL)
 	if err != nil {
-		return err
+		return o, nil, err
 	}
 	defer st.Close()
 
 	var urls []string
-	for range c.hubs {
-		addr, stop, err := child(ctx, "-role", "hub", "-db-url", dbURL)
+	var hubs []*proc
+	for range s.hubs {
+		p, err := child(ctx, "-role", "hub", "-db-url", dbURL)
 		if err != nil {
-			return err
+			return o, nil, err
 		}
-		defer stop()
-		urls = append(urls, "https://"+addr)
+		defer p.stop()
+		hubs = append(hubs, p)
+		urls = append(urls, "https://"+p.addr)
 	}
 	ca, err := st.CA(ctx)
 	if err != nil {
-		return err
+		return o, nil, err
 	}
 	fp := fingerprint(ca.CertPEM)
 
@@ -276,50 +428,125 @@ func load(ctx context.Context, c config) error {
 		devs[i] = &device{key: key, cert: cert}
 		return nil
 	}); err != nil {
-		return err
+		return o, nil, err
 	}
-	enrolRate := float64(c.devices) / time.Since(t0).Seconds()
-	fmt.Fprintf(os.Stderr, "enrolled %d devices in %v (%.0f/s)\n", c.devices, time.Since(t0).Round(time.Millisecond), enrolRate)
+	o.enrolRate = float64(c.devices) / time.Since(t0).Seconds()
+	fmt.Fprintf(os.Stderr, "%s: enrolled %d devices in %v (%.0f/s)\n", s, c.devices, time.Since(t0).Round(time.Millisecond), o.enrolRate)
 
-	res, err := measure(ctx, c, devs, urls)
-	if err != nil {
-		return err
+	// Account CPU time and database transactions over the measured phase.
+	var cpu0 [3]time.Duration
+	var xact0 int64
+	pids := func() (load, hub, db []int) {
+		load = []int{os.Getpid()}
+		for _, h := range hubs {
+			hub = append(hub, h.cmd.Process.Pid)
+		}
+		if s.db == "postgres" {
+			db, _ = pg.PIDs()
+		}
+		return load, hub, db
 	}
-	label := fmt.Sprintf("%s, %d hub(s)", c.db, c.hubs)
-	fmt.Printf("| status ingest, %d devices, %s | %.0f reports/s | p50 %s | p99 %s | p99.9 %s | errors %d |\n",
-		c.devices, label, res.rate, res.p50, res.p99, res.p999, res.errors)
-	fmt.Printf("| enrolment (CSR, cert issue, token use), %s | %.0f enrolments/s |\n", label, enrolRate)
-	if c.baseline {
+	around := func(begin bool) {
+		sig := syscall.SIGUSR2
+		if begin {
+			sig = syscall.SIGUSR1
+		}
+		for _, h := range hubs {
+			h.cmd.Process.Signal(sig)
+		}
+		l, h, d := pids()
+		cpu := [3]time.Duration{cpuTime(l), cpuTime(h), cpuTime(d)}
+		xact := committed(ctx, dbURL)
+		if begin {
+			cpu0, xact0 = cpu, xact
+			return
+		}
+		o.cpuLoad, o.cpuHubs, o.cpuDB = cpu[0]-cpu0[0], cpu[1]-cpu0[1], cpu[2]-cpu0[2]
+		xact0 = xact - xact0
+	}
+	o.res, err = measure(ctx, c, devs, urls, around)
+	if err != nil {
+		return o, nil, err
+	}
+	n := time.Duration(o.res.count)
+	o.cpuLoad, o.cpuHubs, o.cpuDB = o.cpuLoad/n, o.cpuHubs/n, o.cpuDB/n
+	o.xactPerReport = float64(xact0) / float64(o.res.count)
+	fmt.Fprintf(os.Stderr, "%s: %.0f reports/s, p50 %s, p99 %s, p99.9 %s, errors %d\n", s, o.res.rate, o.res.p50, o.res.p99, o.res.p999, o.res.errors)
+
+	var base *result
+	if baseline {
 		for _, d := range devs {
 			d.cl.CloseIdleConnections()
 		}
-		addr, stop, err := child(ctx, "-role", "noop", "-db-url", dbURL)
+		p, err := child(ctx, "-role", "noop", "-db-url", dbURL)
 		if err != nil {
-			return err
+			return o, nil, err
 		}
-		defer stop()
-		base, err := measure(ctx, c, devs, []string{"https://" + addr})
+		defer p.stop()
+		b, err := measure(ctx, c, devs, []string{"https://" + p.addr}, func(bool) {})
 		if err != nil {
-			return err
+			return o, nil, err
 		}
-		fmt.Printf("| baseline: bare mutual-TLS decode+validate, no storage | %.0f reports/s | p50 %s | p99 %s | p99.9 %s | errors %d |\n",
-			base.rate, base.p50, base.p99, base.p999, base.errors)
-		fmt.Printf("| ratio ours/baseline | %.2f | p99 x%.2f |\n", res.rate/base.rate, float64(res.p99)/float64(base.p99))
+		base = &b
+		fmt.Fprintf(os.Stderr, "baseline: %.0f reports/s, p50 %s, p99 %s\n", b.rate, b.p50, b.p99)
+	}
+	for _, d := range devs {
+		d.cl.CloseIdleConnections()
 	}
 	// Check the database holds what was acknowledged.
 	for _, i := range []int{0, c.devices / 2, c.devices - 1} {
 		d, err := st.Device(ctx, fmt.Sprintf("dev-%05d", i))
 		if err != nil {
-			return err
+			return o, nil, err
 		}
 		if d.LatestSeq < 1 {
-			return fmt.Errorf("device %s: latest seq %d in the database", d.ID, d.LatestSeq)
+			return o, nil, fmt.Errorf("device %s: latest seq %d in the database", d.ID, d.LatestSeq)
 		}
 	}
-	return nil
+	return o, base, nil
+}
+
+// cpuTime sums user and system CPU time of processes (Linux /proc).
+func cpuTime(pids []int) time.Duration {
+	const tick = time.Second / 100 // USER_HZ
+	var sum time.Duration
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		_, rest, _ := strings.Cut(string(b), ") ")
+		f := strings.Fields(rest)
+		if len(f) < 13 {
+			continue
+		}
+		var ut, stime int64
+		fmt.Sscan(f[11], &ut)
+		fmt.Sscan(f[12], &stime)
+		sum += time.Duration(ut+stime) * tick
+	}
+	return sum
+}
+
+// committed returns PostgreSQL's count of committed transactions in the
+// current database (0 for SQLite). The statistics are flushed at most once a
+// second per backend, so the count over a 20 s phase is close, not exact.
+func committed(ctx context.Context, dbURL string) int64 {
+	if !strings.HasPrefix(dbURL, "postgres") {
+		return 0
+	}
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return 0
+	}
+	defer conn.Close(ctx)
+	var n int64
+	conn.QueryRow(ctx, "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").Scan(&n)
+	return n
 }
 
 type result struct {
+	count          int
 	rate           float64
 	p50, p99, p999 time.Duration
 	errors         int64
@@ -327,7 +554,8 @@ type result struct {
 
 // measure connects every device (one TLS connection each, kept alive),
 // then sends reports from c.workers senders for c.duration.
-func measure(ctx context.Context, c config, devs []*device, urls []string) (result, error) {
+// around is called just before and just after the measured phase.
+func measure(ctx context.Context, c config, devs []*device, urls []string, around func(begin bool)) (result, error) {
 	for i, d := range devs {
 		cl, err := client.New(client.Options{Hub: urls[i%len(urls)], Key: d.key, Cert: d.cert})
 		if err != nil {
@@ -357,6 +585,7 @@ func measure(ctx context.Context, c config, devs []*device, urls []string) (resu
 	var next atomic.Int64
 	var errs atomic.Int64
 	lat := make([][]time.Duration, c.workers)
+	around(true)
 	mctx, cancel := context.WithTimeout(ctx, c.duration)
 	defer cancel()
 	start := time.Now()
@@ -380,6 +609,7 @@ func measure(ctx context.Context, c config, devs []*device, urls []string) (resu
 	}
 	wg.Wait()
 	el := time.Since(start)
+	around(false)
 	var all []time.Duration
 	for _, l := range lat {
 		all = append(all, l...)
@@ -391,7 +621,7 @@ func measure(ctx context.Context, c config, devs []*device, urls []string) (resu
 	pct := func(p float64) time.Duration {
 		return all[min(len(all)-1, int(p*float64(len(all))))].Round(10 * time.Microsecond)
 	}
-	return result{rate: float64(len(all)) / el.Seconds(), p50: pct(0.50), p99: pct(0.99), p999: pct(0.999), errors: errs.Load()}, nil
+	return result{count: len(all), rate: float64(len(all)) / el.Seconds(), p50: pct(0.50), p99: pct(0.99), p999: pct(0.999), errors: errs.Load()}, nil
 }
 
 // parallel runs f(0..n-1) on k goroutines and returns the first error.

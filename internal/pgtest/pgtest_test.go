@@ -1,6 +1,7 @@
 package pgtest
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -17,5 +18,20 @@ func TestServer(t *testing.T) {
 	var n int
 	if err := conn.QueryRow(t.Context(), "SELECT 40 + 2").Scan(&n); err != nil || n != 42 {
 		t.Fatalf("query: %d, %v", n, err)
+	}
+	pids, err := s.PIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The postmaster, the backend serving conn, and the background workers.
+	if len(pids) < 3 {
+		t.Fatalf("PIDs: %v, want the postmaster and its children", pids)
+	}
+	var backend int
+	if err := conn.QueryRow(t.Context(), "SELECT pg_backend_pid()").Scan(&backend); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(pids, backend) {
+		t.Fatalf("PIDs %v lack this connection's backend %d", pids, backend)
 	}
 }
