@@ -76,7 +76,8 @@ type Hub struct {
 	reg   *prometheus.Registry
 	m     *metrics
 	pokes *broadcaster
-	devs  *devCache // nil unless the store is SQLite
+	devs  *devCache // nil for a shared store that does not announce device changes
+	watch deviceWatcher
 
 	stopping chan struct{}
 	stopOnce sync.Once
@@ -113,8 +114,12 @@ func New(ctx context.Context, o Options) (*Hub, error) {
 		}
 	}
 	h := &Hub{o: o, log: o.Logger, st: o.Store, pokes: newBroadcaster(), stopping: make(chan struct{})}
-	if o.Store.Backend() == "sqlite" {
-		h.devs = &devCache{ttl: 10 * time.Second, now: o.Now, m: map[string]cachedDevice{}}
+	if w, ok := o.Store.(deviceWatcher); ok {
+		// Live once Run has the change feed connected. The TTL is only a
+		// backstop for a change made behind the hubs' back (by hand in SQL).
+		h.devs, h.watch = newDevCache(time.Minute, o.Now, false), w
+	} else if o.Store.Backend() == "sqlite" {
+		h.devs = newDevCache(10*time.Second, o.Now, true)
 	}
 	var ca store.CA
 	if len(o.CACert) > 0 || len(o.CAKey) > 0 {
@@ -206,7 +211,8 @@ func (h *Hub) stop() { h.stopOnce.Do(func() { close(h.stopping) }) }
 
 // Run serves on l until ctx ends, then shuts down gracefully: it stops
 // accepting, ends long polls, and waits up to 20 seconds for requests in
-// flight. It also runs retention and, on PostgreSQL, the poke listener.
+// flight. It also runs retention and, on PostgreSQL, the poke listener and
+// the device change feed that keeps the device cache in step across hubs.
 func (h *Hub) Run(ctx context.Context, l net.Listener) error {
 	srv := h.Server()
 	bg, cancel := context.WithCancel(ctx)
@@ -216,6 +222,10 @@ func (h *Hub) Run(ctx context.Context, l net.Listener) error {
 	if ln, ok := h.st.(store.Listener); ok {
 		h.wg.Add(1)
 		go func() { defer h.wg.Done(); h.listen(bg, ln) }()
+	}
+	if h.watch != nil {
+		h.wg.Add(1)
+		go func() { defer h.wg.Done(); h.watchDevices(bg, h.watch) }()
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(l, "", "") }()

@@ -2,16 +2,21 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"sync"
 )
 
-// SQLite has one writer, so reports arriving together are written in one
-// transaction (group commit): the per-transaction cost (WAL frame writes,
-// locking) is paid once per batch instead of once per report. Each report
-// keeps its own result; a report refused for its device (unknown, revoked)
+// Reports arriving together are written together (group commit), each
+// keeping its own result; a report refused for its device (unknown, revoked)
 // writes nothing and does not affect the others.
+//
+// SQLite has one writer, so a batch is one transaction: the per-transaction
+// cost (WAL frame writes, locking) is paid once per batch instead of once
+// per report. On PostgreSQL a batch is one statement over arrays of reports
+// (see qPutBatchPG): one round trip, one plan, one commit for the lot, where
+// the database's own per-statement work was most of the cost of a report.
 
 const maxBatch = 256
 
@@ -26,17 +31,28 @@ type putResp struct {
 	err error
 }
 
+// writeFunc stores batch and returns each report's result, in order. An
+// error fails the whole batch.
+type writeFunc func(ctx context.Context, batch []*putReq) ([]putResp, error)
+
 type batcher struct {
-	s    *sqlStore
-	reqs chan *putReq
-	quit chan struct{}
-	wg   sync.WaitGroup
+	write writeFunc
+	reqs  chan *putReq
+	quit  chan struct{}
+	wg    sync.WaitGroup
 }
 
-func newBatcher(s *sqlStore) *batcher {
-	b := &batcher{s: s, reqs: make(chan *putReq, maxBatch), quit: make(chan struct{})}
-	b.wg.Add(1)
-	go b.run()
+// newBatcher starts SQLite's group commit: one writer, as SQLite has.
+func newBatcher(s *sqlStore) *batcher { return startBatcher(1, s.writeSQLite) }
+
+// startBatcher starts writers goroutines, each taking what is queued when it
+// is free: while one batch is being written the next one gathers.
+func startBatcher(writers int, write writeFunc) *batcher {
+	b := &batcher{write: write, reqs: make(chan *putReq, maxBatch), quit: make(chan struct{})}
+	for range writers {
+		b.wg.Add(1)
+		go b.run()
+	}
 	return b
 }
 
@@ -84,13 +100,14 @@ func (b *batcher) run() {
 				break fill
 			}
 		}
-		b.write(batch)
+		b.writeBatch(batch)
 	}
 }
 
-// write stores a batch in one transaction. A database error fails every
-// report in the batch (nothing of it is committed); the callers retry.
-func (b *batcher) write(batch []*putReq) {
+// writeBatch writes the batch's live requests and answers every request.
+// A database error fails every report in the batch (nothing of it is
+// committed); the callers retry.
+func (b *batcher) writeBatch(batch []*putReq) {
 	live := batch[:0:0]
 	for _, req := range batch {
 		if err := req.ctx.Err(); err != nil {
@@ -104,23 +121,7 @@ func (b *batcher) write(batch []*putReq) {
 	}
 	// The batch outlives any one caller's context; each caller still stops
 	// waiting when its own context ends.
-	ctx := context.WithoutCancel(live[0].ctx)
-	resps := make([]putResp, len(live))
-	err := func() error {
-		tx, err := b.s.w.BeginTx(ctx, nil)
-		if err != nil {
-			return err
-		}
-		defer tx.Rollback()
-		for i, req := range live {
-			res, err := b.s.putInTx(ctx, tx, req.r)
-			if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrRevoked) {
-				return err
-			}
-			resps[i] = putResp{res, err}
-		}
-		return tx.Commit()
-	}()
+	resps, err := b.write(context.WithoutCancel(live[0].ctx), live)
 	for i, req := range live {
 		if err != nil {
 			req.done <- putResp{err: fmt.Errorf("batch of %d: %w", len(live), err)}
@@ -128,4 +129,130 @@ func (b *batcher) write(batch []*putReq) {
 		}
 		req.done <- resps[i]
 	}
+}
+
+// writeSQLite stores a batch in one transaction.
+func (s *sqlStore) writeSQLite(ctx context.Context, batch []*putReq) ([]putResp, error) {
+	resps := make([]putResp, len(batch))
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	for i, req := range batch {
+		res, err := s.putInTx(ctx, tx, req.r)
+		if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrRevoked) {
+			return nil, err
+		}
+		resps[i] = putResp{res, err}
+	}
+	return resps, tx.Commit()
+}
+
+// qPutBatchPG is putInTx's work for many reports in one statement, so a
+// batch costs one round trip to PostgreSQL: lock the devices' rows (in ID
+// order, so concurrent batches cannot deadlock), insert each report unless
+// its device is unknown or revoked or its (device, seq) exists, and move each
+// device's current state forward only for a newer seq. A device appears at
+// most once per statement (writePG splits the batch), so every join below
+// matches one row per device. It answers one row per report: the device's
+// revoked mark and latest seq before (NULL if unknown) and its latest seq
+// after (NULL unless the report was inserted).
+const qPutBatchPG = `WITH input AS (
+	SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[], $6::bytea[], $7::text[])
+		AS t(id, seq, time, received, state, body, groups)
+), d AS (
+	SELECT id, revoked, latest_seq FROM devices WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+), ins AS (
+	INSERT INTO reports (device_id, seq, time, received, state, body)
+	SELECT i.id, i.seq, i.time, i.received, i.state, i.body FROM input i JOIN d ON d.id = i.id WHERE d.revoked = 0
+	ON CONFLICT (device_id, seq) DO NOTHING
+	RETURNING device_id
+), up AS (
+	UPDATE devices SET
+		latest_seq = GREATEST(devices.latest_seq, i.seq),
+		state = CASE WHEN i.seq > devices.latest_seq THEN i.state ELSE devices.state END,
+		groups = CASE WHEN i.seq > devices.latest_seq THEN i.groups ELSE devices.groups END,
+		last_seen = i.received
+	FROM input i JOIN ins ON ins.device_id = i.id
+	WHERE devices.id = i.id
+	RETURNING devices.id, devices.latest_seq
+)
+SELECT i.id, d.revoked, d.latest_seq, up.latest_seq FROM input i LEFT JOIN d ON d.id = i.id LEFT JOIN up ON up.id = i.id`
+
+// writePG stores a batch on PostgreSQL: one statement per round of reports
+// with distinct devices (usually one round). Each statement commits on its
+// own; a failed one fails the batch, and the callers' resends of reports an
+// earlier round stored are acknowledged as duplicates.
+func (s *sqlStore) writePG(ctx context.Context, batch []*putReq) ([]putResp, error) {
+	resps := make([]putResp, len(batch))
+	rest := make([]int, len(batch))
+	for i := range rest {
+		rest[i] = i
+	}
+	st, err := s.prep(ctx, s.w, qPutBatchPG)
+	if err != nil {
+		return nil, err
+	}
+	for len(rest) > 0 {
+		round := make(map[string]int, len(rest)) // device -> index in batch
+		var later []int
+		n := len(rest)
+		ids, bodies := make([]string, 0, n), make([][]byte, 0, n)
+		seqs, times, recv := make([]int64, 0, n), make([]int64, 0, n), make([]int64, 0, n)
+		states, groups := make([]string, 0, n), make([]string, 0, n)
+		for _, i := range rest {
+			r := batch[i].r
+			if _, dup := round[r.DeviceID]; dup {
+				later = append(later, i)
+				continue
+			}
+			round[r.DeviceID] = i
+			ids, seqs, times, recv = append(ids, r.DeviceID), append(seqs, int64(r.Seq)), append(times, nanos(r.Time)), append(recv, nanos(r.Received))
+			states, bodies, groups = append(states, r.State), append(bodies, r.Body), append(groups, jsonList(r.Groups))
+		}
+		if err := s.putRoundPG(ctx, st, round, resps, ids, seqs, times, recv, states, bodies, groups); err != nil {
+			return nil, err
+		}
+		rest = later
+	}
+	return resps, nil
+}
+
+func (s *sqlStore) putRoundPG(ctx context.Context, st *sql.Stmt, round map[string]int, resps []putResp, args ...any) error {
+	rows, err := st.QueryContext(ctx, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	seen := 0
+	for rows.Next() {
+		var id string
+		var revoked, before, after sql.NullInt64
+		if err := rows.Scan(&id, &revoked, &before, &after); err != nil {
+			return err
+		}
+		i, ok := round[id]
+		if !ok {
+			return fmt.Errorf("batch answered for device %q it did not hold", id)
+		}
+		seen++
+		switch {
+		case !revoked.Valid:
+			resps[i] = putResp{err: fmt.Errorf("device: %w", ErrNotFound)}
+		case revoked.Int64 != 0:
+			resps[i] = putResp{err: fmt.Errorf("device: %w", ErrRevoked)}
+		case !after.Valid:
+			resps[i] = putResp{res: PutResult{Duplicate: true, Latest: uint64(before.Int64)}}
+		default:
+			resps[i] = putResp{res: PutResult{Latest: uint64(after.Int64)}}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if seen != len(round) {
+		return fmt.Errorf("batch of %d reports answered %d", len(round), seen)
+	}
+	return nil
 }

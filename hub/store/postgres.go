@@ -2,12 +2,21 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
 )
+
+// pgWriters is how many report batches a hub writes at once. One: while a
+// batch is on its way the next gathers, and larger batches cost the
+// database less per report (measured with bench/hubload: 181 µs of
+// PostgreSQL CPU per report with one writer per hub, 400 with two, 470 with
+// four).
+const pgWriters = 1
 
 type pgStore struct {
 	*sqlStore
@@ -45,32 +54,83 @@ func OpenPostgres(ctx context.Context, dsn string) (Store, error) {
 		s.Close()
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
+	s.batch = startBatcher(pgWriters, s.writePG)
 	return s, nil
 }
 
 // Listen calls fn with the ID of every poke added by any hub on this
 // database, until ctx ends. It holds one dedicated connection.
 func (s *pgStore) Listen(ctx context.Context, fn func(id int64)) error {
-	conn, err := pgx.Connect(ctx, s.dsn)
+	err := s.listen(ctx, chanPoke, nil, func(payload string) {
+		if id, err := strconv.ParseInt(payload, 10, 64); err == nil {
+			fn(id)
+		}
+	})
 	if err != nil {
 		return fmt.Errorf("listen for pokes: %w", err)
 	}
+	return nil
+}
+
+// WatchDevices calls ready once it is listening, then changed with the ID of
+// every device whose enrolment, revocation, certificate or attestation key
+// any hub on this database changes (notifyDevice), until ctx ends or the
+// connection fails. It holds one dedicated connection.
+func (s *pgStore) WatchDevices(ctx context.Context, ready func(), changed func(id string)) error {
+	if err := s.listen(ctx, chanDevice, ready, changed); err != nil {
+		return fmt.Errorf("watch device changes: %w", err)
+	}
+	return nil
+}
+
+// Notification channels.
+const (
+	chanPoke   = "shoal_poke"
+	chanDevice = "shoal_device"
+)
+
+// listenCheck is how long a listening connection may stay silent before it
+// is checked: a connection lost without a word (a network cut) is noticed
+// within about this time, not only when TCP gives up.
+const listenCheck = 5 * time.Second
+
+func (s *pgStore) listen(ctx context.Context, channel string, ready func(), fn func(payload string)) error {
+	conn, err := pgx.Connect(ctx, s.dsn)
+	if err != nil {
+		return err
+	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "LISTEN shoal_poke"); err != nil {
-		return fmt.Errorf("listen for pokes: %w", err)
+	if _, err := conn.Exec(ctx, "LISTEN "+channel); err != nil {
+		return err
+	}
+	if ready != nil {
+		ready()
 	}
 	for {
-		n, err := conn.WaitForNotification(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+		wctx, cancel := context.WithTimeout(ctx, listenCheck)
+		n, err := conn.WaitForNotification(wctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err == nil:
+			if n != nil {
+				fn(n.Payload)
 			}
-			return fmt.Errorf("listen for pokes: %w", err)
-		}
-		id, err := strconv.ParseInt(n.Payload, 10, 64)
-		if err != nil {
 			continue
+		case !errors.Is(err, context.DeadlineExceeded):
+			return err
 		}
-		fn(id)
+		// Silent for a while: make sure the connection still works. pgx
+		// keeps the connection usable after a wait times out.
+		pctx, cancel := context.WithTimeout(ctx, listenCheck)
+		err = conn.Ping(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
 	}
 }

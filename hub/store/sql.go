@@ -28,7 +28,7 @@ type sqlStore struct {
 	w, r  *sql.DB
 	close func() error
 	stmts sync.Map // prepared hot-path statements, by pool and query
-	batch *batcher // SQLite: group commit of status reports; nil for PostgreSQL
+	batch *batcher // group commit of status reports
 
 	view viewState // the status page's fleet index (fleetindex.go)
 }
@@ -277,11 +277,58 @@ func (s *sqlStore) Enrol(ctx context.Context, tokenHash []byte, now time.Time, d
 	if err != nil {
 		return Device{}, fmt.Errorf("enrol device %q: %w", id, err)
 	}
+	if err := s.notifyDevice(ctx, tx, id); err != nil {
+		return Device{}, fmt.Errorf("enrol device %q: %w", id, err)
+	}
 	if err := tx.Commit(); err != nil {
 		return Device{}, fmt.Errorf("enrol device %q: commit: %w", id, err)
 	}
 	s.markDirty(id)
 	return d, nil
+}
+
+// notifyDevice tells every hub on a shared PostgreSQL database, when tx
+// commits, that something its mutual-TLS check reads of device id changed,
+// so each drops its cached copy (pgStore.WatchDevices). SQLite has one hub,
+// which drops its own.
+func (s *sqlStore) notifyDevice(ctx context.Context, tx *sql.Tx, id string) error {
+	if s.d.name != "postgres" {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, `SELECT pg_notify('`+chanDevice+`', $1)`, id); err != nil {
+		return fmt.Errorf("notify: %w", err)
+	}
+	return nil
+}
+
+// updateDevice runs an UPDATE of device id's row and returns the rows it
+// changed; on PostgreSQL a change is announced to every hub (notifyDevice)
+// in the same transaction.
+func (s *sqlStore) updateDevice(ctx context.Context, id, query string, args ...any) (int64, error) {
+	if s.d.name != "postgres" {
+		res, err := s.w.ExecContext(ctx, s.q(query), args...)
+		if err != nil {
+			return 0, err
+		}
+		return res.RowsAffected()
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, s.q(query), args...)
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil || n == 0 {
+		return 0, err
+	}
+	if err := s.notifyDevice(ctx, tx, id); err != nil {
+		return 0, err
+	}
+	return n, tx.Commit()
 }
 
 const deviceCols = `id, key_kind, cert_serial, cert_not_after, enrolled, revoked, latest_seq, state, groups, last_seen, attest_ok, attest_time, ak`
@@ -323,11 +370,11 @@ func (s *sqlStore) Device(ctx context.Context, id string) (Device, error) {
 }
 
 func (s *sqlStore) SetCert(ctx context.Context, id, serial string, notAfter time.Time) error {
-	res, err := s.w.ExecContext(ctx, s.q(`UPDATE devices SET cert_serial = ?, cert_not_after = ? WHERE id = ? AND revoked = 0`), serial, nanos(notAfter), id)
+	n, err := s.updateDevice(ctx, id, `UPDATE devices SET cert_serial = ?, cert_not_after = ? WHERE id = ? AND revoked = 0`, serial, nanos(notAfter), id)
 	if err != nil {
 		return fmt.Errorf("set certificate of device %q: %w", id, err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
+	if n == 0 {
 		if _, err := s.Device(ctx, id); err != nil {
 			return err
 		}
@@ -337,11 +384,11 @@ func (s *sqlStore) SetCert(ctx context.Context, id, serial string, notAfter time
 }
 
 func (s *sqlStore) RevokeDevice(ctx context.Context, id string, now time.Time) error {
-	res, err := s.w.ExecContext(ctx, s.q(`UPDATE devices SET revoked = ? WHERE id = ?`), nanos(now), id)
+	n, err := s.updateDevice(ctx, id, `UPDATE devices SET revoked = ? WHERE id = ?`, nanos(now), id)
 	if err != nil {
 		return fmt.Errorf("revoke device %q: %w", id, err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
+	if n == 0 {
 		return fmt.Errorf("revoke device %q: %w", id, ErrNotFound)
 	}
 	s.markDirty(id)
@@ -404,9 +451,6 @@ func (s *sqlStore) putStatus(ctx context.Context, r Report) (PutResult, error) {
 	if s.batch != nil {
 		return s.batch.put(ctx, r)
 	}
-	if s.d.name == "postgres" {
-		return s.putStatusPG(ctx, r)
-	}
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return PutResult{}, err
@@ -420,48 +464,6 @@ func (s *sqlStore) putStatus(ctx context.Context, r Report) (PutResult, error) {
 		return PutResult{}, fmt.Errorf("commit: %w", err)
 	}
 	return res, nil
-}
-
-// qPutStatusPG does putInTx's work in one statement, so a report costs one
-// round trip to PostgreSQL: lock the device row, insert the report unless the
-// device is revoked or the (device, seq) exists, and move the device's
-// current state forward only for a newer seq.
-const qPutStatusPG = `WITH d AS (
-	SELECT revoked, latest_seq FROM devices WHERE id = $1 FOR UPDATE
-), ins AS (
-	INSERT INTO reports (device_id, seq, time, received, state, body)
-	SELECT $1, $2, $3, $4, $5, $6 FROM d WHERE d.revoked = 0
-	ON CONFLICT (device_id, seq) DO NOTHING
-	RETURNING seq
-), up AS (
-	UPDATE devices SET
-		latest_seq = GREATEST(latest_seq, $2),
-		state = CASE WHEN $2 > latest_seq THEN $5 ELSE state END,
-		groups = CASE WHEN $2 > latest_seq THEN $7 ELSE groups END,
-		last_seen = $4
-	WHERE id = $1 AND EXISTS (SELECT 1 FROM ins)
-	RETURNING latest_seq
-)
-SELECT (SELECT revoked FROM d), (SELECT latest_seq FROM d), (SELECT latest_seq FROM up)`
-
-func (s *sqlStore) putStatusPG(ctx context.Context, r Report) (PutResult, error) {
-	st, err := s.prep(ctx, s.w, qPutStatusPG)
-	if err != nil {
-		return PutResult{}, err
-	}
-	var revoked, before, after sql.NullInt64
-	if err := st.QueryRowContext(ctx, r.DeviceID, int64(r.Seq), nanos(r.Time), nanos(r.Received), r.State, r.Body, jsonList(r.Groups)).Scan(&revoked, &before, &after); err != nil {
-		return PutResult{}, err
-	}
-	switch {
-	case !revoked.Valid:
-		return PutResult{}, fmt.Errorf("device: %w", ErrNotFound)
-	case revoked.Int64 != 0:
-		return PutResult{}, fmt.Errorf("device: %w", ErrRevoked)
-	case !after.Valid:
-		return PutResult{Duplicate: true, Latest: uint64(before.Int64)}, nil
-	}
-	return PutResult{Latest: uint64(after.Int64)}, nil
 }
 
 // putInTx stores one report inside tx. ErrNotFound and ErrRevoked come
@@ -586,6 +588,9 @@ func (s *sqlStore) PutAttestation(ctx context.Context, a Attestation) error {
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("put attestation: device %q: %w", a.DeviceID, ErrNotFound)
+	}
+	if err := s.notifyDevice(ctx, tx, a.DeviceID); err != nil {
+		return fmt.Errorf("put attestation of device %q: %w", a.DeviceID, err)
 	}
 	if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO attestations (device_id, time, ok, result) VALUES (?, ?, ?, ?)`), a.DeviceID, nanos(a.Time), ok, a.Result); err != nil {
 		return fmt.Errorf("put attestation of device %q: %w", a.DeviceID, err)
