@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -49,8 +50,8 @@ type Options struct {
 	// Result, if not nil, receives what the script observed.
 	Result *Result
 	// OnStep, if not nil, is called after each checked step ("converged",
-	// "release", "rollback", "invalid") with the status page's URL, while the
-	// fleet is in that state; an error ends the run.
+	// "release", "trial-failed", "rollback", "invalid") with the status
+	// page's URL, while the fleet is in that state; an error ends the run.
 	OnStep func(ctx context.Context, step, pageURL string) error
 }
 
@@ -64,6 +65,13 @@ type Result struct {
 	CanaryUpdate                      *api.UpdateStatus     // the canary's update status after the release
 	RolledBack                        string                // device whose broken app was rolled back
 	Rollback                          *api.Rollback
+	// TPM says the agents ran the TPM simulator; NoTPM says why not (no cgo).
+	TPM   bool
+	NoTPM string
+	// FailedTrial is the canary's update status after the release whose
+	// trial failed, FailedProblem the problem it reported then.
+	FailedTrial   *api.UpdateStatus
+	FailedProblem *api.Problem
 }
 
 // demo holds one run's processes and paths; close undoes everything.
@@ -85,9 +93,15 @@ type demo struct {
 	// releaseCommit is the commit that rolled the release out, once it has.
 	releaseCommit string
 	canaryUpdate  *api.UpdateStatus
-	devices       []string
-	role          map[string]string
-	step          int
+	releaseKey    ed25519.PrivateKey
+	failedUpdate  *api.UpdateStatus
+	failedProblem *api.Problem
+	// tpm: the agent was built with the TPM simulator; noTPM says why not.
+	tpm     bool
+	noTPM   string
+	devices []string
+	role    map[string]string
+	step    int
 }
 
 // Run runs the demo script; it returns nil only when every step was seen to
@@ -145,6 +159,11 @@ func (d *demo) script(ctx context.Context) error {
 	if err := d.build(ctx); err != nil {
 		return err
 	}
+	if d.tpm {
+		d.say("shoal-agent is built with -tags tpmsim: each device keeps its keys in its own simulated TPM (go-tpm-tools' reference TPM, in the agent process)")
+	} else {
+		d.say("no TPM simulator (it needs cgo, gcc and libssl-dev: %s); devices use software keys, which the hub flags as weaker", d.noTPM)
+	}
 	d.say("building the testapp image and writing the fleet repo (groups workshop, plant, canary; %s)", strings.Join(d.devices, ", "))
 	if err := d.writeRepo(ctx); err != nil {
 		return err
@@ -166,11 +185,15 @@ func (d *demo) script(ctx context.Context) error {
 	}
 	d.say("%d devices enrolled and running; waiting for them to converge on %s", len(d.devices), first[:8])
 	if _, err := d.waitAll(ctx, "converge", func(_ string, s api.Status) bool {
-		return s.State == api.StateConverged && s.Commit.Applied == first
+		return s.State == api.StateConverged && s.Commit.Applied == first && s.Attest != nil && s.Attest.OK && s.Attest.Weak == !d.tpm
 	}); err != nil {
 		return err
 	}
-	d.say("all %d devices converged on %s", len(d.devices), first[:8])
+	kind := "a TPM quote from its simulated TPM"
+	if !d.tpm {
+		kind = "a software-key quote (weaker)"
+	}
+	d.say("all %d devices converged on %s, each attested to the hub by %s", len(d.devices), first[:8], kind)
 
 	// A new app version for every device, announced by a poke.
 	if err := d.writeFile("apps/metrics-exporter.yaml", appYAML(d, "metrics-exporter", "2", false)); err != nil {
@@ -278,9 +301,9 @@ func (d *demo) script(ctx context.Context) error {
 	if err := d.onStep(ctx, "invalid"); err != nil {
 		return err
 	}
-	d.say("not shown yet: a simulated TPM (devices use a software key)")
 	if r := d.o.Result; r != nil {
-		*r = Result{ID: d.id, Dir: d.dir, Converged: converged, ReleaseCommit: d.releaseCommit, CanaryUpdate: d.canaryUpdate, FirstCommit: first, NewCommit: next, BadCommit: bad, Latest: latest, RolledBack: victim, Rollback: rb}
+		*r = Result{ID: d.id, Dir: d.dir, Converged: converged, ReleaseCommit: d.releaseCommit, CanaryUpdate: d.canaryUpdate, FirstCommit: first, NewCommit: next, BadCommit: bad, Latest: latest, RolledBack: victim, Rollback: rb,
+			TPM: d.tpm, NoTPM: d.noTPM, FailedTrial: d.failedUpdate, FailedProblem: d.failedProblem}
 	}
 	return nil
 }
@@ -312,15 +335,31 @@ func appFor(role string) string {
 	return "sensor-aggregator"
 }
 
+// build builds shoal as shipped (static) and shoal-agent with the TPM
+// simulator (cgo, -tags tpmsim), or static when that build fails.
 func (d *demo) build(ctx context.Context) error {
 	d.bin = filepath.Join(d.dir, "bin")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", d.bin+"/",
-		"github.com/shoalfleet/shoal/cmd/shoal", "github.com/shoalfleet/shoal/cmd/shoal-agent")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %w\n%s", err, out)
+	gobuild := func(cgo string, args ...string) error {
+		cmd := exec.CommandContext(ctx, "go", append([]string{"build", "-o", d.bin + "/"}, args...)...)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED="+cgo)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %w\n%s", strings.Join(args, " "), err, out)
+		}
+		return nil
 	}
-	return nil
+	if err := gobuild("0", "github.com/shoalfleet/shoal/cmd/shoal"); err != nil {
+		return err
+	}
+	err := gobuild("1", "-tags", "tpmsim", "github.com/shoalfleet/shoal/cmd/shoal-agent")
+	if err == nil {
+		d.tpm = true
+		return nil
+	}
+	if ctx.Err() != nil {
+		return err
+	}
+	d.noTPM = firstLine(err.Error())
+	return gobuild("0", "github.com/shoalfleet/shoal/cmd/shoal-agent")
 }
 
 // imageRef and imageSum describe the testapp image saved into the fleet repo.
@@ -388,9 +427,9 @@ restart: unless-stopped
 healthcheck:
   test: ["CMD", "%s", "-probe", "http://127.0.0.1:8080/healthz"]
   interval: 1s
-  timeout: 2s
+  timeout: 5s
   retries: 2
-health_timeout: 8s
+health_timeout: 25s
 labels:
   %s: %s
 `, name, d.imageRef(), imageTar, imageSum, cmd, version, dockertest.AppBinary, dockertest.LabelKey, d.id)
@@ -513,6 +552,11 @@ var (
 )
 
 func (d *demo) startDevices(ctx context.Context) error {
+	// The simulator makes each device's seed and keeps it in its state dir.
+	tpm := "none"
+	if d.tpm {
+		tpm = "simulator"
+	}
 	for _, id := range d.devices {
 		cmd := exec.CommandContext(ctx, filepath.Join(d.bin, "shoal"), "token", "create", "--device", id, "--ttl", "1h")
 		cmd.Env = append(os.Environ(), d.env...)
@@ -529,8 +573,8 @@ func (d *demo) startDevices(ctx context.Context) error {
 			return err
 		}
 		cfgPath := filepath.Join(state, "agent.yaml")
-		cfg := fmt.Sprintf("device_id: %s\nstate_dir: %s\nrepo:\n  url: file://%s\npoll_interval: 3s\nretry_min: 1s\nretry_max: 5s\nmetrics_addr: \"\"\ncontainers:\n  prefix: %s-%s-\ntrust:\n  tpm: none\nhub_url: %s\n",
-			id, filepath.Join(state, "state"), d.repo, d.id, id, d.hubURL)
+		cfg := fmt.Sprintf("device_id: %s\nstate_dir: %s\nrepo:\n  url: file://%s\npoll_interval: 3s\nretry_min: 1s\nretry_max: 5s\nmetrics_addr: \"\"\ncontainers:\n  prefix: %s-%s-\ntrust:\n  tpm: %s\nhub_url: %s\n",
+			id, filepath.Join(state, "state"), d.repo, d.id, id, tpm, d.hubURL)
 		if id == canary {
 			if cfg, err = d.canaryConfig(cfg, state); err != nil {
 				return err

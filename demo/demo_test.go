@@ -22,9 +22,12 @@ import (
 )
 
 // The shortened demo, end to end against the real Docker Engine, git, the
-// built shoal and shoal-agent binaries and a real hub: three devices converge,
+// built shoal and shoal-agent binaries and a real hub: three devices, each
+// with its keys in the TPM simulator, converge and attest by TPM quotes,
 // take a new version, the canary installs, trial-boots and commits an OS
-// release on file-backed A/B slots with a GRUB env, one rolls a broken app back with the reason at the hub,
+// release on file-backed A/B slots with a GRUB env, then a second release
+// whose kernel hangs falls back to the old slot by the boot limit and is
+// marked bad, one device rolls a broken app back with the reason at the hub,
 // and an invalid commit is refused everywhere; headless Chromium finds each
 // of those states on the hub's status page. Then nothing it made is left.
 func TestDemoShort(t *testing.T) {
@@ -37,12 +40,23 @@ func TestDemoShort(t *testing.T) {
 	tab := browser(t)
 
 	// What headless Chromium must find on the status page at each step.
-	pages := map[string][]struct{ path, text string }{
-		"converged": {{"", "gw-01"}, {"", "gw-02"}, {"", "plant-01"}, {"", "converged"}},
-		"release":   {{"devices/gw-01", "2026.11.0"}},
-		"rollback":  {{"devices/plant-01", `rolled-back: app "mqtt-broker"`}, {"devices/plant-01", "health-failed"}},
-		"invalid": {{"", "stalled"}, {"devices/gw-01", "spec-invalid"}, {"devices/gw-02", "spec-invalid"},
-			{"devices/plant-01", "The newest commit was not applied"}},
+	// absent: the text must not be there.
+	type check struct {
+		path, text string
+		absent     bool
+	}
+	pages := map[string][]check{
+		"converged": {{"", "gw-01", false}, {"", "gw-02", false}, {"", "plant-01", false}, {"", "converged", false},
+			// Identity in the TPM simulator, attested: not the weaker software key.
+			{"devices/gw-02", "tpm key", false}, {"devices/gw-02", "weaker", true}, {"devices/plant-01", "tpm key", false},
+			{"devices/plant-01", "passed · verified by the hub", false}},
+		"release": {{"devices/gw-01", "2026.11.0", false}, {"devices/gw-01", "tpm key", false},
+			{"devices/gw-01", "passed · verified by the hub", false}},
+		"trial-failed": {{"devices/gw-01", "rolled-back", false}, {"devices/gw-01", "Rolled back: bootloader-fallback", false},
+			{"devices/gw-01", "the bootloader started slot b instead of a", false}, {"devices/gw-01", `release "2026.12.0"`, false}},
+		"rollback": {{"devices/plant-01", `rolled-back: app "mqtt-broker"`, false}, {"devices/plant-01", "health-failed", false}},
+		"invalid": {{"", "stalled", false}, {"devices/gw-01", "spec-invalid", false}, {"devices/gw-02", "spec-invalid", false},
+			{"devices/plant-01", "The newest commit was not applied", false}},
 	}
 	seen := map[string]bool{}
 	onStep := func(ctx context.Context, step, pageURL string) error {
@@ -50,14 +64,18 @@ func TestDemoShort(t *testing.T) {
 			sctx, cancel := context.WithTimeout(tab, 30*time.Second)
 			err := chromedp.Do(sctx, browsertest.Navigate(pageURL+want.path),
 				chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-					_, err := chromedp.Poll[bool](fmt.Sprintf("document.body && document.body.innerText.includes(%q)", want.text),
+					cond := fmt.Sprintf("document.body && document.body.innerText.includes(%q)", want.text)
+					if want.absent {
+						cond = fmt.Sprintf("document.body && document.body.innerText.length > 0 && !document.body.innerText.includes(%q)", want.text)
+					}
+					_, err := chromedp.Poll[bool](cond,
 						chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(20*time.Second))(ctx, tg)
 					return err
 				}))
 			cancel()
 			if err != nil {
 				body, _ := chromedp.Run(tab, chromedp.Evaluate[string](`document.body ? document.body.innerText.slice(0, 1500) : ""`))
-				return fmt.Errorf("page %s%s lacks %q: %w\n%s", pageURL, want.path, want.text, err, body)
+				return fmt.Errorf("page %s%s: %q present %v, want %v: %w\n%s", pageURL, want.path, want.text, want.absent, !want.absent, err, body)
 			}
 		}
 		seen[step] = true
@@ -78,6 +96,9 @@ func TestDemoShort(t *testing.T) {
 		t.Fatalf("demo: %v", err)
 	}
 
+	if !res.TPM {
+		testenv.Missing(t, "the TPM simulator in shoal-agent ("+res.NoTPM+")", "apt-get install gcc libssl-dev; CGO_ENABLED must not be 0")
+	}
 	for step := range pages {
 		if !seen[step] {
 			t.Errorf("the status page was not checked at step %q", step)
@@ -87,6 +108,9 @@ func TestDemoShort(t *testing.T) {
 	for _, id := range devices {
 		if s := res.Converged[id]; s.State != api.StateConverged || s.Commit.Applied != res.NewCommit {
 			t.Errorf("%s on the new commit: state %q applied %q, want converged on %s", id, s.State, s.Commit.Applied, res.NewCommit)
+		}
+		if a := res.Converged[id].Attest; a == nil || !a.OK || a.Weak {
+			t.Errorf("%s attestation on the new commit: %+v, want passed with a TPM key", id, a)
 		}
 		s := res.Latest[id]
 		if s.Commit.Attempted != res.BadCommit || s.Commit.Applied == res.BadCommit || s.Commit.Applied == "" {
@@ -99,10 +123,17 @@ func TestDemoShort(t *testing.T) {
 	if u := res.CanaryUpdate; res.ReleaseCommit == "" || u == nil || u.Version != releaseVersion || u.Slot != "b" {
 		t.Errorf("canary release: commit %q, update %+v; want %s committed in slot b", res.ReleaseCommit, u, releaseVersion)
 	}
+	if u := res.FailedTrial; u == nil || u.State != "rolled-back" || u.Rollback == nil || u.Rollback.Check != "bootloader-fallback" ||
+		u.Version != releaseVersion || u.Slot != "b" {
+		t.Errorf("failed trial: %+v; want rolled back by the bootloader to %s in slot b", u, releaseVersion)
+	} else if p := res.FailedProblem; p == nil || !strings.Contains(p.Message, badVersion) || !strings.Contains(p.Message, "rolled back") {
+		t.Errorf("failed trial: problem %+v, want the rolled back release named", p)
+	}
 	if res.RolledBack != "plant-01" || res.Rollback == nil || res.Rollback.Check != "health-failed" {
 		t.Errorf("rollback: device %q, %+v", res.RolledBack, res.Rollback)
 	}
-	for _, line := range []string{"all 3 devices converged on " + res.NewCommit[:8], "shoal_slot=b upgrade_available=1", "gw-01 committed 2026.11.0", "rolled mqtt-broker back", "reports spec-invalid"} {
+	for _, line := range []string{"all 3 devices converged on " + res.NewCommit[:8], "shoal_slot=b upgrade_available=1", "gw-01 committed 2026.11.0", "rolled mqtt-broker back", "reports spec-invalid",
+		"attested to the hub by a TPM quote", "GRUB passed its boot limit and fell back to slot b", "2026.12.0 is marked bad"} {
 		if !strings.Contains(out.String(), line) {
 			t.Errorf("narration lacks %q", line)
 		}

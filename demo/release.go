@@ -28,6 +28,10 @@ const (
 	releaseName    = "gateway-os-2026.11.0"
 	releaseVersion = "2026.11.0"
 	runningVersion = "2026.10.2"
+	// badName is a later release whose kernel never comes up on the canary:
+	// its trial fails and the bootloader falls back.
+	badName    = "gateway-os-2026.12.0"
+	badVersion = "2026.12.0"
 )
 
 // canaryConfig adds file-backed A/B slots, a GRUB env file, the release trust
@@ -70,23 +74,10 @@ func (d *demo) canaryConfig(cfg, state string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	img := make([]byte, 512<<10)
-	rand.Read(img)
-	imgPath, err := write(releaseName+".img", img)
-	if err != nil {
+	d.boot, d.releaseKey = boot, key
+	if err := d.writeRelease(releaseName, releaseVersion); err != nil {
 		return "", err
 	}
-	sum := sha256.Sum256(img)
-	rel := spec.Release{Version: releaseVersion, Size: int64(len(img)), SHA256: hex.EncodeToString(sum[:])}
-	sig, err := updater.SignRelease(&rel, key)
-	if err != nil {
-		return "", fmt.Errorf("sign release: %w", err)
-	}
-	if err := d.writeFile("releases/"+releaseName+".yaml", fmt.Sprintf("version: %s\nurl: file://%s\nsize: %d\nsha256: %s\nsignature: %s\n",
-		releaseVersion, imgPath, len(img), rel.SHA256, sig)); err != nil {
-		return "", err
-	}
-	d.boot = boot
 	return cfg + fmt.Sprintf(`update:
   slot_a: %s
   slot_b: %s
@@ -100,36 +91,88 @@ func (d *demo) canaryConfig(cfg, state string) (string, error) {
 `, slotA, slotB, filepath.Join(boot, "grubenv"), roots, runningVersion, filepath.Join(boot, "reboot-requested"), booted, bootID), nil
 }
 
-// release rolls the OS release out to the canary group: slot write, a
-// simulated reboot (stop the agent, let the simulated bootloader pick the
-// slot, start the agent), the trial, and the commit after the health gate.
-func (d *demo) release(ctx context.Context) error {
-	if err := d.writeFile("groups/canary.yaml", "description: Canary devices, updated first\nselector:\n  devices: [gw-01]\npriority: 10\nspec:\n  release: "+releaseName+"\n"); err != nil {
+// writeRelease makes a release image of random bytes beside the canary's
+// slots, signs it with the canary's trust root and adds it to the fleet repo.
+func (d *demo) writeRelease(name, version string) error {
+	img := make([]byte, 512<<10)
+	rand.Read(img)
+	imgPath := filepath.Join(d.boot, name+".img")
+	if err := os.WriteFile(imgPath, img, 0o600); err != nil {
 		return err
+	}
+	sum := sha256.Sum256(img)
+	rel := spec.Release{Version: version, Size: int64(len(img)), SHA256: hex.EncodeToString(sum[:])}
+	sig, err := updater.SignRelease(&rel, d.releaseKey)
+	if err != nil {
+		return fmt.Errorf("sign release: %w", err)
+	}
+	return d.writeFile("releases/"+name+".yaml", fmt.Sprintf("version: %s\nurl: file://%s\nsize: %d\nsha256: %s\nsignature: %s\n",
+		version, imgPath, len(img), rel.SHA256, sig))
+}
+
+// canaryGroup is the canary group's file, rolling release name out.
+func canaryGroup(name string) string {
+	return "description: Canary devices, updated first\nselector:\n  devices: [gw-01]\npriority: 10\nspec:\n  release: " + name + "\n"
+}
+
+// rolloutToCanary commits the canary group on release name, pokes it and
+// waits for the canary to write the slot and ask for a reboot; it returns the
+// commit and the GRUB env the canary left.
+func (d *demo) rolloutToCanary(ctx context.Context, name, version, what string) (string, map[string]string, error) {
+	if err := d.writeFile("groups/canary.yaml", canaryGroup(name)); err != nil {
+		return "", nil, err
 	}
 	if err := d.shoal(ctx, "validate", d.repo); err != nil {
-		return err
+		return "", nil, err
 	}
-	commit, err := d.commit(ctx, "canary: "+releaseName)
+	commit, err := d.commit(ctx, "canary: "+name)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	if err := d.shoal(ctx, "poke", "--group", "canary", "--commit", commit); err != nil {
-		return err
+		return "", nil, err
 	}
-	d.say("committed OS release %s for the canary group as %s and poked it", releaseVersion, commit[:8])
+	d.say("committed %s %s for the canary group as %s and poked it", what, version, commit[:8])
 	marker := filepath.Join(d.boot, "reboot-requested")
 	if err := d.until(ctx, canary+" to ask for a reboot", func() bool {
 		_, err := os.Stat(marker)
 		return err == nil
 	}); err != nil {
+		return "", nil, err
+	}
+	if err := os.Remove(marker); err != nil {
+		return "", nil, err
+	}
+	vars, err := bootenv.NewGRUB(filepath.Join(d.boot, "grubenv")).Load()
+	if err != nil {
+		return "", nil, fmt.Errorf("grub env: %w", err)
+	}
+	return commit, vars, nil
+}
+
+// powerOn writes what the simulated bootloader chose (the booted slot and a
+// new boot ID) and starts the canary's agent: the device's OS is up.
+func (d *demo) powerOn(ctx context.Context, slot string, boot int) error {
+	if err := os.WriteFile(filepath.Join(d.boot, "booted-slot"), []byte(slot+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(d.boot, "boot-id"), []byte(fmt.Sprintf("boot-%d\n", time.Now().UnixNano())), 0o600); err != nil {
+		return err
+	}
+	var err error
+	d.agents[canary], err = d.start(ctx, fmt.Sprintf("%s-boot%d", canary, boot), "shoal-agent", "--config", d.cfgs[canary])
+	return err
+}
+
+// release rolls the OS release out to the canary group: slot write, a
+// simulated reboot (stop the agent, let the simulated bootloader pick the
+// slot, start the agent), the trial, and the commit after the health gate.
+func (d *demo) release(ctx context.Context) error {
+	commit, vars, err := d.rolloutToCanary(ctx, releaseName, releaseVersion, "OS release")
+	if err != nil {
 		return err
 	}
 	env := bootenv.NewGRUB(filepath.Join(d.boot, "grubenv"))
-	vars, err := env.Load()
-	if err != nil {
-		return fmt.Errorf("grub env: %w", err)
-	}
 	d.say("%s verified and wrote slot b, set the GRUB env for a trial (shoal_slot=%s upgrade_available=%s) and asked to reboot", canary, vars["shoal_slot"], vars["upgrade_available"])
 
 	// The simulated reboot.
@@ -140,13 +183,7 @@ func (d *demo) release(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("simulated boot: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(d.boot, "booted-slot"), []byte(slot+"\n"), 0o600); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(d.boot, "boot-id"), []byte(fmt.Sprintf("boot-%d\n", time.Now().UnixNano())), 0o600); err != nil {
-		return err
-	}
-	if d.agents[canary], err = d.start(ctx, canary+"-boot2", "shoal-agent", "--config", d.cfgs[canary]); err != nil {
+	if err := d.powerOn(ctx, slot, 2); err != nil {
 		return err
 	}
 	d.say("%s rebooted (simulated) into slot %s on trial; waiting for its health gate and commit", canary, slot)
@@ -170,5 +207,87 @@ func (d *demo) release(ctx context.Context) error {
 		return err
 	}
 	d.releaseCommit, d.canaryUpdate = commit, got[canary].Update
-	return d.onStep(ctx, "release")
+	if err := d.onStep(ctx, "release"); err != nil {
+		return err
+	}
+	return d.failedTrial(ctx)
+}
+
+// failedTrial rolls out a release whose kernel never comes up: the canary
+// writes slot a and reboots; every trial boot of slot a hangs (the demo does
+// not start the agent), so GRUB's boot counter passes the boot limit and it
+// falls back to slot b by itself. The agent, up again on slot b, records the
+// fallback and marks the release bad; the canary group then goes back to
+// the good release.
+func (d *demo) failedTrial(ctx context.Context) error {
+	if err := d.writeRelease(badName, badVersion); err != nil {
+		return err
+	}
+	commit, vars, err := d.rolloutToCanary(ctx, badName, badVersion, "OS release (whose kernel will hang)")
+	if err != nil {
+		return err
+	}
+	target := vars["shoal_slot"]
+	d.say("%s wrote %s to slot %s, set a trial with boot_limit=%s and asked to reboot", canary, badVersion, target, vars["bootlimit"])
+	if err := d.stop(d.agents[canary]); err != nil {
+		return err
+	}
+	env := bootenv.NewGRUB(filepath.Join(d.boot, "grubenv"))
+	hung := 0
+	slot := target
+	for slot == target {
+		if hung > 10 {
+			return fmt.Errorf("the simulated bootloader kept booting slot %s after %d hung boots", target, hung)
+		}
+		if slot, err = updater.SimulateBoot(env); err != nil {
+			return fmt.Errorf("simulated boot: %w", err)
+		}
+		if slot == target {
+			hung++
+		}
+	}
+	if hung == 0 {
+		return fmt.Errorf("the simulated bootloader did not try slot %s", target)
+	}
+	if err := d.powerOn(ctx, slot, 3); err != nil {
+		return err
+	}
+	d.say("slot %s hung on each of %d trial boots; GRUB passed its boot limit and fell back to slot %s, where %s came up", target, hung, slot, canary)
+	got, err := d.wait(ctx, "record the failed trial", []string{canary}, func(_ string, s api.Status) bool {
+		u := s.Update
+		return s.Commit.Attempted == commit && u != nil && u.Rollback != nil && u.Version == releaseVersion && u.Slot == slot
+	})
+	if err != nil {
+		return err
+	}
+	u := got[canary].Update
+	d.failedUpdate, d.failedProblem = u, got[canary].Problem
+	why := u.Rollback.Message
+	if p := got[canary].Problem; p != nil {
+		why = p.Reason + ": " + firstLine(p.Message)
+	}
+	d.say("%s stays on %s in slot %s, update state %q (%s); %s is marked bad and not tried again: %s",
+		canary, u.Version, u.Slot, u.State, u.Rollback.Check, badVersion, why)
+	if err := d.onStep(ctx, "trial-failed"); err != nil {
+		return err
+	}
+
+	// Back to the good release, so the canary converges again.
+	if err := d.writeFile("groups/canary.yaml", canaryGroup(releaseName)); err != nil {
+		return err
+	}
+	back, err := d.commit(ctx, "canary: back to "+releaseName)
+	if err != nil {
+		return err
+	}
+	if err := d.shoal(ctx, "poke", "--group", "canary", "--commit", back); err != nil {
+		return err
+	}
+	if _, err := d.wait(ctx, "converge on "+releaseVersion+" again", []string{canary}, func(_ string, s api.Status) bool {
+		return s.State == api.StateConverged && s.Commit.Applied == back && s.Update != nil && s.Update.Version == releaseVersion
+	}); err != nil {
+		return err
+	}
+	d.say("canary group back on %s (%s); %s converged", releaseVersion, back[:8], canary)
+	return nil
 }
