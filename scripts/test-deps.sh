@@ -19,6 +19,7 @@ declare -A need=(
   [systemd-analyze]=systemd
   [grub-script-check]=grub-common
   [losetup]=mount
+  [gcc]=gcc
 )
 # PostgreSQL's server binaries live outside PATH on Debian.
 pg_missing() { ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }
@@ -30,6 +31,8 @@ for cmd in "${!need[@]}"; do
   fi
 done
 pg_missing && missing+=(postgresql)
+# The TPM simulator (attest/tpmsim, the demo's agent) is C linked against libcrypto.
+[ -f /usr/include/openssl/rand.h ] || missing+=(libssl-dev)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "test-deps: all test packages present"
