@@ -22,6 +22,12 @@ type EnrolRequest struct {
 	CSR         string         `json:"csr"`
 	KeyKind     string         `json:"keyKind"`
 	Attestation *AttestRequest `json:"attestation,omitempty"` // when the device has a TPM
+	// EK goes with Attestation from a TPM (KeyKind "tpm") to
+	// /v1/enrol/challenge: the hub encrypts its challenge to it.
+	EK *EndorsementKey `json:"ek,omitempty"`
+	// Activation answers that challenge; it replaces Attestation in the
+	// second step, at /v1/enrol.
+	Activation *Activation `json:"activation,omitempty"`
 }
 
 // Validate checks the shape of an enrolment request, including that the CSR
@@ -44,6 +50,22 @@ func (r *EnrolRequest) Validate() error {
 	}
 	if r.Attestation != nil {
 		if err := r.Attestation.Validate(); err != nil {
+			return err
+		}
+	}
+	if r.EK != nil {
+		if err := r.EK.validate(); err != nil {
+			return err
+		}
+	}
+	if r.Activation != nil {
+		if r.Attestation != nil {
+			return invalid("activation: send it instead of the attestation, which the challenge step verified")
+		}
+		if r.KeyKind != KeyTPM {
+			return invalid("activation: only for keyKind %q", KeyTPM)
+		}
+		if err := r.Activation.validate(); err != nil {
 			return err
 		}
 	}

@@ -3,9 +3,12 @@ package hub
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +22,7 @@ import (
 	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/api/client"
 	"github.com/shoalfleet/shoal/attest"
+	"github.com/shoalfleet/shoal/hub/store"
 	"github.com/shoalfleet/shoal/internal/gitfs"
 	"github.com/shoalfleet/shoal/internal/pgtest"
 	"github.com/shoalfleet/shoal/internal/testenv"
@@ -222,8 +226,9 @@ func TestCountersAcrossHubs(t *testing.T) {
 		}
 		return quoteRequest(q, nonce, spec, version), nil
 	}
-	cert, err := client.Enrol(ctx, a.URL, a.token(t, "dev-ctr", time.Hour), at.Signer(), api.KeyTPM,
-		client.EnrolOptions{CAFingerprint: a.CAFingerprint(), Attest: attestFn})
+	eo := tpmEnrolOptions(at, at)
+	eo.CAFingerprint, eo.Attest = a.CAFingerprint(), attestFn
+	cert, err := client.Enrol(ctx, a.URL, a.token(t, "dev-ctr", time.Hour), at.Signer(), api.KeyTPM, eo)
 	if err != nil {
 		t.Fatalf("enrol with a TPM quote: %v", err)
 	}
@@ -484,5 +489,122 @@ func TestFleetPolicy(t *testing.T) {
 	}
 	if res := attestAs(t, clF, []int{0, 7}, "2.0.0"); !res.OK {
 		t.Fatalf("with the last good fleet: refused %v", res.Reasons)
+	}
+}
+
+// tpmEnrolOptions sends ekOf's EK and answers the hub's challenge with
+// activator's TPM.
+func tpmEnrolOptions(ekOf, activator *attest.Attester) client.EnrolOptions {
+	id := ekOf.Identity()
+	return client.EnrolOptions{
+		EK: &api.EndorsementKey{Area: id.EKArea, Public: id.EKPublic, Cert: id.EKCert},
+		Activate: func(ctx context.Context, c *api.EnrolChallenge) ([]byte, error) {
+			return activator.ActivateCredential(ctx, attest.Credential{IDObject: c.IDObject, EncSecret: c.EncSecret})
+		},
+	}
+}
+
+// TestEnrolActivation: a TPM enrolment with an attestation gets a
+// certificate only after the TPM recovers the hub's challenge for its AK
+// (two swtpms). A device sending one TPM's EK with another TPM's AK is
+// refused whichever TPM tries to answer, and nothing is written: the device
+// is not enrolled and its token still works.
+func TestEnrolActivation(t *testing.T) {
+	ctx := t.Context()
+	st := openSQLite(t)
+	v, err := NewAttestVerifier(attest.VerifierOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Counters = st
+	th := startHub(t, st, func(o *Options) { o.Verifier = v })
+	const spec, version = "sha256:1111", "2026.11.0"
+	tpmA, tpmB := tpmAttester(t, startSwtpm(t), spec, version), tpmAttester(t, startSwtpm(t), spec, version)
+	quoteBy := func(a *attest.Attester) func(context.Context, []byte) (*api.AttestRequest, error) {
+		return func(ctx context.Context, nonce []byte) (*api.AttestRequest, error) {
+			q, err := a.Quote(ctx, nonce, []int{0, 7})
+			if err != nil {
+				return nil, err
+			}
+			return quoteRequest(q, nonce, spec, version), nil
+		}
+	}
+	random := func(context.Context, *api.EnrolChallenge) ([]byte, error) {
+		return []byte("0123456789abcdef0123456789abcdef"), nil
+	}
+	cases := []struct {
+		name     string
+		signer   *attest.Attester // CSR key and AK
+		ekOf     *attest.Attester
+		activate func(context.Context, *api.EnrolChallenge) ([]byte, error) // nil: ekOf's TPM
+		reason   string                                                     // "" enrols
+	}{
+		{"AK of TPM B with the EK of TPM A, answered by A", tpmB, tpmA, nil, "activate credential"},
+		{"AK of TPM B with the EK of TPM A, answered by B", tpmB, tpmA, tpmEnrolOptions(tpmB, tpmB).Activate, "activate credential"},
+		{"AK of TPM B with the EK of TPM A, a guessed secret", tpmB, tpmA, random, api.ReasonActivationFailed},
+		{"AK and EK of one TPM", tpmA, tpmA, nil, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			id := "dev-" + strings.NewReplacer(" ", "-", ",", "").Replace(strings.ToLower(c.name))
+			if len(id) > 60 {
+				id = id[:60]
+			}
+			tok := th.token(t, id, time.Hour)
+			eo := tpmEnrolOptions(c.ekOf, c.ekOf)
+			if c.activate != nil {
+				eo.Activate = c.activate
+			}
+			eo.CAFingerprint, eo.Attest = th.CAFingerprint(), quoteBy(c.signer)
+			cert, err := client.Enrol(ctx, th.URL, tok, c.signer.Signer(), api.KeyTPM, eo)
+			if c.reason == "" {
+				if err != nil {
+					t.Fatalf("enrol: %v", err)
+				}
+				d, err := st.Device(ctx, id)
+				if err != nil || string(d.AK) != string(c.signer.Identity().AK) || cert.DeviceID != id {
+					t.Fatalf("enrolled device %+v, %v: want its AK registered", d, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), c.reason) {
+				t.Fatalf("enrol: %v, want a refusal with %q", err, c.reason)
+			}
+			t.Logf("refused: %v", err)
+			if _, err := st.Device(ctx, id); !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("device after a refused enrolment: %v, want not found", err)
+			}
+			if got, err := st.PeekEnrolToken(ctx, hashToken(tok), time.Now()); err != nil || got != id {
+				t.Fatalf("token after a refused enrolment: %q, %v; want still usable", got, err)
+			}
+		})
+	}
+
+	// The one-step enrolment (attestation straight to /v1/enrol) is refused for a TPM key.
+	tok := th.token(t, "dev-one-step", time.Hour)
+	eo := client.EnrolOptions{CAFingerprint: th.CAFingerprint(), Attest: quoteBy(tpmA)}
+	if _, err := client.Enrol(ctx, th.URL, tok, tpmA.Signer(), api.KeyTPM, eo); err == nil || !strings.Contains(err.Error(), "EK and Activate") {
+		t.Fatalf("client without EK: %v", err)
+	}
+	hc := th.raw(t, nil)
+	code, ae, body := call(t, hc, "POST", th.URL+"/v1/attest/nonce", tok, nil)
+	var n api.Nonce
+	if code != http.StatusOK || json.Unmarshal(body, &n) != nil {
+		t.Fatalf("enrolment nonce: %d %+v", code, ae)
+	}
+	att, err := quoteBy(tpmA)(ctx, n.Nonce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := client.CSR(tpmA.Signer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, ae, _ = call(t, hc, "POST", th.URL+"/v1/enrol", "", mustJSON(t, &api.EnrolRequest{APIVersion: api.Version, Token: tok, CSR: csr, KeyKind: api.KeyTPM, Attestation: att}))
+	if code != http.StatusForbidden || ae.Reason != api.ReasonActivationFailed {
+		t.Fatalf("one-step TPM enrolment: %d %+v, want 403 %s", code, ae, api.ReasonActivationFailed)
+	}
+	if _, err := st.Device(ctx, "dev-one-step"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("device after a refused one-step enrolment: %v", err)
 	}
 }

@@ -3,6 +3,7 @@ package hub
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/attest"
 	"github.com/shoalfleet/shoal/hub/store"
 )
 
@@ -49,6 +51,26 @@ func (h *Hub) handleEnrol(w http.ResponseWriter, r *http.Request) {
 	}
 	csr, _ := api.ParseCSR(req.CSR) // checked by Validate
 	var ak []byte
+	if req.KeyKind == api.KeyTPM && req.Attestation != nil {
+		h.m.enrolments.WithLabelValues(api.ReasonActivationFailed).Inc()
+		writeError(w, http.StatusForbidden, api.ReasonActivationFailed,
+			"a TPM enrolment with an attestation key must activate it: send the attestation and EK to /v1/enrol/challenge, then the recovered secret here")
+		return
+	}
+	if req.Activation != nil {
+		err := h.st.UseNonce(ctx, id, activationBinding(req.Activation.Secret, req.Activation.AKPublic, csr.RawSubjectPublicKeyInfo), now)
+		if errors.Is(err, store.ErrNotFound) {
+			h.m.enrolments.WithLabelValues(api.ReasonActivationFailed).Inc()
+			writeError(w, http.StatusForbidden, api.ReasonActivationFailed,
+				"the secret answers no live challenge for this attestation key and CSR key: the key is not in the TPM whose EK was sent, or the challenge expired or was used")
+			return
+		}
+		if err != nil {
+			h.internal(w, r, err)
+			return
+		}
+		ak = req.Activation.AKPublic
+	}
 	if req.Attestation != nil {
 		res, status, reason, err := h.attest(r, id, nil, req.KeyKind == api.KeySoftware, req.Attestation)
 		if err != nil {
@@ -83,6 +105,77 @@ func (h *Hub) handleEnrol(w http.ResponseWriter, r *http.Request) {
 	h.m.enrolments.WithLabelValues("ok").Inc()
 	h.log.Info("device enrolled", "device", d.ID, "key", req.KeyKind, "attested", ak != nil, "notAfter", cert.NotAfter)
 	writeJSON(w, http.StatusOK, h.certResponse(d.ID, certPEM, cert.NotBefore, cert.NotAfter))
+}
+
+// handleEnrolChallenge is the first step of a TPM enrolment: it verifies the
+// attestation made with the enrolment token's nonce and answers with a
+// secret encrypted to the device's EK for its AK's name. The hub keeps only
+// a hash binding the secret to the AK and the CSR's key, as a nonce of the
+// device, usable once until NonceTTL passes; handleEnrol takes it back.
+func (h *Hub) handleEnrolChallenge(w http.ResponseWriter, r *http.Request) {
+	var req api.EnrolRequest
+	if !decode(w, r, api.MaxEnrolBytes, &req) {
+		h.m.enrolments.WithLabelValues("bad-request").Inc()
+		return
+	}
+	if req.KeyKind != api.KeyTPM || req.Attestation == nil || req.EK == nil {
+		writeError(w, http.StatusBadRequest, api.ReasonBadRequest, `a challenge needs keyKind "tpm", an attestation and the EK`)
+		return
+	}
+	ctx := r.Context()
+	now := h.o.Now()
+	id, err := h.st.PeekEnrolToken(ctx, hashToken(req.Token), now)
+	if errors.Is(err, store.ErrNotFound) {
+		h.m.enrolments.WithLabelValues("token-invalid").Inc()
+		writeError(w, http.StatusUnauthorized, api.ReasonTokenInvalid, "enrolment token unknown, used, expired or revoked")
+		return
+	}
+	if err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	ekID := attest.Identity{EKArea: req.EK.Area, EKPublic: req.EK.Public, EKCert: req.EK.Cert}
+	if err := attest.CheckEK(ekID); err != nil {
+		h.m.enrolments.WithLabelValues(api.ReasonActivationFailed).Inc()
+		writeError(w, http.StatusBadRequest, api.ReasonActivationFailed, err.Error())
+		return
+	}
+	res, status, reason, err := h.attest(r, id, nil, false, req.Attestation)
+	if err != nil {
+		h.m.enrolments.WithLabelValues(reason).Inc()
+		writeError(w, status, reason, err.Error())
+		return
+	}
+	if !res.OK {
+		h.m.enrolments.WithLabelValues(api.ReasonQuoteInvalid).Inc()
+		writeError(w, http.StatusForbidden, api.ReasonQuoteInvalid, "enrolment attestation failed: "+strings.Join(res.Reasons, "; "))
+		return
+	}
+	secret, cred, err := attest.MakeCredential(req.EK.Area, req.Attestation.AKPublic)
+	if err != nil {
+		h.m.enrolments.WithLabelValues(api.ReasonActivationFailed).Inc()
+		writeError(w, http.StatusBadRequest, api.ReasonActivationFailed, err.Error())
+		return
+	}
+	csr, _ := api.ParseCSR(req.CSR) // checked by Validate
+	exp := now.Add(h.o.NonceTTL)
+	if err := h.st.PutNonce(ctx, id, activationBinding(secret, req.Attestation.AKPublic, csr.RawSubjectPublicKeyInfo), exp); err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, &api.EnrolChallenge{APIVersion: api.Version, IDObject: cred.IDObject, EncSecret: cred.EncSecret, Expires: exp})
+}
+
+// activationBinding ties a challenge's secret to the AK it was made for and
+// the key the certificate will be issued to.
+func activationBinding(secret, ak, csrKey []byte) []byte {
+	h := sha256.New()
+	h.Write([]byte("shoal/activation\x00"))
+	for _, b := range [][]byte{secret, ak, csrKey} {
+		s := sha256.Sum256(b)
+		h.Write(s[:])
+	}
+	return h.Sum(nil)
 }
 
 func (h *Hub) handleRenew(w http.ResponseWriter, r *http.Request, d store.Device) {

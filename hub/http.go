@@ -42,6 +42,7 @@ func (h *Hub) Handler() http.Handler {
 	}
 	// Enrolment: token-authenticated, no client certificate yet.
 	route("/v1/enrol", map[string]http.HandlerFunc{"POST": h.handleEnrol})
+	route("/v1/enrol/challenge", map[string]http.HandlerFunc{"POST": h.handleEnrolChallenge})
 	// Device API: mutual TLS.
 	route("/v1/renew", map[string]http.HandlerFunc{"POST": h.device(h.handleRenew)})
 	route("/v1/status", map[string]http.HandlerFunc{"POST": h.device(h.handleStatus)})

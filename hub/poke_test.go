@@ -230,9 +230,10 @@ func TestAttestation(t *testing.T) {
 	th := startHub(t, openSQLite(t))
 	ctx := t.Context()
 	ak := newKey(t)
-	// Enrolment with an attestation registers the AK.
+	// Enrolment with an attestation registers the AK. The key is a software
+	// one: a TPM key must also activate its AK (TestEnrolActivation, swtpm).
 	key := newKey(t)
-	c, err := client.Enrol(ctx, th.URL, th.token(t, "dev-tpm", time.Hour), key, api.KeyTPM, client.EnrolOptions{
+	c, err := client.Enrol(ctx, th.URL, th.token(t, "dev-tpm", time.Hour), key, api.KeySoftware, client.EnrolOptions{
 		CAFingerprint: th.CAFingerprint(),
 		Attest: func(_ context.Context, nonce []byte) (*api.AttestRequest, error) {
 			return softQuote(t, ak, nonce), nil
@@ -242,7 +243,7 @@ func TestAttestation(t *testing.T) {
 		t.Fatal(err)
 	}
 	d, _ := th.Store.Device(ctx, "dev-tpm")
-	if d.KeyKind != api.KeyTPM || len(d.AK) == 0 {
+	if d.KeyKind != api.KeySoftware || len(d.AK) == 0 {
 		t.Fatalf("enrolled device %+v", d)
 	}
 	cl, err := client.New(client.Options{Hub: th.URL, Key: key, Cert: c})
@@ -297,7 +298,7 @@ func TestAttestation(t *testing.T) {
 	}
 	// Enrolment with a failing attestation enrols nothing and leaves the token usable.
 	tok := th.token(t, "dev-bad", time.Hour)
-	_, err = client.Enrol(ctx, th.URL, tok, newKey(t), api.KeyTPM, client.EnrolOptions{
+	_, err = client.Enrol(ctx, th.URL, tok, newKey(t), api.KeySoftware, client.EnrolOptions{
 		CAFingerprint: th.CAFingerprint(),
 		Attest: func(_ context.Context, nonce []byte) (*api.AttestRequest, error) {
 			q := softQuote(t, ak, nonce)

@@ -70,6 +70,11 @@ type EnrolOptions struct {
 	CAFingerprint string
 	// Attest, when set, answers a hub nonce with a quote (TPM devices).
 	Attest func(ctx context.Context, nonce []byte) (*api.AttestRequest, error)
+	// EK and Activate are required with Attest for a "tpm" key: the hub
+	// challenges the AK with a secret encrypted to EK, and Activate recovers
+	// it in the TPM (attest.Attester.ActivateCredential).
+	EK       *api.EndorsementKey
+	Activate func(ctx context.Context, c *api.EnrolChallenge) ([]byte, error)
 	// Timeout bounds each request (default 30s).
 	Timeout time.Duration
 }
@@ -103,6 +108,11 @@ func Enrol(ctx context.Context, hubURL, token string, key crypto.Signer, keyKind
 		if req.Attestation, err = o.Attest(ctx, n.Nonce); err != nil {
 			return nil, fmt.Errorf("enrol: attest: %w", err)
 		}
+		if keyKind == api.KeyTPM {
+			if err := activate(ctx, hc, base, req, o); err != nil {
+				return nil, err
+			}
+		}
 	}
 	var c api.Certificate
 	if err := do(ctx, hc, base, "POST", "/v1/enrol", "", req, &c); err != nil {
@@ -112,6 +122,29 @@ func Enrol(ctx context.Context, hubURL, token string, key crypto.Signer, keyKind
 		return nil, fmt.Errorf("enrol: %w", err)
 	}
 	return &c, nil
+}
+
+// activate runs the challenge step of a TPM enrolment and turns req into
+// the second step: the recovered secret instead of the attestation.
+func activate(ctx context.Context, hc *http.Client, base *url.URL, req *api.EnrolRequest, o EnrolOptions) error {
+	if o.EK == nil || o.Activate == nil || req.Attestation == nil {
+		return errors.New("enrol: a TPM key with an attestation needs EK and Activate")
+	}
+	req.EK = o.EK
+	var ch api.EnrolChallenge
+	if err := do(ctx, hc, base, "POST", "/v1/enrol/challenge", "", req, &ch); err != nil {
+		return fmt.Errorf("enrol: challenge: %w", err)
+	}
+	if err := ch.Validate(); err != nil {
+		return fmt.Errorf("enrol: challenge: %w", err)
+	}
+	secret, err := o.Activate(ctx, &ch)
+	if err != nil {
+		return fmt.Errorf("enrol: activate credential: %w", err)
+	}
+	req.Activation = &api.Activation{AKPublic: req.Attestation.AKPublic, Secret: secret}
+	req.Attestation, req.EK = nil, nil
+	return nil
 }
 
 func firstContactTLS(serverName string, o EnrolOptions) (*tls.Config, error) {
