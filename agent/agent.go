@@ -16,7 +16,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -27,6 +26,7 @@ import (
 	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/internal/atomicfile"
 	"github.com/shoalfleet/shoal/internal/backoff"
+	"github.com/shoalfleet/shoal/internal/memtrim"
 	"github.com/shoalfleet/shoal/internal/version"
 	"github.com/shoalfleet/shoal/source"
 	"github.com/shoalfleet/shoal/spec"
@@ -266,7 +266,6 @@ func (a *Agent) Pass(ctx context.Context, trigger string) (*Report, error) {
 	// already found invalid (not retried until a new commit).
 	var work *source.Revision
 	var dev *spec.Device
-	rendered := false
 	if cand != nil {
 		switch {
 		case cand.Commit == st.Applied.Commit:
@@ -276,7 +275,6 @@ func (a *Agent) Pass(ctx context.Context, trigger string) (*Report, error) {
 			problem, specErrs = st.Attempted.Problem, st.Attempted.Errors
 		default:
 			d, err := a.o.Render(cand.FS, a.cfg.DeviceID)
-			rendered = true
 			if err != nil {
 				a.metrics.errors.WithLabelValues("render").Inc()
 				problem, specErrs = renderProblem(cand.Commit, err)
@@ -302,7 +300,6 @@ func (a *Agent) Pass(ctx context.Context, trigger string) (*Report, error) {
 		dev = a.applied
 	}
 	if work != nil && dev == nil {
-		rendered = true
 		if dev, err = a.o.Render(work.FS, a.cfg.DeviceID); err != nil {
 			a.log.Warn("applied commit no longer renders", "commit", work.Commit, "err", err)
 			work = nil
@@ -380,11 +377,6 @@ func (a *Agent) Pass(ctx context.Context, trigger string) (*Report, error) {
 		a.metrics.lastSuccess.Set(float64(a.now().Unix()))
 	}
 	a.metrics.setCommit(st.Applied.Commit, st.Applied.SpecHash)
-	if rendered {
-		// Loading and rendering through CUE allocates tens of MB that an idle
-		// agent should not hold: give it back to the OS now.
-		debug.FreeOSMemory()
-	}
 	return rep, nil
 }
 
@@ -648,20 +640,52 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
+// idleRelease is the shortest wait before which the agent gives memory
+// back; while it waits, it does so again every releaseEvery.
+const (
+	idleRelease  = 10 * time.Second
+	releaseEvery = time.Minute
+)
+
+// release gives back, before a long wait, what the pass left resident: the
+// heap CUE's load and render grew (tens of MB), and the binary's code pages
+// the pass brought in (most of the binary: Git, CUE, Docker, TPM and TLS
+// code). A device is idle for minutes between passes; the next pass faults
+// back in only the code it runs.
+func (a *Agent) release() {
+	start := time.Now()
+	st, err := memtrim.Release()
+	if err != nil {
+		a.log.Debug("release memory", "err", err)
+		return
+	}
+	a.log.Debug("released memory", "code_mappings", st.Mappings, "code_bytes", st.Bytes, "took", time.Since(start))
+}
+
 // wait returns what ended the wait, or "" when ctx is done.
 func (a *Agent) wait(ctx context.Context, d time.Duration) string {
 	t := time.NewTimer(d)
 	defer t.Stop()
-	var bundleTick <-chan time.Time
+	var bundleTick, releaseTick <-chan time.Time
 	if a.cfg.BundleDir != "" {
 		tk := time.NewTicker(2 * time.Second)
 		defer tk.Stop()
 		bundleTick = tk.C
 	}
+	if d >= idleRelease {
+		// Idle for a while: give back what the pass left, and again now
+		// and then for what scrapes, deliveries and long polls touch.
+		a.release()
+		tk := time.NewTicker(releaseEvery)
+		defer tk.Stop()
+		releaseTick = tk.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return ""
+		case <-releaseTick:
+			a.release()
 		case <-t.C:
 			return "poll"
 		case r := <-a.triggers:
