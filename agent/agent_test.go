@@ -22,8 +22,8 @@ func (c *countingRender) render(fsys fs.FS, id string) (*spec.Device, error) {
 
 func TestPassLifecycle(t *testing.T) {
 	r := newGitRepo(t)
-	c1 := r.commit(fleetFiles(), "fleet")
-	cfg := testConfig(t, "file://"+r.dir)
+	c1 := r.Commit(fleetFiles(), "fleet")
+	cfg := testConfig(t, "file://"+r.Dir)
 	stage := &fakeStage{name: "containers"}
 	a, logs := newTestAgent(t, cfg, stage)
 	cr := &countingRender{}
@@ -61,7 +61,7 @@ func TestPassLifecycle(t *testing.T) {
 		t.Fatalf("seq = %d, want 2", rep.Status.Seq)
 	}
 
-	bad := r.commit(map[string]string{"apps/web.yaml": "image:\n  ref: example/web:1.0@sha256:" + strings.Repeat("a", 64) + "\nports:\n  - host: eighty\n    container: 80\n"}, "typo")
+	bad := r.Commit(map[string]string{"apps/web.yaml": "image:\n  ref: example/web:1.0@sha256:" + strings.Repeat("a", 64) + "\nports:\n  - host: eighty\n    container: 80\n"}, "typo")
 	rendersBefore := cr.n
 	rep = pass("invalid commit")
 	st := a.State()
@@ -91,13 +91,13 @@ func TestPassLifecycle(t *testing.T) {
 
 	fixed := fleetFiles()
 	fixed["apps/web.yaml"] = strings.Replace(fixed["apps/web.yaml"], "LOG: info", "LOG: debug", 1)
-	c3 := r.commit(map[string]string{"apps/web.yaml": fixed["apps/web.yaml"]}, "fix")
+	c3 := r.Commit(map[string]string{"apps/web.yaml": fixed["apps/web.yaml"]}, "fix")
 	rep = pass("fixed")
 	if !rep.Converged() || a.State().Applied.Commit != c3 || stage.calls() != 2 || a.State().Attempted.Problem != nil {
 		t.Fatalf("fixed commit: %s applied %s calls %d", rep.Status.State, a.State().Applied.Commit, stage.calls())
 	}
 
-	c4 := r.commit(map[string]string{"devices/d2.yaml": "labels:\n  role: web\n  hall: \"2\"\n"}, "other device")
+	c4 := r.Commit(map[string]string{"devices/d2.yaml": "labels:\n  role: web\n  hall: \"2\"\n"}, "other device")
 	rep = pass("other device's change")
 	if !rep.Converged() || a.State().Applied.Commit != c4 || stage.calls() != 2 {
 		t.Fatalf("a commit that leaves d1's spec alone called the stage (calls %d) or was not applied", stage.calls())
@@ -119,15 +119,15 @@ func TestPassLifecycle(t *testing.T) {
 
 func TestStageFailureKeepsAppliedAndRetries(t *testing.T) {
 	r := newGitRepo(t)
-	c1 := r.commit(fleetFiles(), "fleet")
-	cfg := testConfig(t, "file://"+r.dir)
+	c1 := r.Commit(fleetFiles(), "fleet")
+	cfg := testConfig(t, "file://"+r.Dir)
 	stage := &fakeStage{name: "containers"}
 	a, _ := newTestAgent(t, cfg, stage)
 	if rep, err := a.Pass(t.Context(), "poll"); err != nil || !rep.Converged() {
 		t.Fatal(err)
 	}
 	f := fleetFiles()
-	c2 := r.commit(map[string]string{"apps/web.yaml": strings.Replace(f["apps/web.yaml"], "1.0", "2.0", 1)}, "v2")
+	c2 := r.Commit(map[string]string{"apps/web.yaml": strings.Replace(f["apps/web.yaml"], "1.0", "2.0", 1)}, "v2")
 	stage.fail = stalledErr{errors.New("docker: image example/web:2.0 not found")}
 	rep, _ := a.Pass(t.Context(), "poll")
 	st := a.State()
@@ -149,15 +149,15 @@ func (stalledErr) Reason() string { return "image-missing" }
 
 func TestRewrittenHistoryRefused(t *testing.T) {
 	r := newGitRepo(t)
-	c1 := r.commit(fleetFiles(), "fleet")
-	c2 := r.commit(map[string]string{"devices/d1.yaml": "labels:\n  role: web\n  x: \"1\"\n"}, "two")
-	cfg := testConfig(t, "file://"+r.dir)
+	c1 := r.Commit(fleetFiles(), "fleet")
+	c2 := r.Commit(map[string]string{"devices/d1.yaml": "labels:\n  role: web\n  x: \"1\"\n"}, "two")
+	cfg := testConfig(t, "file://"+r.Dir)
 	a, logs := newTestAgent(t, cfg, &fakeStage{name: "containers"})
 	if rep, err := a.Pass(t.Context(), "poll"); err != nil || a.State().Applied.Commit != c2 {
 		t.Fatalf("%v %v", rep, err)
 	}
-	r.git("reset", "-q", "--hard", c1)
-	c3 := r.commit(map[string]string{"devices/d1.yaml": "labels:\n  role: web\n  x: \"3\"\n"}, "rewritten")
+	r.Git("reset", "-q", "--hard", c1)
+	c3 := r.Commit(map[string]string{"devices/d1.yaml": "labels:\n  role: web\n  x: \"3\"\n"}, "rewritten")
 	rep, _ := a.Pass(t.Context(), "poll")
 	st := a.State()
 	if rep.Status.State != api.StateStalled || st.Applied.Commit != c2 || st.Attempted.Commit != c3 ||
@@ -171,8 +171,8 @@ func TestRewrittenHistoryRefused(t *testing.T) {
 
 func TestDamagedStateSetAside(t *testing.T) {
 	r := newGitRepo(t)
-	c1 := r.commit(fleetFiles(), "fleet")
-	cfg := testConfig(t, "file://"+r.dir)
+	c1 := r.Commit(fleetFiles(), "fleet")
+	cfg := testConfig(t, "file://"+r.Dir)
 	a, _ := newTestAgent(t, cfg)
 	if _, err := a.Pass(t.Context(), "poll"); err != nil {
 		t.Fatal(err)

@@ -11,10 +11,10 @@ import (
 // `git fetch` by the git CLI on the same repo as the baseline.
 func BenchmarkPassNothingNew(b *testing.B) {
 	r := newGitRepo(b)
-	r.commit(fleetFiles(), "fleet")
-	daemon := startGitDaemon(b, filepath.Dir(r.dir))
+	r.Commit(fleetFiles(), "fleet")
+	daemon := startGitDaemon(b, filepath.Dir(r.Dir))
 	for _, tr := range []struct{ name, url string }{
-		{"file", "file://" + r.dir},
+		{"file", "file://" + r.Dir},
 		{"git-daemon", "git://" + daemon + "/fleet"},
 	} {
 		b.Run("agent/"+tr.name, func(b *testing.B) {
@@ -45,7 +45,7 @@ func BenchmarkPassNothingNew(b *testing.B) {
 			}
 			for b.Loop() {
 				cmd := exec.Command("git", "-C", clone, "fetch", "-q", "origin", "+refs/heads/main:refs/heads/main")
-				cmd.Env = r.env
+				cmd.Env = r.Env
 				if out, err := cmd.CombinedOutput(); err != nil {
 					b.Fatalf("%v\n%s", err, out)
 				}

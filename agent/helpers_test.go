@@ -45,55 +45,9 @@ env:
 }
 
 // gitRepo is a real fleet repository made with the git CLI.
-type gitRepo struct {
-	t   testing.TB
-	dir string
-	env []string
-}
+type gitRepo = testenv.Repo
 
-func newGitRepo(t testing.TB) *gitRepo {
-	t.Helper()
-	testenv.LookPath(t, "git", "git")
-	home := t.TempDir()
-	r := &gitRepo{t: t, dir: filepath.Join(t.TempDir(), "fleet"), env: append(os.Environ(),
-		"HOME="+home, "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL="+filepath.Join(home, ".gitconfig"),
-		"GIT_AUTHOR_NAME=Op", "GIT_AUTHOR_EMAIL=op@example.com",
-		"GIT_COMMITTER_NAME=Op", "GIT_COMMITTER_EMAIL=op@example.com")}
-	if err := os.MkdirAll(r.dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	r.git("init", "-q", "-b", "main")
-	return r
-}
-
-func (r *gitRepo) git(args ...string) string {
-	r.t.Helper()
-	cmd := exec.Command("git", args...)
-	cmd.Dir = r.dir
-	cmd.Env = r.env
-	var out, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &stderr
-	if err := cmd.Run(); err != nil {
-		r.t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
-	}
-	return strings.TrimSpace(out.String())
-}
-
-func (r *gitRepo) commit(files map[string]string, msg string) string {
-	r.t.Helper()
-	for name, content := range files {
-		p := filepath.Join(r.dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			r.t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			r.t.Fatal(err)
-		}
-		r.git("add", name)
-	}
-	r.git("commit", "-q", "--allow-empty", "-m", msg)
-	return r.git("rev-parse", "HEAD")
-}
+func newGitRepo(t testing.TB) *gitRepo { return testenv.NewRepo(t) }
 
 // fakeStage records Converge calls; fail makes it return an error.
 type fakeStage struct {

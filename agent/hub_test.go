@@ -83,8 +83,8 @@ func TestAgentWithRealHub(t *testing.T) {
 	t.Cleanup(cl.CloseIdleConnections)
 
 	r := newGitRepo(t)
-	c1 := r.commit(fleetFiles(), "fleet")
-	cfg := testConfig(t, "file://"+r.dir)
+	c1 := r.Commit(fleetFiles(), "fleet")
+	cfg := testConfig(t, "file://"+r.Dir)
 	cfg.PollInterval = Duration(time.Hour)
 	cfg.RetryMax = Duration(200 * time.Millisecond)
 	a, logs := newTestAgent(t, cfg, &fakeStage{name: "containers"})
@@ -112,7 +112,7 @@ func TestAgentWithRealHub(t *testing.T) {
 	})
 
 	// A poke through the hub: the agent fetches at once (its poll interval is an hour).
-	c2 := r.commit(map[string]string{"devices/d1.yaml": "labels:\n  role: web\n  poked: \"1\"\n"}, "poke")
+	c2 := r.Commit(map[string]string{"devices/d1.yaml": "labels:\n  role: web\n  poked: \"1\"\n"}, "poke")
 	if _, err := rh.h.Poke(t.Context(), store.Poke{Devices: []string{"d1"}, Reason: "operator", Time: time.Now()}); err != nil {
 		t.Fatal(err)
 	}

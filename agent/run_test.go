@@ -53,8 +53,8 @@ func (p *fakePoker) WaitPoke(ctx context.Context, after int64) (*api.Poke, error
 
 func TestRunTriggers(t *testing.T) {
 	r := newGitRepo(t)
-	r.commit(fleetFiles(), "fleet")
-	cfg := testConfig(t, "file://"+r.dir)
+	r.Commit(fleetFiles(), "fleet")
+	cfg := testConfig(t, "file://"+r.Dir)
 	cfg.PollInterval = Duration(time.Hour) // only triggers start passes here
 	cfg.BundleDir = t.TempDir()
 	stage := &fakeStage{name: "containers"}
@@ -68,7 +68,7 @@ func TestRunTriggers(t *testing.T) {
 	waitFor(t, 10*time.Second, "the first pass", func() bool { return passes() == 1 })
 
 	// A poke from the hub: a pass at once, for the new commit.
-	c2 := r.commit(map[string]string{"devices/d1.yaml": "labels:\n  role: web\n  poked: \"yes\"\n"}, "poke me")
+	c2 := r.Commit(map[string]string{"devices/d1.yaml": "labels:\n  role: web\n  poked: \"yes\"\n"}, "poke me")
 	poker.pokes <- &api.Poke{APIVersion: api.Version, ID: 1, Reason: "webhook", Time: time.Now()}
 	waitFor(t, 10*time.Second, "a pass after the poke", func() bool { return a.State().Applied.Commit == c2 })
 
@@ -78,9 +78,9 @@ func TestRunTriggers(t *testing.T) {
 	waitFor(t, 10*time.Second, "a pass after SIGHUP", func() bool { return passes() > n })
 
 	// A new bundle in the bundle dir.
-	c3 := r.commit(map[string]string{"devices/d1.yaml": "labels:\n  role: web\n  usb: \"yes\"\n"}, "from usb")
+	c3 := r.Commit(map[string]string{"devices/d1.yaml": "labels:\n  role: web\n  usb: \"yes\"\n"}, "from usb")
 	tmp := filepath.Join(t.TempDir(), "x.bundle")
-	r.git("bundle", "create", "-q", tmp, "main")
+	r.Git("bundle", "create", "-q", tmp, "main")
 	if err := os.Rename(tmp, filepath.Join(cfg.BundleDir, "fleet.bundle")); err != nil {
 		t.Fatal(err)
 	}
@@ -145,8 +145,8 @@ func (p *flakyProxy) serve(c net.Conn) {
 
 func TestGitServerDiesMidFetch(t *testing.T) {
 	r := newGitRepo(t)
-	c1 := r.commit(fleetFiles(), "fleet")
-	d := startGitDaemon(t, filepath.Dir(r.dir))
+	c1 := r.Commit(fleetFiles(), "fleet")
+	d := startGitDaemon(t, filepath.Dir(r.Dir))
 	proxy := startProxy(t, d, 2048)
 	cfg := testConfig(t, "git://"+proxy.l.Addr().String()+"/fleet")
 	cfg.PollInterval = Duration(time.Hour)
@@ -160,7 +160,7 @@ func TestGitServerDiesMidFetch(t *testing.T) {
 		big[i] = byte(i*7919 + i/13)
 	}
 	f := fleetFiles()
-	c2 := r.commit(map[string]string{"images/blob.bin": string(big), "devices/d1.yaml": f["devices/d1.yaml"] + "  big: \"1\"\n"}, "big")
+	c2 := r.Commit(map[string]string{"images/blob.bin": string(big), "devices/d1.yaml": f["devices/d1.yaml"] + "  big: \"1\"\n"}, "big")
 	proxy.cut.Store(true)
 	runAgent(t, a)
 	waitFor(t, 20*time.Second, "two failed passes", func() bool {
@@ -180,9 +180,9 @@ func TestGitServerDiesMidFetch(t *testing.T) {
 
 func TestMetricsAndHealthz(t *testing.T) {
 	r := newGitRepo(t)
-	r.commit(fleetFiles(), "fleet")
+	r.Commit(fleetFiles(), "fleet")
 	for _, pprofOn := range []bool{false, true} {
-		cfg := testConfig(t, "file://"+r.dir)
+		cfg := testConfig(t, "file://"+r.Dir)
 		cfg.MetricsAddr = "127.0.0.1:0"
 		cfg.Pprof = pprofOn
 		a, _ := newTestAgent(t, cfg, &fakeStage{name: "containers"})
@@ -228,8 +228,8 @@ func TestSdNotifyReadyAndWatchdog(t *testing.T) {
 	t.Setenv("WATCHDOG_USEC", "100000")
 	t.Setenv("WATCHDOG_PID", "")
 	r := newGitRepo(t)
-	r.commit(fleetFiles(), "fleet")
-	cfg := testConfig(t, "file://"+r.dir)
+	r.Commit(fleetFiles(), "fleet")
+	cfg := testConfig(t, "file://"+r.Dir)
 	a, _ := newTestAgent(t, cfg)
 	a.o.Notify = SdNotify
 	runAgent(t, a)

@@ -21,23 +21,23 @@ func TestSignaturePolicyFromConfig(t *testing.T) {
 	}
 	r := newGitRepo(t)
 	for _, f := range []string{"fleet.cue", "groups/web.yaml", "devices/d1.yaml", "devices/d2.yaml", "apps/web.yaml"} {
-		p := filepath.Join(r.dir, f)
+		p := filepath.Join(r.Dir, f)
 		os.MkdirAll(filepath.Dir(p), 0o755)
 		os.WriteFile(p, []byte(fleetFiles()[f]), 0o644)
-		r.git("add", f)
+		r.Git("add", f)
 	}
 	signed := func(msg string) string {
-		r.git("-c", "gpg.format=ssh", "-c", "user.signingkey="+key, "commit", "-q", "-S", "--allow-empty", "-m", msg)
-		return r.git("rev-parse", "HEAD")
+		r.Git("-c", "gpg.format=ssh", "-c", "user.signingkey="+key, "commit", "-q", "-S", "--allow-empty", "-m", msg)
+		return r.Git("rev-parse", "HEAD")
 	}
 	good := signed("signed fleet")
-	cfg := testConfig(t, "file://"+r.dir)
+	cfg := testConfig(t, "file://"+r.Dir)
 	cfg.Repo.Signers.SSHKeys = key + ".pub"
 	a, _ := newTestAgent(t, cfg, &fakeStage{name: "containers"})
 	if rep, err := a.Pass(t.Context(), "poll"); err != nil || !rep.Converged() || a.State().Applied.Commit != good {
 		t.Fatalf("signed commit not applied: %v %+v", err, rep.Status.Problem)
 	}
-	unsigned := r.commit(map[string]string{"devices/d1.yaml": "labels:\n  role: web\n  evil: \"1\"\n"}, "unsigned")
+	unsigned := r.Commit(map[string]string{"devices/d1.yaml": "labels:\n  role: web\n  evil: \"1\"\n"}, "unsigned")
 	rep, err := a.Pass(t.Context(), "poll")
 	st := a.State()
 	if err != nil || rep.Status.State != api.StateStalled || st.Applied.Commit != good || st.Attempted.Commit != unsigned ||

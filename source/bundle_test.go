@@ -16,16 +16,16 @@ import (
 
 func TestImportBundle(t *testing.T) {
 	r := newGitRepo(t)
-	a := r.commit(map[string]string{"f": "a"}, "a")
-	b := r.commit(map[string]string{"f": "b"}, "b")
+	a := r.Commit(map[string]string{"f": "a"}, "a")
+	b := r.Commit(map[string]string{"f": "b"}, "b")
 	dir := t.TempDir()
 	full := filepath.Join(dir, "full.bundle")
-	r.git("bundle", "create", "-q", full, "main")
-	c := r.commit(map[string]string{"f": "c"}, "c")
+	r.Git("bundle", "create", "-q", full, "main")
+	c := r.Commit(map[string]string{"f": "c"}, "c")
 	incr := filepath.Join(dir, "incr.bundle")
-	r.git("bundle", "create", "-q", incr, "main", "^"+b)
+	r.Git("bundle", "create", "-q", incr, "main", "^"+b)
 	v3 := filepath.Join(dir, "v3.bundle")
-	r.git("bundle", "create", "-q", "--version=3", v3, "main")
+	r.Git("bundle", "create", "-q", "--version=3", v3, "main")
 	garbage := filepath.Join(dir, "garbage.bundle")
 	if err := os.WriteFile(garbage, []byte("# v2 git bundle\n"+c+" refs/heads/main\n\nPACKnot really"), 0o644); err != nil {
 		t.Fatal(err)
@@ -43,7 +43,7 @@ func TestImportBundle(t *testing.T) {
 		}
 	})
 	t.Run("v3 bundle", func(t *testing.T) {
-		s := newSource(t, Options{URL: r.url()})
+		s := newSource(t, Options{URL: r.URL()})
 		rev, err := s.ImportBundle(t.Context(), v3, "")
 		if err != nil || rev.Commit != c {
 			t.Fatalf("v3 bundle: %+v %v", rev, err)
@@ -57,11 +57,11 @@ func TestImportBundle(t *testing.T) {
 		{"incremental without its prerequisite", incr, Options{}},
 		{"branch not in bundle", full, Options{Branch: "prod"}},
 		{"corrupt packfile", garbage, Options{}},
-		{"not a bundle", filepath.Join(r.dir, "f"), Options{}},
+		{"not a bundle", filepath.Join(r.Dir, "f"), Options{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.opts.URL = r.url()
+			tt.opts.URL = r.URL()
 			s := newSource(t, tt.opts)
 			_, err := s.ImportBundle(t.Context(), tt.bundle, "")
 			if !errors.Is(err, ErrBundle) || !Stalled(err) {
@@ -143,9 +143,9 @@ func TestHTTPTokenAuth(t *testing.T) {
 		testenv.Missing(t, "git-http-backend", "apt-get install git")
 	}
 	r := newGitRepo(t)
-	want := r.commit(map[string]string{"f": "x"}, "x")
+	want := r.Commit(map[string]string{"f": "x"}, "x")
 	const token = "tok-9f8e7d6c5b4a"
-	h := &cgi.Handler{Path: backend, Env: []string{"GIT_PROJECT_ROOT=" + filepath.Dir(r.dir), "GIT_HTTP_EXPORT_ALL=1"}}
+	h := &cgi.Handler{Path: backend, Env: []string{"GIT_PROJECT_ROOT=" + filepath.Dir(r.Dir), "GIT_HTTP_EXPORT_ALL=1"}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if _, p, ok := req.BasicAuth(); !ok || p != token {
 			w.Header().Set("WWW-Authenticate", `Basic realm="fleet"`)

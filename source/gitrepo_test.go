@@ -1,13 +1,10 @@
 package source
 
 import (
-	"bytes"
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -15,67 +12,9 @@ import (
 )
 
 // gitRepo is a real repository made with the git CLI.
-type gitRepo struct {
-	t   testing.TB
-	dir string
-	env []string
-}
+type gitRepo = testenv.Repo
 
-func newGitRepo(t testing.TB) *gitRepo {
-	t.Helper()
-	testenv.LookPath(t, "git", "git")
-	home := t.TempDir()
-	r := &gitRepo{t: t, dir: filepath.Join(t.TempDir(), "fleet"), env: gitEnv(home)}
-	if err := os.MkdirAll(r.dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	r.git("init", "-q", "-b", "main")
-	return r
-}
-
-func gitEnv(home string) []string {
-	return append(os.Environ(),
-		"HOME="+home, "GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL="+filepath.Join(home, ".gitconfig"),
-		"GIT_AUTHOR_NAME=Op", "GIT_AUTHOR_EMAIL=op@example.com",
-		"GIT_COMMITTER_NAME=Op", "GIT_COMMITTER_EMAIL=op@example.com",
-		"GNUPGHOME="+filepath.Join(home, "gnupg"))
-}
-
-func (r *gitRepo) git(args ...string) string {
-	r.t.Helper()
-	cmd := exec.Command("git", args...)
-	cmd.Dir = r.dir
-	cmd.Env = r.env
-	var out, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &stderr
-	if err := cmd.Run(); err != nil {
-		r.t.Fatalf("git %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
-	}
-	return strings.TrimSpace(out.String())
-}
-
-// commit writes files (content "" deletes) and commits them, returning the commit id.
-func (r *gitRepo) commit(files map[string]string, msg string, extra ...string) string {
-	r.t.Helper()
-	for name, content := range files {
-		p := filepath.Join(r.dir, name)
-		if content == "" {
-			r.git("rm", "-q", name)
-			continue
-		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			r.t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			r.t.Fatal(err)
-		}
-		r.git("add", name)
-	}
-	r.git(append([]string{"commit", "-q", "--allow-empty", "-m", msg}, extra...)...)
-	return r.git("rev-parse", "HEAD")
-}
-
-func (r *gitRepo) url() string { return "file://" + r.dir }
+func newGitRepo(t testing.TB) *gitRepo { return testenv.NewRepo(t) }
 
 // freePort returns a loopback TCP port that was free a moment ago.
 func freePort(t testing.TB) int {
@@ -123,7 +62,7 @@ func startGitDaemon(t testing.TB, base string, port int) *gitDaemon {
 	d := &gitDaemon{t: t, base: base, port: port}
 	d.cmd = exec.Command(bin, "--reuseaddr", "--export-all", "--base-path="+base,
 		"--listen=127.0.0.1", "--port="+itoa(port), base)
-	d.cmd.Env = gitEnv(t.TempDir())
+	d.cmd.Env = testenv.NewRepo(t).Env
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,7 @@ func gpgKey(t *testing.T, r *gitRepo, uid string) (string, string) {
 	t.Helper()
 	testenv.LookPath(t, "gpg", "gnupg")
 	home := ""
-	for _, e := range r.env {
+	for _, e := range r.Env {
 		if v, ok := strings.CutPrefix(e, "GNUPGHOME="); ok {
 			home = v
 		}
@@ -44,12 +44,12 @@ func gpgKey(t *testing.T, r *gitRepo, uid string) (string, string) {
 	}
 	t.Cleanup(func() {
 		cmd := exec.Command("gpgconf", "--kill", "all")
-		cmd.Env = r.env
+		cmd.Env = r.Env
 		_ = cmd.Run()
 	})
 	gpg := func(args ...string) string {
 		cmd := exec.Command("gpg", append([]string{"--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""}, args...)...)
-		cmd.Env = r.env
+		cmd.Env = r.Env
 		out, err := cmd.Output()
 		if err != nil {
 			var ee *exec.ExitError
@@ -109,12 +109,12 @@ func TestSignaturePolicy(t *testing.T) {
 			if tt.policy != nil && tt.policy.SSH == "" {
 				base = pgpSign(trustedFpr)
 			}
-			good := r.commitSigned(base, map[string]string{"f": tt.name + " base"}, "base")
-			s := newSource(t, Options{URL: r.url(), Signatures: tt.policy})
+			good := commitSigned(r, base, map[string]string{"f": tt.name + " base"}, "base")
+			s := newSource(t, Options{URL: r.URL(), Signatures: tt.policy})
 			if rev, err := s.Fetch(t.Context(), ""); tt.policy != nil && (err != nil || rev.Commit != good) {
 				t.Fatalf("trusted base commit: %v", err)
 			}
-			c := r.commitSigned(tt.sign, map[string]string{"f": tt.name}, "candidate")
+			c := commitSigned(r, tt.sign, map[string]string{"f": tt.name}, "candidate")
 			rev, err := s.Fetch(t.Context(), good)
 			if !errors.Is(err, tt.wantErr) || (err == nil) != (tt.wantErr == nil) {
 				t.Fatalf("err = %v, want %v", err, tt.wantErr)
@@ -132,19 +132,19 @@ func TestSignaturePolicy(t *testing.T) {
 	}
 }
 
-func (r *gitRepo) commitSigned(sign []string, files map[string]string, msg string) string {
-	r.t.Helper()
+func commitSigned(r *gitRepo, sign []string, files map[string]string, msg string) string {
+	r.T.Helper()
 	if sign == nil {
-		return r.commit(files, msg)
+		return r.Commit(files, msg)
 	}
 	for name, content := range files {
-		if err := os.WriteFile(filepath.Join(r.dir, name), []byte(content), 0o644); err != nil {
-			r.t.Fatal(err)
+		if err := os.WriteFile(filepath.Join(r.Dir, name), []byte(content), 0o644); err != nil {
+			r.T.Fatal(err)
 		}
-		r.git("add", name)
+		r.Git("add", name)
 	}
-	r.git(append(sign, "commit", "-q", "-S", "-m", msg)...)
-	return r.git("rev-parse", "HEAD")
+	r.Git(append(sign, "commit", "-q", "-S", "-m", msg)...)
+	return r.Git("rev-parse", "HEAD")
 }
 
 func TestParseSSHSigRejects(t *testing.T) {

@@ -39,10 +39,10 @@ func readFile(t *testing.T, rev *Revision, name string) string {
 
 func TestFetchRefs(t *testing.T) {
 	r := newGitRepo(t)
-	c1 := r.commit(map[string]string{"fleet.cue": "v: 1\n", "devices/a.yaml": "id: a\n"}, "one")
-	r.git("tag", "-a", "v1", "-m", "release v1")
-	r.git("tag", "light1")
-	c2 := r.commit(map[string]string{"fleet.cue": "v: 2\n"}, "two")
+	c1 := r.Commit(map[string]string{"fleet.cue": "v: 1\n", "devices/a.yaml": "id: a\n"}, "one")
+	r.Git("tag", "-a", "v1", "-m", "release v1")
+	r.Git("tag", "light1")
+	c2 := r.Commit(map[string]string{"fleet.cue": "v: 2\n"}, "two")
 
 	tests := []struct {
 		name    string
@@ -58,7 +58,7 @@ func TestFetchRefs(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tt.opts.URL = r.url()
+			tt.opts.URL = r.URL()
 			s := newSource(t, tt.opts)
 			rev, err := s.Fetch(t.Context(), "")
 			if err != nil {
@@ -85,9 +85,9 @@ func TestFetchRefs(t *testing.T) {
 func TestFetchFollowsNewCommitsShallow(t *testing.T) {
 	r := newGitRepo(t)
 	for i := range 5 {
-		r.commit(map[string]string{"n": strings.Repeat("x", i+1)}, "c")
+		r.Commit(map[string]string{"n": strings.Repeat("x", i+1)}, "c")
 	}
-	s := newSource(t, Options{URL: r.url()})
+	s := newSource(t, Options{URL: r.URL()})
 	rev, err := s.Fetch(t.Context(), "")
 	if err != nil {
 		t.Fatal(err)
@@ -96,8 +96,8 @@ func TestFetchFollowsNewCommitsShallow(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(shallow)) != rev.Commit {
 		t.Fatalf("first clone is not shallow at depth 1: shallow file %q, %v", shallow, err)
 	}
-	c6 := r.commit(map[string]string{"n": "six"}, "c6")
-	c7 := r.commit(map[string]string{"n": "seven"}, "c7")
+	c6 := r.Commit(map[string]string{"n": "six"}, "c6")
+	c7 := r.Commit(map[string]string{"n": "seven"}, "c7")
 	rev2, err := s.Fetch(t.Context(), rev.Commit)
 	if err != nil {
 		t.Fatal(err)
@@ -123,17 +123,17 @@ func TestRewrittenHistory(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := newGitRepo(t)
-			a := r.commit(map[string]string{"f": "a"}, "a")
-			b := r.commit(map[string]string{"f": "b"}, "b")
+			a := r.Commit(map[string]string{"f": "a"}, "a")
+			b := r.Commit(map[string]string{"f": "b"}, "b")
 			var logs bytes.Buffer
-			s := newSource(t, Options{URL: r.url(), AllowRewrite: tt.allow,
+			s := newSource(t, Options{URL: r.URL(), AllowRewrite: tt.allow,
 				Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 			rev, err := s.Fetch(t.Context(), "")
 			if err != nil || rev.Commit != b {
 				t.Fatalf("first fetch: %v %v", rev, err)
 			}
-			r.git("reset", "-q", "--hard", a)
-			c := r.commit(map[string]string{"f": "c"}, "c rewrites b")
+			r.Git("reset", "-q", "--hard", a)
+			c := r.Commit(map[string]string{"f": "c"}, "c rewrites b")
 			rev, err = s.Fetch(t.Context(), b)
 			if !errors.Is(err, tt.wantErr) || (err == nil) != (tt.wantErr == nil) {
 				t.Fatalf("fetch after force-push: err = %v, want %v", err, tt.wantErr)
@@ -153,9 +153,9 @@ func TestRewrittenHistory(t *testing.T) {
 
 func TestCorruptRepoIsClonedAgain(t *testing.T) {
 	r := newGitRepo(t)
-	r.commit(map[string]string{"f": "one"}, "one")
-	want := r.commit(map[string]string{"f": "two"}, "two")
-	s := newSource(t, Options{URL: r.url()})
+	r.Commit(map[string]string{"f": "one"}, "one")
+	want := r.Commit(map[string]string{"f": "two"}, "two")
+	s := newSource(t, Options{URL: r.URL()})
 	if _, err := s.Fetch(t.Context(), ""); err != nil {
 		t.Fatal(err)
 	}
@@ -198,15 +198,15 @@ func TestCorruptRepoIsClonedAgain(t *testing.T) {
 
 func TestGitDaemonUnreachableThenBack(t *testing.T) {
 	r := newGitRepo(t)
-	want := r.commit(map[string]string{"f": "x"}, "x")
-	base := filepath.Dir(r.dir)
+	want := r.Commit(map[string]string{"f": "x"}, "x")
+	base := filepath.Dir(r.Dir)
 	d := startGitDaemon(t, base, 0)
 	s := newSource(t, Options{URL: "git://" + d.addr() + "/fleet", Timeout: 10 * time.Second})
 	rev, err := s.Fetch(t.Context(), "")
 	if err != nil || rev.Commit != want {
 		t.Fatalf("fetch over git daemon: %v %v", rev, err)
 	}
-	want2 := r.commit(map[string]string{"f": "y"}, "y")
+	want2 := r.Commit(map[string]string{"f": "y"}, "y")
 	d.stop()
 	_, err = s.Fetch(t.Context(), rev.Commit)
 	if !errors.Is(err, ErrUnreachable) || Stalled(err) {
@@ -221,9 +221,9 @@ func TestGitDaemonUnreachableThenBack(t *testing.T) {
 
 func TestRefNotFound(t *testing.T) {
 	r := newGitRepo(t)
-	r.commit(map[string]string{"f": "x"}, "x")
+	r.Commit(map[string]string{"f": "x"}, "x")
 	for _, o := range []Options{{Branch: "nope"}, {Tag: "nope"}, {Commit: strings.Repeat("ab", 20)}} {
-		o.URL = r.url()
+		o.URL = r.URL()
 		s := newSource(t, o)
 		_, err := s.Fetch(t.Context(), "")
 		if !errors.Is(err, ErrRefNotFound) || !Stalled(err) {
@@ -234,8 +234,8 @@ func TestRefNotFound(t *testing.T) {
 
 func TestFetchTimeout(t *testing.T) {
 	r := newGitRepo(t)
-	r.commit(map[string]string{"f": "x"}, "x")
-	s := newSource(t, Options{URL: r.url()})
+	r.Commit(map[string]string{"f": "x"}, "x")
+	s := newSource(t, Options{URL: r.URL()})
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	if _, err := s.Fetch(ctx, ""); err == nil {

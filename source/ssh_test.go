@@ -80,7 +80,7 @@ PidFile %s
 
 func TestSSHFetchChecksHostKey(t *testing.T) {
 	r := newGitRepo(t)
-	want := r.commit(map[string]string{"f": "over ssh"}, "x")
+	want := r.Commit(map[string]string{"f": "over ssh"}, "x")
 	keys := t.TempDir()
 	clientKey, clientPub := sshKey(t, keys, "client")
 	otherKey, _ := sshKey(t, keys, "stranger")
@@ -96,7 +96,7 @@ func TestSSHFetchChecksHostKey(t *testing.T) {
 		}
 		return p
 	}
-	url := fmt.Sprintf("ssh://%s@127.0.0.1:%d%s", srv.user, srv.port, r.dir)
+	url := fmt.Sprintf("ssh://%s@127.0.0.1:%d%s", srv.user, srv.port, r.Dir)
 	tests := []struct {
 		name       string
 		key        string
