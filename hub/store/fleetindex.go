@@ -32,8 +32,11 @@ import (
 //     whole index is reloaded on the first read and when too many devices
 //     changed at once.
 //
-// Reloading a device also brings its device_view row up to date from its
-// latest report, so the SQL paths (the page, the rollout) see it too.
+// Reloading a device also re-derives its device_view row from its latest
+// report when the stored one is behind. The row is written to device_view
+// only when a SQL path (the page, one device, the rollout) next reads, so
+// the live endpoint never writes: a write there can land on a SQLite WAL
+// checkpoint and cost tens of milliseconds.
 
 // verifyEvery bounds how long a write the change reads cannot see (another
 // hub's clock far behind ours) stays out of the index.
@@ -95,6 +98,9 @@ type viewState struct {
 	enrolMark int64
 	revMark   int64
 
+	// pending holds re-derived view rows not yet written to device_view.
+	pending map[string]viewRow
+
 	dirtyMu sync.Mutex // apart from mu: writers never wait for a refresh
 	dirty   map[string]struct{}
 }
@@ -134,11 +140,12 @@ func (v *viewState) restoreDirty(ids map[string]struct{}) {
 	}
 }
 
-// refreshView brings the fleet index and device_view up to date: the
-// devices this process wrote, those other hubs' writes touched, or
-// everything on the first read, and those a verify scan finds different
-// every verifyEvery.
-func (s *sqlStore) refreshView(ctx context.Context) error {
+// refreshView brings the fleet index up to date: the devices this process
+// wrote, those other hubs' writes touched, or everything on the first
+// read, and those a verify scan finds different every verifyEvery. With
+// write, it also writes the view rows it re-derived to device_view, for the
+// SQL paths to read.
+func (s *sqlStore) refreshView(ctx context.Context, write bool) error {
 	v := &s.view
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -152,6 +159,16 @@ func (s *sqlStore) refreshView(ctx context.Context) error {
 	if err := s.refreshLocked(ctx, v, changed); err != nil {
 		v.restoreDirty(changed)
 		return fmt.Errorf("refresh fleet view: %w", err)
+	}
+	if write && len(v.pending) > 0 {
+		rows := make([]viewRow, 0, len(v.pending))
+		for _, r := range v.pending {
+			rows = append(rows, r)
+		}
+		if err := s.putViewRows(ctx, rows); err != nil {
+			return fmt.Errorf("refresh fleet view: %w", err)
+		}
+		v.pending = nil
 	}
 	return nil
 }
@@ -368,11 +385,10 @@ const entryCols = `SELECT d.id, d.key_kind, d.enrolled, d.revoked, d.latest_seq,
 const loadChunk = 500
 
 // loadEntries reads the devices in ids (all when ids is nil) joined with
-// their view rows, first re-deriving the view rows that are behind their
-// device's latest report.
+// their view rows, re-deriving the view rows that are behind their device's
+// latest report (kept in v.pending until written).
 func (s *sqlStore) loadEntries(ctx context.Context, v *viewState, ids []string) ([]fleetEntry, error) {
 	var out []fleetEntry
-	var behind []viewRow
 	read := func(query string, args ...any) error {
 		rows, err := s.r.QueryContext(ctx, s.q(query), args...)
 		if err != nil {
@@ -380,14 +396,11 @@ func (s *sqlStore) loadEntries(ctx context.Context, v *viewState, ids []string) 
 		}
 		defer rows.Close()
 		for rows.Next() {
-			e, b, err := s.scanEntry(ctx, v, rows)
+			e, err := s.scanEntry(ctx, v, rows)
 			if err != nil {
 				return err
 			}
 			out = append(out, e)
-			if b != nil {
-				behind = append(behind, *b)
-			}
 		}
 		return rows.Err()
 	}
@@ -408,47 +421,29 @@ func (s *sqlStore) loadEntries(ctx context.Context, v *viewState, ids []string) 
 		}
 		ids = ids[n:]
 	}
-	if len(behind) > 0 {
-		if err := s.putViewRows(ctx, behind); err != nil {
-			return nil, err
-		}
-	}
 	return out, nil
 }
 
 // scanEntry reads one device joined with its view row. If the view row is
-// behind the device's latest report, it derives the row from that report,
-// builds the entry from it, and returns it to be written.
-func (s *sqlStore) scanEntry(ctx context.Context, v *viewState, r scanner) (fleetEntry, *viewRow, error) {
+// behind the device's latest report, the entry is built from the row
+// derived from that report, which waits in v.pending to be written.
+func (s *sqlStore) scanEntry(ctx context.Context, v *viewState, r scanner) (fleetEntry, error) {
 	var e fleetEntry
 	var keyKind string
 	var attestOK, vseq, commitSeen, drifted, clockTrusted, skewAbs, reportAttest, weak sql.NullInt64
 	var attempted, updateState, labels sql.NullString
 	if err := r.Scan(&e.id, &keyKind, &e.enrolled, &e.revoked, &e.latestSeq, &e.state, &e.groups, &e.lastSeen, &attestOK, &e.attestTime,
 		&vseq, &attempted, &commitSeen, &updateState, &drifted, &clockTrusted, &skewAbs, &reportAttest, &weak, &labels); err != nil {
-		return fleetEntry{}, nil, err
+		return fleetEntry{}, err
 	}
 	e.software = keyKind == "software"
 	e.attestOK = tri(attestOK)
-	var derived *viewRow
 	if e.latestSeq > 0 && (!vseq.Valid || vseq.Int64 != e.latestSeq) {
-		st, err := s.prep(ctx, s.r, `SELECT received, body FROM reports WHERE device_id = ? AND seq = ?`)
+		d, ok, err := s.deriveLatest(ctx, v, e.id, e.latestSeq, attempted, commitSeen)
 		if err != nil {
-			return fleetEntry{}, nil, err
+			return fleetEntry{}, err
 		}
-		var received int64
-		var raw []byte
-		err = st.QueryRowContext(ctx, e.id, e.latestSeq).Scan(&received, &raw)
-		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return fleetEntry{}, nil, fmt.Errorf("latest report of device %q: %w", e.id, err)
-		}
-		if err == nil {
-			d := deriveView(e.id, e.latestSeq, received, raw)
-			d.commitSeen = received
-			if attempted.Valid && d.attempted == attempted.String && commitSeen.Int64 != 0 {
-				d.commitSeen = commitSeen.Int64
-			}
-			derived = &d
+		if ok {
 			vseq = sql.NullInt64{Int64: d.seq, Valid: true}
 			updateState = sql.NullString{String: d.ust, Valid: true}
 			drifted = sql.NullInt64{Int64: int64(d.drifted), Valid: true}
@@ -457,9 +452,6 @@ func (s *sqlStore) scanEntry(ctx context.Context, v *viewState, r scanner) (flee
 			weak = sql.NullInt64{Int64: int64(d.weak), Valid: true}
 			labels = sql.NullString{String: d.labels, Valid: true}
 		}
-		// No row: the report is not visible yet (it commits with the
-		// device's latest_seq, so this should not happen); the stale view
-		// row stands until the device changes again or the next verify scan.
 	}
 	e.hasView = vseq.Valid
 	e.updateState = updateState.String
@@ -471,7 +463,47 @@ func (s *sqlStore) scanEntry(ctx context.Context, v *viewState, r scanner) (flee
 	e.labels = labels.String
 	e.lid = s.lowerID(e.id)
 	e.state, e.groups, e.labels, e.updateState = v.str(e.state), v.str(e.groups), v.str(e.labels), v.str(e.updateState)
-	return e, derived, nil
+	return e, nil
+}
+
+// deriveLatest returns device id's view row for report seq: the pending
+// one if it is for seq, else derived from the stored report (and kept in
+// v.pending). attempted and commitSeen are the stored view row's, so the
+// commit keeps the time it was first seen. ok is false if the report is not
+// visible yet (it commits with the device's latest_seq, so this should not
+// happen); the device is then marked to be read again.
+func (s *sqlStore) deriveLatest(ctx context.Context, v *viewState, id string, seq int64, attempted sql.NullString, commitSeen sql.NullInt64) (viewRow, bool, error) {
+	prev, havePrev := v.pending[id]
+	if havePrev && prev.seq == seq {
+		return prev, true, nil
+	}
+	if havePrev {
+		attempted, commitSeen = sql.NullString{String: prev.attempted, Valid: true}, sql.NullInt64{Int64: prev.commitSeen, Valid: true}
+	}
+	st, err := s.prep(ctx, s.r, `SELECT received, body FROM reports WHERE device_id = ? AND seq = ?`)
+	if err != nil {
+		return viewRow{}, false, err
+	}
+	var received int64
+	var raw []byte
+	err = st.QueryRowContext(ctx, id, seq).Scan(&received, &raw)
+	if errors.Is(err, sql.ErrNoRows) {
+		s.markDirty(id)
+		return viewRow{}, false, nil
+	}
+	if err != nil {
+		return viewRow{}, false, fmt.Errorf("latest report of device %q: %w", id, err)
+	}
+	d := deriveView(id, seq, received, raw)
+	d.commitSeen = received
+	if attempted.Valid && d.attempted == attempted.String && commitSeen.Int64 != 0 {
+		d.commitSeen = commitSeen.Int64
+	}
+	if v.pending == nil {
+		v.pending = map[string]viewRow{}
+	}
+	v.pending[id] = d
+	return d, true, nil
 }
 
 func tri(n sql.NullInt64) int8 {

@@ -159,3 +159,56 @@ func TestRefreshErrorKeepsChanges(t *testing.T) {
 		t.Errorf("after a failed refresh: counts %v, want the report counted", c.Counts)
 	}
 }
+
+// TestCountsDoNotWrite: the live endpoint's counts derive a changed
+// device's view row without writing it; the next page read writes it.
+func TestCountsDoNotWrite(t *testing.T) {
+	ctx := t.Context()
+	st, err := OpenSQLite(ctx, filepath.Join(t.TempDir(), "hub.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s := st.(*sqlStore)
+	now := time.Now()
+	h := sha256.Sum256([]byte("a"))
+	if err := s.CreateToken(ctx, Token{Hash: h[:], Kind: TokenEnrol, DeviceID: "a", Created: now, Expires: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Enrol(ctx, h[:], now, Device{KeyKind: "tpm"}); err != nil {
+		t.Fatal(err)
+	}
+	body, _ := json.Marshal(api.Status{APIVersion: api.Version, DeviceID: "a", Seq: 1, State: api.StateUpdating,
+		Update: &api.UpdateStatus{State: "trial", Version: "1.1"}})
+	if _, err := s.PutStatus(ctx, Report{DeviceID: "a", Seq: 1, Time: now, Received: now, State: "updating", Body: body}); err != nil {
+		t.Fatal(err)
+	}
+	stored := func() int {
+		t.Helper()
+		var n int
+		if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM device_view`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	c, err := s.FleetCounts(ctx, FleetQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Counts[FilterTrial] != 1 {
+		t.Errorf("counts %v, want the device in trial", c.Counts)
+	}
+	if n := stored(); n != 0 {
+		t.Errorf("after counts: %d view rows stored, want 0", n)
+	}
+	p, err := s.FleetPage(ctx, FleetQuery{Filter: FilterTrial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Total != 1 || len(p.Rows) != 1 || p.Rows[0].Release != "1.1" {
+		t.Errorf("page %+v, want device a in trial on 1.1", p)
+	}
+	if n := stored(); n != 1 {
+		t.Errorf("after the page: %d view rows stored, want 1", n)
+	}
+}

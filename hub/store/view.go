@@ -441,7 +441,7 @@ func (s *sqlStore) FleetPage(ctx context.Context, q FleetQuery) (FleetPage, erro
 	if err := q.defaults(); err != nil {
 		return FleetPage{}, err
 	}
-	if err := s.refreshView(ctx); err != nil {
+	if err := s.refreshView(ctx, true); err != nil {
 		return FleetPage{}, err
 	}
 	where, args := baseWhere(q)
@@ -485,7 +485,7 @@ func (s *sqlStore) FleetDevice(ctx context.Context, id string, q FleetQuery) (Fl
 	if err := q.defaults(); err != nil {
 		return FleetRow{}, err
 	}
-	if err := s.refreshView(ctx); err != nil {
+	if err := s.refreshView(ctx, true); err != nil {
 		return FleetRow{}, err
 	}
 	cols := "d." + strings.ReplaceAll(deviceCols, ", ", ", d.")
@@ -506,7 +506,7 @@ func (s *sqlStore) FleetCounts(ctx context.Context, q FleetQuery) (FleetCounts, 
 	if err := q.defaults(); err != nil {
 		return FleetCounts{}, err
 	}
-	if err := s.refreshView(ctx); err != nil {
+	if err := s.refreshView(ctx, false); err != nil {
 		return FleetCounts{}, err
 	}
 	s.view.mu.Lock()
@@ -523,7 +523,7 @@ func (s *sqlStore) FleetCountsSQL(ctx context.Context, q FleetQuery) (FleetCount
 	if err := q.defaults(); err != nil {
 		return FleetCounts{}, err
 	}
-	if err := s.refreshView(ctx); err != nil {
+	if err := s.refreshView(ctx, true); err != nil {
 		return FleetCounts{}, err
 	}
 	where, wargs := baseWhere(q)
@@ -559,7 +559,7 @@ func (s *sqlStore) FleetCountsSQL(ctx context.Context, q FleetQuery) (FleetCount
 // or failed on the newest commit (the attempted commit most recently first
 // seen) and on each OS release any device runs or installs.
 func (s *sqlStore) Rollout(ctx context.Context) (Rollout, error) {
-	if err := s.refreshView(ctx); err != nil {
+	if err := s.refreshView(ctx, true); err != nil {
 		return Rollout{}, err
 	}
 	var out Rollout

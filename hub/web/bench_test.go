@@ -102,7 +102,11 @@ func benchFleet(b *testing.B) (store.Store, http.Handler) {
 		}
 		start := time.Now()
 		v, _ := store.AsViewer(st)
-		_, bench.err = v.FleetCounts(ctx, store.FleetQuery{})
+		// Counts load the index; the page writes the derived view rows.
+		if _, bench.err = v.FleetCounts(ctx, store.FleetQuery{}); bench.err != nil {
+			return
+		}
+		_, bench.err = v.FleetPage(ctx, store.FleetQuery{})
 		bench.build = time.Since(start)
 	})
 	if bench.err != nil {
@@ -186,23 +190,72 @@ func BenchmarkBaseline(b *testing.B) {
 	})
 }
 
-// BenchmarkRefresh is the cost of bringing the view up to date after one
-// device reported, then counting (the live endpoint's work after a change).
+// BenchmarkRefresh is the live endpoint's server time right after one
+// device reported: bring that device's view row and index entry up to date,
+// then count 13 filters over 10,000 devices. The report comes through this
+// hub (its write marks the device), or through a second hub on the same
+// database file (found by the change reads). SQLRecount is the baseline: the
+// counts with one SQL scan over devices joined with the view, as FleetCounts
+// did before the in-memory index (after the same incremental refresh, so the
+// old anti-join over every device is not in it).
 func BenchmarkRefresh(b *testing.B) {
 	st, h := benchFleet(b)
 	ctx := context.Background()
-	seq := uint64(1000)
-	for b.Loop() {
-		b.StopTimer()
+	other, err := store.Open(ctx, "sqlite://"+filepath.Join(bench.dir, "hub.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer other.Close()
+	recount, ok := st.(interface {
+		FleetCountsSQL(context.Context, store.FleetQuery) (store.FleetCounts, error)
+	})
+	if !ok {
+		b.Fatalf("store %T has no FleetCountsSQL", st)
+	}
+	seq := uint64(time.Now().UnixNano()) >> 20 // above any seq an earlier run stored
+	report := func(b *testing.B, via store.Store) {
 		seq++
 		s := benchStatus(4242)
 		s.Seq = seq
+		s.State = []api.State{api.StateConverged, api.StateUpdating}[seq%2]
 		body, _ := json.Marshal(s)
-		if _, err := st.PutStatus(ctx, store.Report{DeviceID: s.DeviceID, Seq: seq, Time: time.Now(), Received: time.Now(), State: string(s.State), Groups: s.Groups, Body: body}); err != nil {
+		if _, err := via.PutStatus(ctx, store.Report{DeviceID: s.DeviceID, Seq: seq, Time: time.Now(), Received: time.Now(), State: string(s.State), Groups: s.Groups, Body: body}); err != nil {
 			b.Fatal(err)
 		}
-		b.StartTimer()
-		get(b, h, "/api/v1/live")
+	}
+	for _, c := range []struct {
+		name string
+		via  store.Store
+		read func(b *testing.B)
+	}{
+		{"Live", st, func(b *testing.B) { get(b, h, "/api/v1/live") }},
+		{"LiveFiltered", st, func(b *testing.B) { get(b, h, "/api/v1/live?group=line-02") }},
+		{"LiveOtherHub", other, func(b *testing.B) { get(b, h, "/api/v1/live") }},
+		{"SQLRecount", st, func(b *testing.B) {
+			if _, err := recount.FleetCountsSQL(ctx, store.FleetQuery{}); err != nil {
+				b.Fatal(err)
+			}
+		}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			// One untimed round first: the index is loaded, and the one-off
+			// cost of the first report after the fleet was built (a stall
+			// of 150-500 ms seen once per run here, cause not pinned down)
+			// stays out of the figures.
+			report(b, c.via)
+			c.read(b)
+			var worst time.Duration
+			for b.Loop() {
+				b.StopTimer()
+				report(b, c.via)
+				b.StartTimer()
+				start := time.Now()
+				c.read(b)
+				worst = max(worst, time.Since(start))
+			}
+			// The mean hides the reads that also verify a slice of the index.
+			b.ReportMetric(float64(worst.Microseconds())/1000, "max-ms")
+		})
 	}
 }
 
