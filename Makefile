@@ -37,10 +37,10 @@ gotest:
 demo:
 	$(GO) run ./demo
 
-## bench: re-run the quick benchmarks and rewrite docs/BENCHMARKS.md.
+## bench: run every area's benchmarks (Go ones -count 6, through benchstat) and rewrite docs/bench/*.md and
+## docs/BENCHMARKS.md; about an hour. QUICK=1: short runs in minutes. AREAS="attest web": only those areas.
 bench:
-	bash bench/spec.sh
-	bash bench/collect.sh
+	QUICK='$(QUICK)' AREAS='$(AREAS)' bash bench/all.sh
 
 ## release: static, stripped binaries for every device platform, with their sizes.
 release:
