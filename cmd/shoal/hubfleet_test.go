@@ -21,11 +21,10 @@ import (
 )
 
 // TestHubFleetFlag runs `shoal hub --fleet` on a Git URL (file://, fetched
-// through the source package): a device the fleet lists enrols with an
+// through the source package) and on a directory: a device the fleet lists enrols with an
 // attestation, one it does not list is refused, naming it. A --fleet that is
 // neither a directory nor a URL is a usage error.
 func TestHubFleetFlag(t *testing.T) {
-	ctx := t.Context()
 	if code, _, errs := (inProcess{}).run(t, nil, "hub", "--fleet", "no-such-dir", "--db", "sqlite://"+filepath.Join(t.TempDir(), "x.db")); code != exitUsage || !strings.Contains(errs, "no-such-dir") {
 		t.Fatalf("--fleet no-such-dir: exit %d, %s", code, errs)
 	}
@@ -46,9 +45,21 @@ func TestHubFleetFlag(t *testing.T) {
 	}
 	testenv.GitCommitAll(t, repo, "fleet")
 
+	for _, c := range []struct{ name, fleet string }{
+		{"git URL", "file://" + repo},
+		{"directory", repo},
+	} {
+		t.Run(c.name, func(t *testing.T) { hubWithFleet(t, c.fleet) })
+	}
+}
+
+// hubWithFleet serves `shoal hub --fleet fleet` (a fleet listing dev-f
+// only) and enrols dev-f and dev-x with software attestations.
+func hubWithFleet(t *testing.T, fleet string) {
+	ctx := t.Context()
 	db := "sqlite://" + filepath.Join(t.TempDir(), "hub.db")
 	addr := freeAddr(t)
-	stopHub := (inProcess{}).serve(t, "hub", "--listen", addr, "--db", db, "--host", "127.0.0.1", "--fleet", "file://"+repo)
+	stopHub := (inProcess{}).serve(t, "hub", "--listen", addr, "--db", db, "--host", "127.0.0.1", "--fleet", fleet)
 	var once sync.Once
 	code := -1
 	stop := func() int { once.Do(func() { code = stopHub() }); return code }
