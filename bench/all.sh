@@ -36,19 +36,22 @@ dur() {
     else if (s >= 1e-6) printf "%.1f µs", s*1e6; else printf "%.0f ns", s*1e9 }'
 }
 
-# ratio prints a/b to two places, or — when either is missing.
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "—"; else printf "%.2f\n", a/b }'; }
+# ratio prints a/b to three significant digits, or — when either is missing.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "—"; else printf "%.3g\n", a/b }'; }
 
 # ci formats benchstat's confidence interval; none from a single run.
 ci() { case "$1" in "" | "∞") ;; *) echo " ± $1" ;; esac; }
 
-# stat NAME CSV prints "median ci" of NAME's sec/op in benchstat's CSV (the
+# stat NAMES CSV prints "median ci name" of the first of NAMES (comma
+# separated: a benchmark renamed since) found in benchstat's CSV, sec/op (the
 # first table; names lose their -GOMAXPROCS suffix).
 stat() {
-  awk -F, -v want="$1" '
+  awk -F, -v names="$1" '
+    BEGIN { k = split(names, want, ",") }
     /^,sec\/op/ { on = 1; next }
-    on && /^$/ { exit }
-    on { n = $1; sub(/-[0-9]+$/, "", n); if (n == want) { print $2, $3; exit } }' "$2"
+    on && /^$/ { on = 0 }
+    on { n = $1; sub(/-[0-9]+$/, "", n); got[n] = $2 " " $3 }
+    END { for (i = 1; i <= k; i++) if (want[i] in got) { print got[want[i]], want[i]; exit } }' "$2"
 }
 
 # gobench PKG REGEX BENCHTIME ROW... runs PKG's benchmarks matching REGEX
@@ -67,16 +70,17 @@ gobench() {
     return 1
   fi
   go run "$BENCHSTAT" -format csv "$raw" >"$raw.csv" 2>/dev/null
-  local row what ours base o oci b bci shown=${cmd//|/\\|}
+  local row what ours base o oci on b bci bn shown=${cmd//|/\\|}
   shown=${shown//"$tmp"/TMP}
   for row in "$@"; do
     IFS='|' read -r what ours base <<<"$row"
-    read -r o oci < <(stat "$ours" "$raw.csv")
-    b="" bci=""
-    [ -n "$base" ] && read -r b bci < <(stat "$base" "$raw.csv")
+    o="" oci="" on="$ours"
+    read -r o oci on < <(stat "$ours" "$raw.csv")
+    b="" bci="" bn="$base"
+    [ -n "$base" ] && read -r b bci bn < <(stat "$base" "$raw.csv")
     local bcell="—"
-    [ -n "$base" ] && bcell="$(dur "$b")$(ci "$bci") (\`$base\`)"
-    echo "| $what | $(dur "$o")$(ci "$oci") (\`$ours\`) | $bcell | $(ratio "$o" "$b") | \`$shown\` |"
+    [ -n "$base" ] && bcell="$(dur "$b")$(ci "$bci") (\`${bn:-$base}\`)"
+    echo "| $what | $(dur "$o")$(ci "$oci") (\`${on:-$ours}\`) | $bcell | $(ratio "$o" "$b") | \`$shown\` |"
   done
 }
 
@@ -159,7 +163,7 @@ area_web() {
     "overview, filtered page|Page/FilteredPage|Baseline/ListAndParseAll" \
     "overview, last page|Page/LastPage|Baseline/ListAndParseAll" \
     "live endpoint, nothing new; baseline the store's CountByState|Page/Live|Baseline/CountByState" \
-    "live endpoint right after one device reported; baseline CountByState|Refresh/Live|Baseline/CountByState" \
+    "live endpoint right after one device reported; baseline CountByState|Refresh/Live,Refresh|Baseline/CountByState" \
     "fleet JSON (50 devices)|Page/FleetJSON|" \
     "device page|Page/Device|"
 }
