@@ -102,6 +102,7 @@ func (h *Hub) handleEnrol(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.devs.drop(d.ID)
+	h.recordKey(ctx, d.ID, csr.PublicKey)
 	h.m.enrolments.WithLabelValues("ok").Inc()
 	h.log.Info("device enrolled", "device", d.ID, "key", req.KeyKind, "attested", ak != nil, "notAfter", cert.NotAfter)
 	writeJSON(w, http.StatusOK, h.certResponse(d.ID, certPEM, cert.NotBefore, cert.NotAfter))
@@ -198,6 +199,7 @@ func (h *Hub) handleRenew(w http.ResponseWriter, r *http.Request, d store.Device
 		return
 	}
 	h.devs.drop(d.ID)
+	h.recordKey(r.Context(), d.ID, csr.PublicKey)
 	h.m.renewals.Inc()
 	h.log.Info("certificate renewed", "device", d.ID, "notAfter", cert.NotAfter)
 	writeJSON(w, http.StatusOK, h.certResponse(d.ID, certPEM, cert.NotBefore, cert.NotAfter))

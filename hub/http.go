@@ -59,6 +59,8 @@ func (h *Hub) Handler() http.Handler {
 	route("/v1/admin/devices/{id}", map[string]http.HandlerFunc{"GET": h.operator(h.handleDevice)})
 	route("/v1/admin/devices/{id}/reports", map[string]http.HandlerFunc{"GET": h.operator(h.handleReports)})
 	route("/v1/admin/devices/{id}/revoke", map[string]http.HandlerFunc{"POST": h.operator(h.handleRevoke)})
+	route("/v1/admin/devices/{id}/receipts", map[string]http.HandlerFunc{"GET": h.operator(h.handleDeviceReceipts)})
+	route("/v1/admin/receipts", map[string]http.HandlerFunc{"POST": h.operator(h.handleReceipts)})
 	route("/v1/hooks/git", map[string]http.HandlerFunc{"POST": h.operator(h.handleWebhook)})
 	// Plumbing.
 	route("/healthz", map[string]http.HandlerFunc{"GET": h.handleHealth})

@@ -137,7 +137,10 @@ type Enrolment struct {
 	Version  int    `json:"version"`
 	DeviceID string `json:"deviceID"`
 	HubURL   string `json:"hubURL"`
-	Token    string `json:"token"`
+	// HubCA is the hex sha256 of the hub CA certificate; "" when the
+	// bundle did not carry one (the agent then needs it from elsewhere).
+	HubCA string `json:"hubCA,omitempty"`
+	Token string `json:"token"`
 }
 
 // ReadState returns the provisioning state, or nil when the device was never provisioned.
@@ -384,7 +387,7 @@ func apply(ctx context.Context, path string, o *ApplyOptions) (*Result, error) {
 	}
 	if tok := m.Tokens[res.DeviceID]; tok != "" && m.HubURL != "" {
 		if err := writeJSON(filepath.Join(o.StateDir, enrolFile), Enrolment{
-			Version: FormatVersion, DeviceID: res.DeviceID, HubURL: m.HubURL, Token: tok,
+			Version: FormatVersion, DeviceID: res.DeviceID, HubURL: m.HubURL, HubCA: m.HubCA, Token: tok,
 		}, 0o600); err != nil {
 			return res, err
 		}

@@ -41,6 +41,7 @@ type CreateOptions struct {
 	Group   string
 	RepoURL string            // the fleet repo's URL, for the device config
 	HubURL  string            // the hub the device enrols with
+	HubCA   string            // hex sha256 of the hub CA certificate (shoal token create prints it)
 	Tokens  map[string]string // enrolment tokens by device ID
 	// Hardware maps hardware IDs to device IDs for group bundles.
 	Hardware map[string]string
@@ -135,6 +136,7 @@ func Create(ctx context.Context, w io.Writer, o CreateOptions) (*Manifest, error
 		Ref:      o.Ref,
 		RepoURL:  o.RepoURL,
 		HubURL:   o.HubURL,
+		HubCA:    strings.ToLower(o.HubCA),
 		Tokens:   o.Tokens,
 		Hardware: o.Hardware,
 		Trust:    TrustRoots{ReleaseKeys: o.ReleaseKeys, CommitSigners: o.CommitSigners},

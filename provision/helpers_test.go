@@ -263,5 +263,3 @@ func sha(b []byte) string {
 }
 
 func fmtInt(n int) string { return fmt.Sprint(n) }
-
-func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }

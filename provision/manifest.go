@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/spec"
 )
 
@@ -39,7 +40,7 @@ var (
 	// ErrWrongDevice: the bundle does not provision this device.
 	ErrWrongDevice = errors.New("bundle is for another device")
 	// ErrReceipt: a receipt is malformed or its signature does not verify.
-	ErrReceipt = errors.New("invalid receipt")
+	ErrReceipt = api.ErrReceipt
 )
 
 // Reason returns a stable machine reason for err.
@@ -103,6 +104,9 @@ type Manifest struct {
 	Ref      string            `json:"ref"`    // the ref the git bundle carries, e.g. refs/heads/main
 	RepoURL  string            `json:"repoURL,omitempty"`
 	HubURL   string            `json:"hubURL,omitempty"`
+	// HubCA is the hex sha256 of the hub CA certificate: the device pins
+	// the hub by it when it enrols with a token from the bundle.
+	HubCA string `json:"hubCA,omitempty"`
 	// Tokens are one-time enrolment tokens by device ID. The bundle is
 	// signed, not encrypted: keep the stick like a password.
 	Tokens  map[string]string `json:"tokens,omitempty"`
@@ -176,6 +180,9 @@ func (m *Manifest) Validate() error {
 	}
 	if !strings.HasPrefix(m.Ref, "refs/") {
 		return bad("ref %q: want refs/...", m.Ref)
+	}
+	if m.HubCA != "" && !hexRE.MatchString(m.HubCA) {
+		return bad("hub CA fingerprint %q: want 64 lowercase hex digits", m.HubCA)
 	}
 	if len(m.Trust.BundleKeys) == 0 {
 		return bad("no bundle keys in trust roots")

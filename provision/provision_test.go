@@ -20,6 +20,7 @@ import (
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 
+	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/internal/dockertest"
 	"github.com/shoalfleet/shoal/source"
 	"github.com/shoalfleet/shoal/spec"
@@ -159,11 +160,11 @@ func TestCreateApply(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, pub, err := VerifyReceipt(b)
+	rc, pub, err := api.VerifyReceipt(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rc.Result != ResultApplied || rc.Commit != commit || rc.BundleHash != res.BundleHash || !rc.First {
+	if rc.Result != api.ReceiptApplied || rc.Commit != commit || rc.BundleHash != res.BundleHash || !rc.First {
 		t.Fatalf("receipt = %+v", rc)
 	}
 	if !e.devKey.PublicKey.Equal(pub) {
@@ -295,15 +296,15 @@ func TestBadBundles(t *testing.T) {
 			if rerr != nil {
 				t.Fatalf("no receipt: %v (%v)", rerr, res.ReceiptErr)
 			}
-			rc, _, rerr := VerifyReceipt(b)
+			rc, _, rerr := api.VerifyReceipt(b)
 			if tc.path == good1 {
 				// The first application's receipt stays until it is imported.
-				if rerr != nil || rc.Result != ResultApplied {
+				if rerr != nil || rc.Result != api.ReceiptApplied {
 					t.Fatalf("receipt = %+v, %v", rc, rerr)
 				}
 				return
 			}
-			if rerr != nil || rc.Result != ResultRefused || rc.Reason != Reason(err) || len(rc.Errors) == 0 {
+			if rerr != nil || rc.Result != api.ReceiptRefused || rc.Reason != Reason(err) || len(rc.Errors) == 0 {
 				t.Fatalf("receipt = %+v, %v", rc, rerr)
 			}
 		})
@@ -469,13 +470,13 @@ func TestGroupBundle(t *testing.T) {
 func TestReceipts(t *testing.T) {
 	dir := t.TempDir()
 	dk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	good := &Receipt{APIVersion: ReceiptVersion, DeviceID: "dev-1", BundleHash: strings.Repeat("a", 64),
-		Commit: strings.Repeat("b", 40), Result: ResultApplied, Time: time.Unix(1e9, 0).UTC()}
+	good := &api.Receipt{APIVersion: api.ReceiptVersion, DeviceID: "dev-1", BundleHash: strings.Repeat("a", 64),
+		Commit: strings.Repeat("b", 40), Result: api.ReceiptApplied, Time: time.Unix(1e9, 0).UTC()}
 	if err := WriteReceipt(filepath.Join(dir, "b.dev-1.receipt.json"), good, dk); err != nil {
 		t.Fatal(err)
 	}
 	_, ek, _ := ed25519.GenerateKey(rand.Reader)
-	if err := WriteReceipt(filepath.Join(dir, "c.dev-1.receipt.json"), &Receipt{APIVersion: ReceiptVersion, DeviceID: "dev-1", Result: ResultRefused, Reason: "bundle-invalid"}, ek); err != nil {
+	if err := WriteReceipt(filepath.Join(dir, "c.dev-1.receipt.json"), &api.Receipt{APIVersion: api.ReceiptVersion, DeviceID: "dev-1", Result: api.ReceiptRefused, Reason: "bundle-invalid"}, ek); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(filepath.Join(dir, "b.dev-1.receipt.json"))
@@ -510,7 +511,7 @@ func TestReceipts(t *testing.T) {
 	}
 	// A receipt signed by another key verifies on its own: the hub must
 	// compare the key with the device's enrolled one.
-	_, pub, err := VerifyReceipt(raws[1])
+	_, pub, err := api.VerifyReceipt(raws[1])
 	if err != nil || dk.PublicKey.Equal(pub) {
 		t.Fatalf("key of the second receipt: %v", err)
 	}

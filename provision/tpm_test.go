@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/attest"
 	"github.com/shoalfleet/shoal/internal/testenv"
 )
@@ -108,7 +109,7 @@ func TestReceiptTPMQuote(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, pub, err := VerifyReceipt(b)
+	rc, pub, err := api.VerifyReceipt(b)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/internal/testenv"
 	"github.com/shoalfleet/shoal/provision"
 )
@@ -72,8 +73,8 @@ func TestProvisionApplyCmd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc, _, err := provision.VerifyReceipt(rb)
-	if err != nil || rc.Result != provision.ResultApplied || rc.KeyKind != "software" {
+	rc, _, err := api.VerifyReceipt(rb)
+	if err != nil || rc.Result != api.ReceiptApplied || rc.KeyKind != "software" {
 		t.Fatalf("receipt %+v: %v", rc, err)
 	}
 	// The stick again: nothing new for this device.
@@ -88,7 +89,7 @@ func TestProvisionApplyCmd(t *testing.T) {
 		t.Fatalf("replay: %v\n%s", err, out)
 	}
 	rb, _ = os.ReadFile(filepath.Join(stick, "dev-1.shoal.dev-1.receipt.json"))
-	if rc, _, err := provision.VerifyReceipt(rb); err != nil || rc.Result != provision.ResultApplied {
+	if rc, _, err := api.VerifyReceipt(rb); err != nil || rc.Result != api.ReceiptApplied {
 		t.Fatalf("receipt after replay %+v: %v", rc, err)
 	}
 }

@@ -180,6 +180,28 @@ func printDevice(w io.Writer, dd web.DeviceDetail) {
 			fmt.Fprintf(w, "%-20s %-10s %-10s %s\n", a.Name, dash(a.State), dash(a.Health), strings.TrimSpace(a.Drift+" "+a.Message))
 		}
 	}
+	if d.OfflineWork && d.LastReceipt != nil {
+		r := d.LastReceipt
+		fmt.Fprintf(w, "offline    bundle %s %s after the last report", r.Result, r.Applied.UTC().Format(time.RFC3339))
+		if r.Commit != "" {
+			fmt.Fprintf(w, ", commit %s", r.Commit)
+		}
+		if r.Release != "" {
+			fmt.Fprintf(w, ", release %s", r.Release)
+		}
+		fmt.Fprintln(w)
+	}
+	if len(dd.Receipts) > 0 {
+		fmt.Fprintf(w, "\nRECEIPTS (offline bundles)\n%-20s %-12s %-16s %-10s %-8s %s\n", "APPLIED", "BUNDLE", "COMMIT", "RELEASE", "RESULT", "ERRORS")
+		for _, r := range dd.Receipts {
+			res := r.Result
+			if r.Reason != "" {
+				res += " (" + r.Reason + ")"
+			}
+			fmt.Fprintf(w, "%-20s %-12s %-16s %-10s %-8s %s\n", r.Applied.UTC().Format(time.RFC3339), dash(short12(r.BundleHash)),
+				dash(r.Commit[:min(len(r.Commit), 16)]), dash(r.Release), res, strings.Join(r.Errors, "; "))
+		}
+	}
 	if len(dd.Reports) > 0 {
 		fmt.Fprintf(w, "\n%-6s %-20s %-10s %s\n", "SEQ", "TIME", "STATE", "PROBLEM")
 		for _, r := range dd.Reports[:min(len(dd.Reports), 10)] {

@@ -124,6 +124,7 @@ encrypted): keep the stick like a password.`,
 	f.StringVar(&releaseKeys, "release-keys", "", "PEM public keys OS releases must be signed by (trust root)")
 	f.StringVar(&signers, "commit-signers", "", "authorized_keys file of keys fleet commits must be signed by (trust root)")
 	f.StringVar(&o.HubURL, "hub", os.Getenv("SHOAL_HUB"), "hub URL the devices enrol with (env SHOAL_HUB)")
+	f.StringVar(&o.HubCA, "hub-ca-fingerprint", "", "hex sha256 of the hub CA certificate (printed by shoal token create): devices pin the hub by it when they enrol")
 	f.StringVar(&o.RepoURL, "repo-url", "", "fleet repo URL the devices fetch from when online")
 	f.StringVar(&token, "token", "", "enrolment token for the one --device")
 	f.StringVar(&tokenFile, "tokens", "", "file of `device-id token` lines")
@@ -291,65 +292,4 @@ func newKeysCmd() *cobra.Command {
 		},
 	})
 	return cmd
-}
-
-// newReceiptsCmd is `shoal receipts`: carry receipts from a stick to the hub.
-func newReceiptsCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "receipts", Short: "Receipts devices left on a stick after applying bundles"}
-	var oc opConn
-	imp := &cobra.Command{
-		Use:   "import DIR",
-		Short: "Send every receipt in DIR to the hub, which checks and records them",
-		Long: `import reads DIR/*.receipt.json, checks each receipt's own signature, and
-sends the good ones to the hub (POST /v1/admin/receipts), which checks each
-against the device's enrolled key and updates that device's status. Receipts
-that fail here or at the hub are listed; the exit code is 1 if any did.`,
-		Args: func(_ *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return usageError{errors.New("receipts import takes one DIR")}
-			}
-			return nil
-		},
-		RunE: func(cmd *cobra.Command, args []string) error {
-			raws, recs, errs := provision.ReadReceipts(args[0])
-			w := cmd.OutOrStdout()
-			for _, err := range errs {
-				fmt.Fprintf(w, "refused  %v\n", err)
-			}
-			if len(raws) == 0 {
-				fmt.Fprintf(w, "no good receipts in %s\n", args[0])
-				if len(errs) > 0 {
-					return silentError{exitInvalid}
-				}
-				return nil
-			}
-			var res provision.ReceiptBatchResult
-			if err := oc.do(cmd.Context(), "POST", "/v1/admin/receipts", provision.ReceiptBatch{APIVersion: provision.ReceiptVersion, Receipts: raws}, &res); err != nil {
-				return err
-			}
-			bad := len(errs)
-			for i, o := range res.Outcomes {
-				if o.Accepted {
-					fmt.Fprintf(w, "accepted %s %s %s\n", o.DeviceID, recs[min(i, len(recs)-1)].Result, short12(o.BundleHash))
-					continue
-				}
-				bad++
-				fmt.Fprintf(w, "refused  %s %s: %s (%s)\n", o.DeviceID, short12(o.BundleHash), o.Message, o.Reason)
-			}
-			if bad > 0 {
-				return silentError{exitInvalid}
-			}
-			return nil
-		},
-	}
-	oc.flags(imp)
-	cmd.AddCommand(imp)
-	return cmd
-}
-
-func short12(s string) string {
-	if len(s) > 12 {
-		return s[:12]
-	}
-	return s
 }

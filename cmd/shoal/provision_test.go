@@ -2,26 +2,17 @@ package main
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
-	"encoding/pem"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/shoalfleet/shoal/internal/testenv"
-	"github.com/shoalfleet/shoal/provision"
 )
 
 // provisionRoot is the root command with the provisioning commands, whether
@@ -123,69 +114,5 @@ func TestProvisionCommands(t *testing.T) {
 	}
 	if code, o = runShoal(t, "provision", "create", "--fleet", fleet, "--out", out, "--key", key); code != exitUsage && !strings.Contains(o, "--device or --group") {
 		t.Fatalf("create without device: %d %s", code, o)
-	}
-}
-
-// TestReceiptsImport sends a stick's receipts to a hub that checks them the
-// way the hub must: VerifyReceipt, then the key against the enrolled one.
-func TestReceiptsImport(t *testing.T) {
-	stick := t.TempDir()
-	dk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	stranger, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	mk := func(name, dev string, key *ecdsa.PrivateKey) {
-		r := &provision.Receipt{APIVersion: provision.ReceiptVersion, DeviceID: dev, BundleHash: strings.Repeat("a", 64),
-			Commit: strings.Repeat("b", 40), Result: provision.ResultApplied, Time: time.Now().UTC()}
-		if err := provision.WriteReceipt(filepath.Join(stick, name), r, key); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mk("x.dev-1.receipt.json", "dev-1", dk)
-	mk("x.dev-2.receipt.json", "dev-2", stranger) // signed, but not by dev-2's enrolled key
-	os.WriteFile(filepath.Join(stick, "y.dev-1.receipt.json"), []byte(`{"apiVersion":"shoal.receipt/v1","deviceID":"dev-1","result":"applied"}`), 0o644)
-
-	enrolled := map[string]*ecdsa.PublicKey{"dev-1": &dk.PublicKey, "dev-2": &dk.PublicKey}
-	var got []string
-	hub := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/v1/admin/receipts" || r.Header.Get("Authorization") != "Bearer op-token" {
-			http.Error(w, "no", http.StatusNotFound)
-			return
-		}
-		var batch provision.ReceiptBatch
-		if err := json.NewDecoder(r.Body).Decode(&batch); err != nil || batch.Validate() != nil {
-			http.Error(w, "bad batch", http.StatusBadRequest)
-			return
-		}
-		res := provision.ReceiptBatchResult{APIVersion: provision.ReceiptVersion}
-		for _, raw := range batch.Receipts {
-			rc, pub, err := provision.VerifyReceipt(raw)
-			switch {
-			case err != nil:
-				res.Outcomes = append(res.Outcomes, provision.ReceiptOutcome{Reason: "receipt-invalid", Message: err.Error()})
-			case !enrolled[rc.DeviceID].Equal(pub):
-				res.Outcomes = append(res.Outcomes, provision.ReceiptOutcome{DeviceID: rc.DeviceID, BundleHash: rc.BundleHash, Reason: "receipt-key-mismatch", Message: "not signed by the device's enrolled key"})
-			default:
-				got = append(got, rc.DeviceID)
-				res.Outcomes = append(res.Outcomes, provision.ReceiptOutcome{DeviceID: rc.DeviceID, BundleHash: rc.BundleHash, Accepted: true})
-			}
-		}
-		json.NewEncoder(w).Encode(res)
-	}))
-	defer hub.Close()
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: hub.Certificate().Raw}), 0o644)
-	tok := filepath.Join(t.TempDir(), "tok")
-	os.WriteFile(tok, []byte("op-token\n"), 0o600)
-
-	code, out := runShoal(t, "receipts", "import", "--hub", hub.URL, "--ca", ca, "--token-file", tok, stick)
-	if code != exitInvalid {
-		t.Fatalf("exit %d, want 1 (two bad receipts)\n%s", code, out)
-	}
-	if len(got) != 1 || got[0] != "dev-1" {
-		t.Fatalf("hub recorded %v\n%s", got, out)
-	}
-	for _, want := range []string{"accepted dev-1", "refused  dev-2", "receipt-key-mismatch", "y.dev-1.receipt.json", "not signed"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("output lacks %q:\n%s", want, out)
-		}
 	}
 }

@@ -1,7 +1,15 @@
 package web_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +20,8 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/api/client"
+	"github.com/shoalfleet/shoal/hub"
 	"github.com/shoalfleet/shoal/hub/web"
 	"github.com/shoalfleet/shoal/internal/browsertest"
 	"github.com/shoalfleet/shoal/internal/testenv"
@@ -272,4 +282,98 @@ func TestBrowser(t *testing.T) {
 		browsertest.Navigate(th.URL+"/"),
 		chromedp.WaitVisible(css("#token")),
 	)
+}
+
+// TestBrowserReceipts imports receipts from offline bundles into a real hub
+// (POST /v1/admin/receipts, as `shoal receipts import` does) and finds them
+// in Chromium: the overview row says the device was updated offline after
+// its last report, and the device page lists each receipt.
+func TestBrowserReceipts(t *testing.T) {
+	ctx := browser(t, 1280, 900)
+	th := startHub(t, openSQLite(t), web.Options{}, &verdicts{m: map[string]api.AttestResult{}})
+	tr, err := hub.CreateEnrolToken(t.Context(), th.Store, "kiosk-7", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c, err := client.Enrol(t.Context(), th.URL, tr.Token, key, api.KeySoftware, client.EnrolOptions{CAFingerprint: th.CAFingerprint()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(client.Options{Hub: th.URL, Key: key, Cert: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.CloseIdleConnections)
+	const before, after = "1111111111111111111111111111111111111111", "2222222222222222222222222222222222222222"
+	send(t, cl, api.Status{Seq: 1, State: api.StateConverged, Time: time.Now().Add(-2 * time.Hour),
+		Commit: api.CommitStatus{Attempted: before, Applied: before}})
+
+	receipt := func(bundle, commit, result, reason string, at time.Time, errs ...string) json.RawMessage {
+		r := &api.Receipt{APIVersion: api.ReceiptVersion, DeviceID: "kiosk-7", BundleHash: bundle, Commit: commit, Release: "4.2.0",
+			Result: result, Reason: reason, Errors: errs, Time: at.UTC()}
+		if err := api.SignReceipt(r, key); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(r)
+		return b
+	}
+	ha, hb := strings.Repeat("a", 64), strings.Repeat("b", 64)
+	batch := api.ReceiptBatch{APIVersion: api.ReceiptVersion, Receipts: []json.RawMessage{
+		// Applied from a stick after the device's last report.
+		receipt(ha, after, api.ReceiptApplied, "", time.Now()),
+		receipt(hb, after, api.ReceiptRefused, "bundle-replayed", time.Now().Add(time.Millisecond), "bundle older than the applied one"),
+	}}
+	body, _ := json.Marshal(batch)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(th.CAPEM())
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}}}
+	t.Cleanup(hc.CloseIdleConnections)
+	req, _ := http.NewRequestWithContext(t.Context(), "POST", th.URL+"/v1/admin/receipts", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+th.Operator)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res api.ReceiptBatchResult
+	err = json.NewDecoder(resp.Body).Decode(&res)
+	resp.Body.Close()
+	if err != nil || len(res.Outcomes) != 2 || !res.Outcomes[0].Accepted || !res.Outcomes[1].Accepted {
+		t.Fatalf("import: %d %+v %v", resp.StatusCode, res, err)
+	}
+
+	do(t, ctx, "sign in",
+		browsertest.Navigate(th.URL+"/"),
+		chromedp.WaitVisible(css("#token")),
+		chromedp.SendKeys(css("#token"), th.Operator),
+		chromedp.Submit(css("#token")),
+		chromedp.WaitVisible(css(`tr[data-device="kiosk-7"] [data-offline-work]`)),
+	)
+	if row := textOf(t, ctx, `tr[data-device="kiosk-7"] [data-offline-work]`); !strings.Contains(row, "USB") || !strings.Contains(row, "refused") {
+		t.Errorf("overview row's offline work = %q, want the latest receipt (refused)", row)
+	}
+	do(t, ctx, "open device",
+		chromedp.Click(css(`a[href="/devices/kiosk-7"]`)),
+		chromedp.WaitVisible(css(`#receipts tbody`)),
+	)
+	rows := eval[[]string](t, ctx, `[...document.querySelectorAll("#receipts tbody tr")].map(r => r.innerText)`)
+	if len(rows) != 2 {
+		t.Fatalf("device page lists %d receipts, want 2: %q", len(rows), rows)
+	}
+	for i, want := range [][]string{
+		{"bbbbbbbb", "22222222", "4.2.0", "refused", "bundle-replayed", "bundle older than the applied one"},
+		{"aaaaaaaa", "22222222", "4.2.0", "applied"},
+	} {
+		for _, w := range want {
+			if !strings.Contains(rows[i], w) {
+				t.Errorf("receipt row %d = %q, want it to contain %q", i, rows[i], w)
+			}
+		}
+	}
+	if ow := textOf(t, ctx, `[data-field="offline-work"]`); !strings.Contains(ow, "Updated offline") || !strings.Contains(ow, "22222222") {
+		t.Errorf("offline work note = %q", ow)
+	}
+	if shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)); err == nil {
+		_ = os.WriteFile(filepath.Join(t.ArtifactDir(), "device-receipts.png"), shot, 0o644)
+	}
 }

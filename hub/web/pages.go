@@ -2,6 +2,7 @@ package web
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,6 +47,41 @@ type Device struct {
 	Skew         time.Duration     `json:"skewNs"`
 	SkewBad      bool              `json:"clockSkewed,omitempty"`
 	Problem      *api.Problem      `json:"problem,omitempty"`
+	// LastReceipt is the latest receipt from an offline bundle; Offline
+	// work is set when it is newer than the device's last report, so work
+	// done with no network shows before the device reports it.
+	LastReceipt *Receipt `json:"lastReceipt,omitempty"`
+	OfflineWork bool     `json:"offlineWork,omitempty"`
+}
+
+// Receipt is a device's receipt for an offline bundle, as the hub recorded it.
+type Receipt struct {
+	Applied    time.Time `json:"applied"` // the device's clock
+	BundleHash string    `json:"bundleHash,omitempty"`
+	Commit     string    `json:"commit,omitempty"`
+	Release    string    `json:"release,omitempty"`
+	Result     string    `json:"result"` // applied | refused | failed
+	Reason     string    `json:"reason,omitempty"`
+	Errors     []string  `json:"errors,omitempty"`
+	Received   time.Time `json:"received"`
+}
+
+// receiptReader is the part of the hub store that keeps receipts.
+type receiptReader interface {
+	Receipts(ctx context.Context, id string, limit int) ([]store.Receipt, error)
+	LatestReceipts(ctx context.Context, ids []string) (map[string]store.Receipt, error)
+}
+
+func receipt(r store.Receipt) *Receipt {
+	return &Receipt{Applied: r.Applied, BundleHash: r.BundleHash, Commit: r.Commit, Release: r.Release, Result: r.Result,
+		Reason: r.Reason, Errors: r.Errors, Received: r.Received}
+}
+
+// withReceipt sets d's last receipt, and marks offline work when the
+// receipt is newer than the device's last report.
+func (d *Device) withReceipt(r store.Receipt) {
+	d.LastReceipt = receipt(r)
+	d.OfflineWork = r.Applied.After(d.LastSeen)
 }
 
 func (s *server) device(r store.FleetRow) Device {
@@ -114,8 +150,21 @@ func (s *server) fleet(r *http.Request, q store.FleetQuery) (Fleet, error) {
 	if f.Limit == 0 {
 		f.Limit = 50
 	}
+	ids := make([]string, 0, len(page.Rows))
 	for _, row := range page.Rows {
 		f.Devices = append(f.Devices, s.device(row))
+		ids = append(ids, row.ID)
+	}
+	if rr, ok := s.st.(receiptReader); ok && len(ids) > 0 {
+		last, err := rr.LatestReceipts(r.Context(), ids)
+		if err != nil {
+			return Fleet{}, err
+		}
+		for i := range f.Devices {
+			if rc, ok := last[f.Devices[i].ID]; ok {
+				f.Devices[i].withReceipt(rc)
+			}
+		}
 	}
 	return f, nil
 }
@@ -325,6 +374,7 @@ type DeviceDetail struct {
 	Clock        *api.ClockStatus  `json:"clock,omitempty"`
 	ClockHistory []ClockPoint      `json:"clockHistory"`
 	Reports      []ReportRow       `json:"reports"`
+	Receipts     []Receipt         `json:"receipts"` // latest first
 	Enrolled     time.Time         `json:"enrolled"`
 	AttestTime   time.Time         `json:"attestTime,omitzero"`
 }
@@ -334,7 +384,10 @@ type reportBody struct {
 	Apps []App `json:"apps,omitempty"`
 }
 
-const historyReports = 50
+const (
+	historyReports  = 50
+	historyReceipts = 20
+)
 
 func (s *server) detail(r *http.Request, id string) (DeviceDetail, error) {
 	q := s.query(nil)
@@ -343,7 +396,7 @@ func (s *server) detail(r *http.Request, id string) (DeviceDetail, error) {
 		return DeviceDetail{}, err
 	}
 	dd := DeviceDetail{Device: s.device(row), Apps: []App{}, Transitions: []Transition{}, Verdicts: []Verdict{}, ClockHistory: []ClockPoint{},
-		Reports: []ReportRow{}, Enrolled: row.Enrolled, AttestTime: row.AttestTime}
+		Reports: []ReportRow{}, Receipts: []Receipt{}, Enrolled: row.Enrolled, AttestTime: row.AttestTime}
 	dd.Refused = row.Attempted != "" && row.Attempted != row.Commit
 	reps, err := s.st.Reports(r.Context(), id, historyReports)
 	if err != nil {
@@ -383,6 +436,18 @@ func (s *server) detail(r *http.Request, id string) (DeviceDetail, error) {
 			since = bodies[i].Time
 		}
 		dd.Transitions = append(dd.Transitions, Transition{State: u.State, Slot: u.Slot, Version: u.Version, Target: u.Target, Since: since, Seq: bodies[i].Seq})
+	}
+	if rr, ok := s.st.(receiptReader); ok {
+		rs, err := rr.Receipts(r.Context(), id, historyReceipts)
+		if err != nil {
+			return DeviceDetail{}, err
+		}
+		for _, rc := range rs {
+			dd.Receipts = append(dd.Receipts, *receipt(rc))
+		}
+		if len(rs) > 0 {
+			dd.Device.withReceipt(rs[0])
+		}
 	}
 	atts, err := s.st.Attestations(r.Context(), id, 10)
 	if err != nil {
