@@ -2,75 +2,27 @@ package attest
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/shoalfleet/shoal/internal/ntptest"
 	"github.com/shoalfleet/shoal/spec"
 )
 
-// ntpResponder speaks the NTP wire format on loopback with a clock offset
-// from the system clock by a known amount.
-type ntpResponder struct {
-	offset  time.Duration
-	stratum uint8
-	leap    uint8 // 3 = not synchronised
-	silent  bool  // read requests, never answer
-}
+type ntpResponder = ntptest.Responder
 
-// start serves until the test ends and returns host:port.
-func (r ntpResponder) start(t *testing.T) string {
+// startNTP serves r on loopback until the test ends and returns host:port.
+func startNTP(t *testing.T, r ntpResponder) string {
 	t.Helper()
-	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	s, err := ntptest.Start(r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	t.Cleanup(func() {
-		conn.Close()
-		<-done
-	})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 512)
-		for {
-			n, from, err := conn.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if n < 48 || r.silent {
-				continue
-			}
-			recv := time.Now().Add(r.offset)
-			p := make([]byte, 48)
-			p[0] = r.leap<<6 | (buf[0]>>3&7)<<3 | 4 // LI, the client's version, mode server
-			p[1] = r.stratum
-			p[2] = buf[2]
-			p[3] = 0xec                                   // precision 2^-20 s
-			binary.BigEndian.PutUint32(p[8:], 0x00000010) // root dispersion ~0.2 ms
-			copy(p[12:16], "TEST")                        // reference ID
-			putNTPTime(p[16:], recv.Add(-time.Second))    // reference time
-			copy(p[24:32], buf[40:48])                    // origin = client's transmit
-			putNTPTime(p[32:], recv)                      // receive
-			putNTPTime(p[40:], time.Now().Add(r.offset))  // transmit
-			if _, err := conn.WriteTo(p, from); err != nil {
-				return
-			}
-		}
-	}()
-	return conn.LocalAddr().String()
-}
-
-func putNTPTime(b []byte, t time.Time) {
-	const ntpEpochOffset = 2208988800 // seconds from 1900 to 1970
-	ns := t.UnixNano()
-	sec := uint64(ns/1e9) + ntpEpochOffset
-	frac := (uint64(ns%1e9) << 32) / 1e9
-	binary.BigEndian.PutUint32(b, uint32(sec))
-	binary.BigEndian.PutUint32(b[4:], uint32(frac))
+	t.Cleanup(func() { s.Close() })
+	return s.Addr()
 }
 
 // closedUDPAddr is a loopback address nobody listens on.
@@ -103,15 +55,15 @@ func TestClockNTP(t *testing.T) {
 		wantOffset time.Duration
 		wantGood   int
 	}{
-		{"within max skew", []ntpResponder{{offset: 250 * time.Millisecond, stratum: 1}}, 0, ClockOK, 250 * time.Millisecond, 1},
-		{"ahead beyond max skew", []ntpResponder{{offset: 3 * time.Second, stratum: 2}}, 0, ClockSkewed, 3 * time.Second, 1},
-		{"behind beyond max skew", []ntpResponder{{offset: -1500 * time.Millisecond, stratum: 2}}, 0, ClockSkewed, -1500 * time.Millisecond, 1},
+		{"within max skew", []ntpResponder{{Offset: 250 * time.Millisecond, Stratum: 1}}, 0, ClockOK, 250 * time.Millisecond, 1},
+		{"ahead beyond max skew", []ntpResponder{{Offset: 3 * time.Second, Stratum: 2}}, 0, ClockSkewed, 3 * time.Second, 1},
+		{"behind beyond max skew", []ntpResponder{{Offset: -1500 * time.Millisecond, Stratum: 2}}, 0, ClockSkewed, -1500 * time.Millisecond, 1},
 		{"median outvotes a falseticker", []ntpResponder{
-			{offset: 100 * time.Millisecond, stratum: 1}, {offset: 120 * time.Millisecond, stratum: 1}, {offset: 30 * time.Second, stratum: 1},
+			{Offset: 100 * time.Millisecond, Stratum: 1}, {Offset: 120 * time.Millisecond, Stratum: 1}, {Offset: 30 * time.Second, Stratum: 1},
 		}, 0, ClockOK, 120 * time.Millisecond, 3},
-		{"one server down, one answers", []ntpResponder{{offset: -40 * time.Millisecond, stratum: 1}}, 1, ClockOK, -40 * time.Millisecond, 1},
-		{"kiss of death is no answer", []ntpResponder{{offset: 0, stratum: 0}}, 0, ClockUnknown, 0, 0},
-		{"unsynchronised server is no answer", []ntpResponder{{offset: 0, stratum: 1, leap: 3}}, 0, ClockUnknown, 0, 0},
+		{"one server down, one answers", []ntpResponder{{Offset: -40 * time.Millisecond, Stratum: 1}}, 1, ClockOK, -40 * time.Millisecond, 1},
+		{"kiss of death is no answer", []ntpResponder{{Offset: 0, Stratum: 0}}, 0, ClockUnknown, 0, 0},
+		{"unsynchronised server is no answer", []ntpResponder{{Offset: 0, Stratum: 1, Leap: 3}}, 0, ClockUnknown, 0, 0},
 		{"no server reachable", nil, 2, ClockUnknown, 0, 0},
 		{"no servers configured", nil, 0, ClockUnknown, 0, 0},
 	}
@@ -119,7 +71,7 @@ func TestClockNTP(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var servers []string
 			for _, r := range tc.servers {
-				servers = append(servers, r.start(t))
+				servers = append(servers, startNTP(t, r))
 			}
 			for range tc.unreached {
 				servers = append(servers, closedUDPAddr(t))
@@ -164,7 +116,7 @@ func TestClockLowerBound(t *testing.T) {
 	build := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
 
 	t.Run("1970 with NTP", func(t *testing.T) {
-		srv := ntpResponder{stratum: 1}.start(t)
+		srv := startNTP(t, ntpResponder{Stratum: 1})
 		c := NewClock(ClockOptions{Servers: []string{srv}, MaxSkew: time.Second, Now: boot1970})
 		c.SetLowerBound("release-build", build)
 		c.SetLowerBound("fleet-commit", commit)
@@ -192,7 +144,7 @@ func TestClockLowerBound(t *testing.T) {
 		}
 	})
 	t.Run("NTP answer before the bound is refused", func(t *testing.T) {
-		srv := ntpResponder{stratum: 1, offset: -time.Since(time.Unix(0, 0))}.start(t)
+		srv := startNTP(t, ntpResponder{Stratum: 1, Offset: -time.Since(time.Unix(0, 0))})
 		c := NewClock(ClockOptions{Servers: []string{srv}})
 		c.SetLowerBound("fleet-commit", commit)
 		st := c.Check(context.Background())
@@ -204,7 +156,7 @@ func TestClockLowerBound(t *testing.T) {
 
 // TestClockCancel: Check returns when ctx ends, not when a silent server's timeout does.
 func TestClockCancel(t *testing.T) {
-	srv := ntpResponder{silent: true}.start(t)
+	srv := startNTP(t, ntpResponder{Silent: true})
 	c := NewClock(ClockOptions{Servers: []string{srv}, Timeout: time.Minute})
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
@@ -256,7 +208,7 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name, label, value stri
 
 // TestClockTimePolicy: the servers and max skew come from the applied spec.
 func TestClockTimePolicy(t *testing.T) {
-	srv := ntpResponder{stratum: 1, offset: 3 * time.Second}.start(t)
+	srv := startNTP(t, ntpResponder{Stratum: 1, Offset: 3 * time.Second})
 	c := NewClock(ClockOptions{})
 	if st := c.Check(context.Background()); st.State != ClockUnknown {
 		t.Fatalf("no servers yet: %s", st.State)

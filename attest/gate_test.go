@@ -32,8 +32,8 @@ func TestGate(t *testing.T) {
 			return err
 		}
 	}
-	goodNTP := ntpResponder{stratum: 1, offset: 20 * time.Millisecond}.start(t)
-	skewedNTP := ntpResponder{stratum: 1, offset: 10 * time.Second}.start(t)
+	goodNTP := startNTP(t, ntpResponder{Stratum: 1, Offset: 20 * time.Millisecond})
+	skewedNTP := startNTP(t, ntpResponder{Stratum: 1, Offset: 10 * time.Second})
 	deadNTP := closedUDPAddr(t)
 	clock := func(srv string) *Clock {
 		return NewClock(ClockOptions{Servers: []string{srv}, MaxSkew: time.Second, Timeout: time.Second})

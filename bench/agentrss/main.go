@@ -77,7 +77,7 @@ func run(idle, scrape time.Duration, rounds int) error {
 			return fmt.Errorf("build %s: %w", b.pkg, err)
 		}
 	}
-	ntpd, err := ntptest.Start(ntptest.Responder{})
+	ntpd, err := ntptest.Start(ntptest.Responder{Stratum: 2})
 	if err != nil {
 		return err
 	}

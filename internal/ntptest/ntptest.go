@@ -13,7 +13,7 @@ import (
 // Responder answers NTP client requests.
 type Responder struct {
 	Offset  time.Duration // added to the system clock in every answer
-	Stratum uint8         // 0 is sent as 2
+	Stratum uint8         // 0 is a kiss-o'-death answer
 	Leap    uint8         // 3 = not synchronised
 	Silent  bool          // read requests, never answer
 }
@@ -53,10 +53,6 @@ func (s *Server) Close() error {
 }
 
 func (r Responder) serve(conn net.PacketConn) {
-	stratum := r.Stratum
-	if stratum == 0 {
-		stratum = 2
-	}
 	buf := make([]byte, 512)
 	for {
 		n, from, err := conn.ReadFrom(buf)
@@ -69,7 +65,7 @@ func (r Responder) serve(conn net.PacketConn) {
 		recv := time.Now().Add(r.Offset)
 		p := make([]byte, 48)
 		p[0] = r.Leap<<6 | (buf[0]>>3&7)<<3 | 4 // LI, the client's version, mode server
-		p[1] = stratum
+		p[1] = r.Stratum
 		p[2] = buf[2]                                 // poll
 		p[3] = 0xec                                   // precision 2^-20 s
 		binary.BigEndian.PutUint32(p[8:], 0x00000010) // root dispersion ~0.2 ms

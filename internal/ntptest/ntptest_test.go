@@ -9,7 +9,7 @@ import (
 
 func TestResponderOffset(t *testing.T) {
 	for _, offset := range []time.Duration{0, 3 * time.Second, -90 * time.Minute} {
-		s, err := Start(Responder{Offset: offset})
+		s, err := Start(Responder{Offset: offset, Stratum: 2})
 		if err != nil {
 			t.Fatal(err)
 		}
