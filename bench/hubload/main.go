@@ -345,6 +345,12 @@ func load(ctx context.Context, c config) error {
 		}
 	}
 
+	// One "status ingest" row per setup and the "baseline" row below are
+	// what bench/all.sh reads; the table after them has the detail.
+	for _, o := range outs {
+		fmt.Printf("| status ingest, %d devices, %s | %.0f reports/s | p50 %s | p99 %s | p99.9 %s | errors %d |\n",
+			c.devices, o.setup, o.res.rate, o.res.p50, o.res.p99, o.res.p999, o.res.errors)
+	}
 	fmt.Printf("\n| setup (%d devices, %d senders, %v) | reports/s | p50 | p99 | p99.9 | errors | enrolments/s | CPU µs/report: load / hubs / db | db transactions/report |\n|---|---|---|---|---|---|---|---|---|\n",
 		c.devices, c.workers, c.duration)
 	us := func(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/float64(time.Microsecond)) }
