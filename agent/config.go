@@ -42,6 +42,20 @@ type Config struct {
 	Containers ContainersConfig `json:"containers"`
 	Update     updater.Config   `json:"update"`
 	Trust      TrustConfig      `json:"trust"`
+	Provision  ProvisionConfig  `json:"provision"`
+}
+
+// ProvisionConfig configures offline bundles from a USB stick.
+type ProvisionConfig struct {
+	// Watch is the stick's mount path, looked at every Interval for *.shoal
+	// bundles for this device. Empty: off.
+	Watch    string   `json:"watch"`
+	Interval Duration `json:"interval"`
+	// BundleKeys is a PEM file of bundle public keys trusted for the first
+	// provisioning (baked into the OS image). Empty: the first bundle's own.
+	BundleKeys string `json:"bundle_keys"`
+	// NoReceipt writes no receipt next to a bundle (a read-only stick).
+	NoReceipt bool `json:"no_receipt"`
 }
 
 // ContainersConfig configures the container stage.
@@ -127,6 +141,7 @@ func DefaultConfig() Config {
 		DockerRoot:   "/var/lib/docker",
 		Containers:   ContainersConfig{Enabled: true, Prefix: "shoal-", Parallel: 8},
 		Trust:        TrustConfig{TPM: "/dev/tpmrm0", AllowSoftware: true},
+		Provision:    ProvisionConfig{Interval: Duration(5 * time.Second)},
 	}
 }
 
@@ -242,6 +257,23 @@ trust:
   tpm: /dev/tpmrm0
   # With no TPM at that path, use a software key (reported as weaker).
   allow_software: true
+
+# Offline bundles (shoal provision create) from a USB stick.
+provision:
+  # The stick's mount path: every interval, each *.shoal bundle there for
+  # this device and newer than the applied one is verified and applied
+  # (fleet repo, images, device config, trust roots), a signed receipt is
+  # written next to it for shoal receipts import, and a pass starts. A
+  # queued enrolment from a bundle is sent once the hub is reachable.
+  # Empty: off (shoal-agent provision apply still works).
+  watch: ""
+  interval: 5s
+  # PEM bundle public keys trusted for the first provisioning; empty: the
+  # first bundle's own keys. Later bundles must be signed by the device's
+  # provisioned bundle keys either way.
+  bundle_keys: ""
+  # Write no receipt next to a bundle (a read-only stick).
+  no_receipt: false
 `
 
 // LoadConfig reads the YAML config at path over the defaults and checks it.
@@ -346,6 +378,9 @@ func (c *Config) Check() error {
 	}
 	if c.RetryMin.D() <= 0 || c.RetryMax.D() < c.RetryMin.D() {
 		errs = append(errs, errors.New("retry_min and retry_max: want 0 < retry_min <= retry_max"))
+	}
+	if c.Provision.Watch != "" && c.Provision.Interval.D() < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("provision.interval %v: at least 100ms", c.Provision.Interval.D()))
 	}
 	if c.OutboxMax < 1 {
 		errs = append(errs, fmt.Errorf("outbox_max %d: at least 1", c.OutboxMax))

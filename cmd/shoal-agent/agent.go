@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -33,6 +34,10 @@ type agentWiring struct {
 	Started func(ctx context.Context, a *agent.Agent, log *slog.Logger)
 	// Close releases what the funcs above opened.
 	Close func()
+	// Identity returns the device key once the funcs above opened it; nil:
+	// receipts from the watched stick are unsigned and a queued enrolment
+	// cannot be sent.
+	Identity func() (crypto.Signer, string)
 }
 
 // agentExitError carries an exit code to main.
@@ -120,6 +125,20 @@ func runAgent(ctx context.Context, cmd *cobra.Command, w agentWiring, once bool)
 			return err
 		}
 	}
+	// The stick and a queued enrolment: the daemon only.
+	var prov *provisioner
+	if !once {
+		if prov, err = newProvisioner(cfg, src, w.Identity, log); err != nil {
+			return err
+		}
+	}
+	if prov != nil {
+		o.Source = prov
+		o.Stages = append([]agent.Stage{prov}, o.Stages...)
+		if o.Reporter == nil {
+			o.Reporter, o.Poker = prov.hub, prov.hub
+		}
+	}
 	if w.Close != nil {
 		defer w.Close()
 	}
@@ -169,6 +188,10 @@ func runAgent(ctx context.Context, cmd *cobra.Command, w agentWiring, once bool)
 	}()
 	if w.Started != nil {
 		w.Started(ctx, a, log)
+	}
+	if prov != nil {
+		prov.start(ctx, a)
+		defer prov.wait()
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- a.Serve(ctx) }()

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -65,11 +67,8 @@ Exit codes: 0 enrolled, 1 refused or unreachable, 2 usage error.`,
 			if id := a.Identity(); id.Kind == attest.KindTPM {
 				kind = api.KeyTPM
 			}
-			cert, err := client.Enrol(cmd.Context(), hub, token, a.Signer(), kind, o)
+			cert, err := enrolDevice(cmd.Context(), cfg.StateDir, hub, token, a.Signer(), kind, o)
 			if err != nil {
-				return err
-			}
-			if err := writeCertificate(cfg.StateDir, cert); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "enrolled as %s (%s key); certificate valid until %s\n", cert.DeviceID, kind, cert.NotAfter.Format("2006-01-02 15:04 MST"))
@@ -84,4 +83,17 @@ Exit codes: 0 enrolled, 1 refused or unreachable, 2 usage error.`,
 	cmd.Flags().StringVar(&fingerprint, "ca-fingerprint", "", "hex sha256 of the hub CA certificate (printed by shoal token create)")
 	cmd.Flags().StringVar(&caFile, "ca", "", "the hub CA certificate (PEM), instead of --ca-fingerprint")
 	return cmd
+}
+
+// enrolDevice enrols with a one-time token and keeps the certificate in the
+// state dir: `shoal-agent enrol` and the daemon's queued enrolment share it.
+func enrolDevice(ctx context.Context, stateDir, hub, token string, key crypto.Signer, kind string, o client.EnrolOptions) (*api.Certificate, error) {
+	cert, err := client.Enrol(ctx, hub, token, key, kind, o)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeCertificate(stateDir, cert); err != nil {
+		return nil, err
+	}
+	return cert, nil
 }

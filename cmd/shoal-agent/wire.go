@@ -75,7 +75,8 @@ func (p *parts) wiring() agentWiring {
 				}
 			}()
 		},
-		Close: p.close,
+		Close:    p.close,
+		Identity: p.identity,
 	}
 }
 

@@ -1,0 +1,281 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shoalfleet/shoal/agent"
+	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/hub"
+	"github.com/shoalfleet/shoal/hub/store"
+	"github.com/shoalfleet/shoal/provision"
+)
+
+// syncBuffer is a log the agent writes while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestAgentWatchesStick runs the wired agent daemon (the real device parts,
+// a software key) with no reachable fleet repo and a real hub: a bundle
+// dropped on the watched stick provisions the device, its queued enrolment
+// is sent to the hub, and the first report shows the bundle's commit; a
+// later bundle updates the device offline and the next report shows the new
+// commit. The receipts left on the stick are signed by the key the hub
+// recorded at enrolment. A bundle with a refused token is reported, not
+// retried at full speed.
+func TestAgentWatchesStick(t *testing.T) {
+	f := newFleet(t)
+	f.commit(validFleet())
+	c1 := f.head()
+
+	st, err := store.Open(t.Context(), "sqlite://"+filepath.Join(t.TempDir(), "hub.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	h, err := hub.New(t.Context(), hub.Options{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hctx, stopHub := context.WithCancel(context.WithoutCancel(t.Context()))
+	hubDone := make(chan error, 1)
+	go func() { hubDone <- h.Run(hctx, l) }()
+	t.Cleanup(func() { stopHub(); <-hubDone })
+	hubURL := "https://" + l.Addr().String()
+	tok, err := hub.CreateEnrolToken(t.Context(), st, "d1", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	key, _ := provision.GenerateKey()
+	bundle := func(dst string, tokens map[string]string, devices ...string) {
+		t.Helper()
+		out, err := os.Create(dst + ".part")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := provision.Create(t.Context(), out, provision.CreateOptions{FleetDir: f.dir, Devices: devices, Key: key,
+			HubURL: hubURL, HubCA: h.CAFingerprint(), Tokens: tokens, TempDir: t.TempDir()}); err != nil {
+			t.Fatal(err)
+		}
+		out.Close()
+		// Whole or not at all, as a copy to a stick finishes.
+		if err := os.Rename(dst+".part", dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	stick, dir := t.TempDir(), t.TempDir()
+	state := filepath.Join(dir, "state")
+	cfgPath := filepath.Join(dir, "agent.yaml")
+	cfg := fmt.Sprintf(`device_id: d1
+state_dir: %s
+repo:
+  url: file://%s/offline
+metrics_addr: ""
+docker_root: ""
+poll_interval: 1h
+retry_min: 50ms
+retry_max: 2s
+containers:
+  enabled: false
+trust:
+  tpm: none
+provision:
+  watch: %s
+  interval: 100ms
+`, state, dir, stick)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
+	var logs syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		root := newWiredRootCmd(ctx)
+		root.SetArgs([]string{"--config", cfgPath})
+		root.SetOut(&logs)
+		root.SetErr(&logs)
+		code := exitOK
+		if err := root.ExecuteContext(ctx); err != nil {
+			fmt.Fprintln(&logs, "shoal-agent:", err)
+			code = exitFailed
+		}
+		done <- code
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case code := <-done:
+			if code != exitOK {
+				t.Errorf("agent exit %d\n%s", code, logs.String())
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("agent did not stop\n%s", logs.String())
+		}
+	})
+	latest := func() *api.Status {
+		reps, err := st.Reports(t.Context(), "d1", 1)
+		if err != nil || len(reps) == 0 {
+			return nil
+		}
+		var s api.Status
+		if json.Unmarshal(reps[0].Body, &s) != nil {
+			return nil
+		}
+		return &s
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s\nagent log:\n%s", what, logs.String())
+			}
+			<-time.After(50 * time.Millisecond)
+		}
+	}
+
+	// 1. Provisioning: the bundle carries the token; the device enrols and reports.
+	bundle(filepath.Join(stick, "1-first.shoal"), map[string]string{"d1": tok.Token}, "d1")
+	waitFor("a report with the first bundle's commit", func() bool { s := latest(); return s != nil && s.Commit.Applied == c1 })
+	if e, err := provision.ReadEnrolment(state); err != nil || e != nil {
+		t.Errorf("queued enrolment still there after enrolling: %+v %v", e, err)
+	}
+	s := latest()
+	if len(s.Stages) == 0 || s.Stages[0].Name != "provision" || !strings.Contains(s.Stages[0].Summary, "applied offline: commit "+c1[:12]) {
+		t.Errorf("provision stage in the report: %+v", s.Stages)
+	}
+
+	// 2. An offline update: a newer commit on the stick.
+	f.commit(map[string]string{"devices/d1.yaml": "labels:\n  role: web\n  floor: \"2\"\n"})
+	c2 := f.head()
+	bundle(filepath.Join(stick, "2-update.shoal"), nil, "d1")
+	waitFor("a report with the second bundle's commit", func() bool { s := latest(); return s != nil && s.Commit.Applied == c2 })
+
+	// The receipts on the stick are signed by the key the hub recorded.
+	enrolled, err := st.DeviceKey(t.Context(), "d1")
+	if err != nil || enrolled == nil {
+		t.Fatalf("hub has no key for d1: %v", err)
+	}
+	for name, commit := range map[string]string{"1-first.shoal.d1.receipt.json": c1, "2-update.shoal.d1.receipt.json": c2} {
+		b, err := os.ReadFile(filepath.Join(stick, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, _, err := api.VerifyReceipt(b)
+		if err != nil || rc.Result != api.ReceiptApplied || rc.Commit != commit || !bytes.Equal(rc.PublicKey, enrolled) {
+			t.Errorf("%s: %+v %v (signed by the enrolled key: %t)", name, rc, err, rc != nil && bytes.Equal(rc.PublicKey, enrolled))
+		}
+	}
+}
+
+// TestAgentQueuedEnrolmentRefused: a token the hub refuses is reported in
+// the provision stage and retried at retry_max, not in a tight loop.
+func TestAgentQueuedEnrolmentRefused(t *testing.T) {
+	f := newFleet(t)
+	f.commit(validFleet())
+	st, err := store.Open(t.Context(), "sqlite://"+filepath.Join(t.TempDir(), "hub.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	h, err := hub.New(t.Context(), hub.Options{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hctx, stopHub := context.WithCancel(context.WithoutCancel(t.Context()))
+	hubDone := make(chan error, 1)
+	go func() { hubDone <- h.Run(hctx, l) }()
+	t.Cleanup(func() { stopHub(); <-hubDone })
+
+	key, _ := provision.GenerateKey()
+	stick, dir := t.TempDir(), t.TempDir()
+	out, _ := os.Create(filepath.Join(stick, "b.shoal"))
+	if _, err := provision.Create(t.Context(), out, provision.CreateOptions{FleetDir: f.dir, Devices: []string{"d1"}, Key: key,
+		HubURL: "https://" + l.Addr().String(), HubCA: h.CAFingerprint(), Tokens: map[string]string{"d1": "shoal_enrol_not-a-real-token"}, TempDir: t.TempDir()}); err != nil {
+		t.Fatal(err)
+	}
+	out.Close()
+	state := filepath.Join(dir, "state")
+	cfgPath := filepath.Join(dir, "agent.yaml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf("device_id: d1\nstate_dir: %s\nrepo:\n  url: file://%s/offline\nmetrics_addr: \"\"\ndocker_root: \"\"\npoll_interval: 1h\nretry_min: 50ms\nretry_max: 1h\ncontainers:\n  enabled: false\ntrust:\n  tpm: none\nprovision:\n  watch: %s\n  interval: 100ms\n", state, dir, stick)), 0o600)
+
+	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
+	var logs syncBuffer
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		root := newWiredRootCmd(ctx)
+		root.SetArgs([]string{"--config", cfgPath})
+		root.SetOut(&logs)
+		root.SetErr(&logs)
+		_ = root.ExecuteContext(ctx)
+	}()
+	defer func() { cancel(); <-done }()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		s, err := agent.ReadState(state)
+		if err == nil && s.LastPass != nil {
+			if sr, ok := s.LastPass.Stages["provision"]; ok && strings.Contains(sr.Summary, "queued enrolment refused") && strings.Contains(sr.Summary, "token-invalid") {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("refusal not reported in the provision stage\n%s", logs.String())
+		}
+		<-time.After(50 * time.Millisecond)
+	}
+	// With retry_max 1h the token is not tried again while the test runs.
+	<-time.After(time.Second)
+	if n := strings.Count(logs.String(), "queued enrolment refused"); n != 1 {
+		t.Errorf("refused enrolment tried %d times in a second, want once\n%s", n, logs.String())
+	}
+	if e, _ := provision.ReadEnrolment(state); e == nil {
+		t.Error("the refused enrolment was dropped; it stays queued for a look by a person")
+	}
+}
+
+// head returns the fleet repo's HEAD commit.
+func (f *fleet) head() string {
+	f.t.Helper()
+	cmd := exec.Command("git", "rev-parse", "HEAD")
+	cmd.Dir, cmd.Env = f.dir, f.env
+	out, err := cmd.Output()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
+}
