@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shoalfleet/shoal/agent"
+	"github.com/shoalfleet/shoal/spec"
 )
 
 // agentWiring supplies the parts the agent drives beyond the fleet repo:
@@ -133,6 +134,17 @@ func runAgent(ctx context.Context, cmd *cobra.Command, w agentWiring, once bool)
 		}
 	}
 	if prov != nil {
+		// A bundle's OS release goes through the update stage's updater:
+		// its own signature check, and its lock keeps the install and a
+		// pass's update step apart.
+		for _, s := range o.Stages {
+			if us, ok := s.(*agent.UpdateStage); ok && us.U != nil {
+				prov.install = func(ctx context.Context, rel *spec.Release) error {
+					_, err := us.U.Install(ctx, rel, spec.UpdatePolicy{BootLimit: 3})
+					return err
+				}
+			}
+		}
 		o.Source = prov
 		o.Stages = append([]agent.Stage{prov}, o.Stages...)
 		if o.Reporter == nil {

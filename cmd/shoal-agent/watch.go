@@ -20,6 +20,7 @@ import (
 	"github.com/shoalfleet/shoal/internal/backoff"
 	"github.com/shoalfleet/shoal/provision"
 	"github.com/shoalfleet/shoal/source"
+	"github.com/shoalfleet/shoal/spec"
 )
 
 // identity is the device key: it signs receipts and enrolment requests.
@@ -55,6 +56,11 @@ type provisioner struct {
 	pending  string     // commit a bundle applied, for the next pass
 	last     *provision.Result
 	enrolErr error // the last enrolment's refusal, reported until one succeeds
+
+	// install installs a bundle's OS release (the update stage's updater);
+	// nil when the device has no A/B update configured, and a bundle that
+	// carries a release is then refused.
+	install func(ctx context.Context, rel *spec.Release) error
 
 	agent *agent.Agent
 	wake  chan struct{} // a bundle was applied: look for a queued enrolment
@@ -190,6 +196,7 @@ func (p *provisioner) applyOptions() (provision.ApplyOptions, func(), error) {
 		}
 		o.Images, closeImages = cli, func() { cli.Close() }
 	}
+	o.InstallRelease = p.install
 	if p.id != nil {
 		if key, kind := p.id(); key != nil {
 			o.Signer, o.KeyKind = key, kind
