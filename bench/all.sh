@@ -96,6 +96,13 @@ area_agent() {
   gobench ./agent PassNothingNew "$(q 200x 20x)" \
     "pass with nothing new, file://; baseline \`git fetch\` (git CLI) of the same repo|PassNothingNew/agent/file|PassNothingNew/git-cli-fetch/file" \
     "pass with nothing new, git:// on loopback; baseline \`git fetch\` from the same \`git daemon\`|PassNothingNew/agent/git-daemon|PassNothingNew/git-cli-fetch/git-daemon"
+  # Idle memory of the release binary as a real process (target < 25 MB).
+  local cmd="go run ./bench/agentrss -idle $(q 90s 20s) -scrape 15s"
+  echo "  $cmd" >&2
+  local out
+  out=$($cmd 2>&1) || { echo "$out" >&2; return 1; }
+  echo "$out" >&2
+  echo "$out" | awk -v cmd="$cmd" '/^\| / && !/^\| what/ { printf "%s `%s` |\n", $0, cmd }'
 }
 
 area_reconcile() {
