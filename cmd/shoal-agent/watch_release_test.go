@@ -2,25 +2,15 @@ package main
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/hex"
-	"encoding/pem"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/shoalfleet/shoal/api"
-	"github.com/shoalfleet/shoal/internal/testenv"
 	"github.com/shoalfleet/shoal/provision"
-	"github.com/shoalfleet/shoal/spec"
-	"github.com/shoalfleet/shoal/updater"
 )
 
 // TestAgentInstallsReleaseFromStick: a bundle on the watched stick that
@@ -28,38 +18,9 @@ import (
 // (signature checked against the device's release keys) into the inactive
 // file slot, with the GRUB env set for the trial boot, and no network.
 func TestAgentInstallsReleaseFromStick(t *testing.T) {
-	editenv := testenv.LookPath(t, "grub-editenv", "grub-common")
-	dir := t.TempDir()
-	write := func(name string, b []byte) string {
-		t.Helper()
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	pub, relKey, _ := ed25519.GenerateKey(rand.Reader)
-	der, _ := x509.MarshalPKIXPublicKey(pub)
-	roots := write("release-keys.pem", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
-	slotA := write("slot-a.img", []byte("factory image"))
-	slotB := write("slot-b.img", nil)
-	grubenv := filepath.Join(dir, "grubenv")
-	if out, err := exec.Command(editenv, grubenv, "create").CombinedOutput(); err != nil {
-		t.Fatalf("grub-editenv create: %v\n%s", err, out)
-	}
-	img := make([]byte, 256<<10)
-	rand.Read(img)
-	imgPath := write("os-2.0.0.img", img)
-	sum := sha256.Sum256(img)
-	rel := spec.Release{Version: "2.0.0", Size: int64(len(img)), SHA256: hex.EncodeToString(sum[:])}
-	sig, err := updater.SignRelease(&rel, relKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-
+	d := newABDevice(t, 256<<10)
+	dir, img, rel, sig := d.dir, d.img, d.rel, d.sig
+	write := func(name string, b []byte) string { return d.write(t, name, b) }
 	f := newFleet(t)
 	f.commit(map[string]string{
 		"fleet.cue":       "spec: network: \"plant\"\n",
@@ -75,7 +36,7 @@ func TestAgentInstallsReleaseFromStick(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := provision.Create(t.Context(), out, provision.CreateOptions{FleetDir: f.dir, Devices: []string{"d1"}, Key: key,
-		Release: true, ReleaseFile: imgPath, TempDir: t.TempDir()}); err != nil {
+		Release: true, ReleaseFile: d.imgPath, TempDir: t.TempDir()}); err != nil {
 		t.Fatal(err)
 	}
 	out.Close()
@@ -108,7 +69,7 @@ update:
   reboot_command: [sh, -c, "echo reboot > %s"]
   booted_slot_file: %s
   boot_id_file: %s
-`, state, dir, stick, slotA, slotB, grubenv, roots, marker, write("booted-slot", []byte("a\n")), write("boot-id", []byte("boot-1\n")))))
+`, state, dir, stick, d.slotA, d.slotB, d.grubenv, d.roots, marker, write("booted-slot", []byte("a\n")), write("boot-id", []byte("boot-1\n")))))
 
 	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
 	var logs syncBuffer
@@ -155,15 +116,13 @@ update:
 	if err != nil || rc.Result != api.ReceiptApplied || rc.Release != "2.0.0" {
 		t.Fatalf("receipt: %+v %v\nagent log:\n%s", rc, err, logs.String())
 	}
-	got, _ := os.ReadFile(slotB)
-	if len(got) < len(img) || sha256.Sum256(got[:len(img)]) != sum {
+	if !d.slotBHoldsImage() {
 		t.Fatal("slot b does not hold the bundle's release image")
 	}
-	env, err := exec.Command(editenv, grubenv, "list").CombinedOutput()
-	if err != nil || !strings.Contains(string(env), "upgrade_available=1") || !strings.Contains(string(env), "shoal_slot=b") {
-		t.Fatalf("grub-editenv list after the install: %v\n%s", err, env)
+	if env := d.env(t); !strings.Contains(env, "upgrade_available=1") || !strings.Contains(env, "shoal_slot=b") {
+		t.Fatalf("GRUB env after the install:\n%s", env)
 	}
-	if a, _ := os.ReadFile(slotA); string(a) != "factory image" {
+	if a, _ := os.ReadFile(d.slotA); string(a) != "factory image" {
 		t.Errorf("the running slot a changed: %q", a)
 	}
 }

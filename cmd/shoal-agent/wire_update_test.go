@@ -2,12 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/sha256"
-	"crypto/x509"
-	"encoding/hex"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,7 +12,6 @@ import (
 
 	"github.com/shoalfleet/shoal/agent"
 	"github.com/shoalfleet/shoal/internal/testenv"
-	"github.com/shoalfleet/shoal/spec"
 	"github.com/shoalfleet/shoal/updater"
 	"github.com/shoalfleet/shoal/updater/bootenv"
 )
@@ -28,35 +22,11 @@ import (
 // after a simulated boot into the new slot the next pass passes the health
 // gate and commits.
 func TestAgentWiredUpdatesOS(t *testing.T) {
-	editenv := testenv.LookPath(t, "grub-editenv", "grub-common")
-	dir := t.TempDir()
-	write := func(name string, b []byte) string {
-		t.Helper()
-		p := filepath.Join(dir, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	pub, key, _ := ed25519.GenerateKey(rand.Reader)
-	der, _ := x509.MarshalPKIXPublicKey(pub)
-	roots := write("release-keys.pem", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
-	slotA := write("slot-a.img", []byte("factory image"))
-	slotB := write("slot-b.img", nil)
-	grubenv := filepath.Join(dir, "grubenv")
-	if out, err := exec.Command(editenv, grubenv, "create").CombinedOutput(); err != nil {
-		t.Fatalf("grub-editenv create: %v\n%s", err, out)
-	}
-	img := make([]byte, 512<<10)
-	rand.Read(img)
-	imgPath := write("os-2.0.0.img", img)
-	sum := sha256.Sum256(img)
-	rel := spec.Release{Version: "2.0.0", Size: int64(len(img)), SHA256: hex.EncodeToString(sum[:])}
-	sig, err := updater.SignRelease(&rel, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := newABDevice(t, 512<<10)
+	dir, editenv, grubenv := d.dir, d.editenv, d.grubenv
+	write := func(name string, b []byte) string { return d.write(t, name, b) }
+	img, sum, rel, sig, imgPath := d.img, d.sum, d.rel, d.sig, d.imgPath
+	slotA, slotB, roots := d.slotA, d.slotB, d.roots
 	bootedFile := write("booted-slot", []byte("a\n"))
 	bootIDFile := write("boot-id", []byte("boot-1\n"))
 	marker := filepath.Join(dir, "rebooted")
