@@ -7,10 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,6 +23,7 @@ import (
 	"github.com/shoalfleet/shoal/hub/store"
 	"github.com/shoalfleet/shoal/internal/gitfs"
 	"github.com/shoalfleet/shoal/internal/pgtest"
+	"github.com/shoalfleet/shoal/internal/swtpmtest"
 	"github.com/shoalfleet/shoal/internal/testenv"
 )
 
@@ -114,61 +113,15 @@ func TestRealVerifier(t *testing.T) {
 // connection to it, closed when the test ends.
 func startSwtpm(t *testing.T) transport.TPMCloser {
 	t.Helper()
-	bin := testenv.LookPath(t, "swtpm", "swtpm")
-	for range 5 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		cmd := exec.Command(bin, "socket", "--tpm2", "--tpmstate", "dir="+t.TempDir(),
-			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
-			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
-			"--flags", "not-need-init,startup-clear")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		if listening(addr, exited) {
-			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-			tpm, err := attest.DialTCP(ctx, addr)
-			cancel()
-			if err == nil {
-				t.Cleanup(func() { tpm.Close(); cmd.Process.Kill(); <-exited })
-				return tpm
-			}
-			t.Logf("swtpm on port %d: %v; retrying", port, err)
-		}
-		cmd.Process.Kill()
-		<-exited
+	sw := swtpmtest.Start(t, "")
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	tpm, err := attest.DialTCP(ctx, sw.Addr)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("swtpm did not start")
-	return nil
-}
-
-// listening waits up to 10s for addr to accept, or for the process to exit
-// (then it puts the exit back for the caller).
-func listening(addr string, exited chan error) bool {
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(10 * time.Second)
-	for {
-		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
-			c.Close()
-			return true
-		}
-		select {
-		case err := <-exited:
-			exited <- err
-			return false
-		case <-deadline:
-			return false
-		case <-tick.C:
-		}
-	}
+	t.Cleanup(func() { tpm.Close() })
+	return tpm
 }
 
 // tpmAttester is an attest.Attester on a fresh swtpm, with AppPCR extended

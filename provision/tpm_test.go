@@ -5,64 +5,18 @@ import (
 	"crypto"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/attest"
-	"github.com/shoalfleet/shoal/internal/testenv"
+	"github.com/shoalfleet/shoal/internal/swtpmtest"
 )
 
 // startSwtpm runs `swtpm socket` on loopback for the test and returns its address.
-func startSwtpm(t *testing.T) string {
-	t.Helper()
-	bin := testenv.LookPath(t, "swtpm", "swtpm")
-	for range 5 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		cmd := exec.Command(bin, "socket", "--tpm2", "--tpmstate", "dir="+t.TempDir(),
-			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
-			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
-			"--flags", "not-need-init,startup-clear")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		deadline := time.Now().Add(10 * time.Second)
-		for time.Now().Before(deadline) {
-			select {
-			case <-exited:
-				deadline = time.Time{}
-				continue
-			default:
-			}
-			if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
-				c.Close()
-				t.Cleanup(func() { cmd.Process.Kill(); <-exited })
-				return addr
-			}
-			select {
-			case <-exited:
-				deadline = time.Time{}
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-		cmd.Process.Kill()
-	}
-	t.Fatal("swtpm did not start")
-	return ""
-}
+func startSwtpm(t *testing.T) string { return swtpmtest.Start(t, "").Addr }
 
 // TestReceiptTPMQuote: with a TPM (swtpm), the receipt is signed by the
 // TPM-held device key and carries a quote whose nonce is the bundle hash,
