@@ -24,28 +24,7 @@ import (
 // a real hub with the status page mounted; the device reports over mutual TLS.
 func TestFleetStatus(t *testing.T) {
 	ctx := t.Context()
-	st, err := store.Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "hub.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	wh, err := web.New(web.Options{Store: st})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := hub.New(ctx, hub.Options{Store: st, Web: wh})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan error, 1)
-	go func() { done <- h.Run(rctx, l) }()
-	t.Cleanup(func() { cancel(); <-done })
-	hubURL := "https://" + l.Addr().String()
+	st, h, hubURL := startWebHub(t)
 
 	for i, id := range []string{"press-1", "press-2"} {
 		tr, err := hub.CreateEnrolToken(ctx, st, id, time.Hour, time.Now())
@@ -132,4 +111,33 @@ func TestFleetStatus(t *testing.T) {
 	if err := cmd.ExecuteContext(ctx); err == nil {
 		t.Error("unknown device: no error")
 	}
+}
+
+// startWebHub runs a hub on SQLite with the status page mounted on a
+// loopback port until the test ends.
+func startWebHub(t *testing.T) (store.Store, *hub.Hub, string) {
+	t.Helper()
+	ctx := t.Context()
+	st, err := store.Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "hub.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	wh, err := web.New(web.Options{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := hub.New(ctx, hub.Options{Store: st, Web: wh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan error, 1)
+	go func() { done <- h.Run(rctx, l) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return st, h, "https://" + l.Addr().String()
 }

@@ -2,11 +2,9 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,8 +14,6 @@ import (
 	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/api/client"
 	"github.com/shoalfleet/shoal/hub"
-	"github.com/shoalfleet/shoal/hub/store"
-	"github.com/shoalfleet/shoal/hub/web"
 	"github.com/shoalfleet/shoal/provision"
 )
 
@@ -27,28 +23,7 @@ import (
 // import as duplicates, and `shoal fleet device` then shows the receipt.
 func TestReceiptsImport(t *testing.T) {
 	ctx := t.Context()
-	st, err := store.Open(ctx, "sqlite://"+filepath.Join(t.TempDir(), "hub.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	wh, err := web.New(web.Options{Store: st})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := hub.New(ctx, hub.Options{Store: st, Web: wh})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan error, 1)
-	go func() { done <- h.Run(rctx, l) }()
-	t.Cleanup(func() { cancel(); <-done })
-	hubURL := "https://" + l.Addr().String()
+	st, h, hubURL := startWebHub(t)
 
 	keys := map[string]*ecdsa.PrivateKey{}
 	for _, id := range []string{"dev-1", "dev-2"} {
