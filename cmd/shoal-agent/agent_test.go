@@ -103,44 +103,16 @@ func runAgentCmd(t *testing.T, args ...string) (string, int) {
 	return out.String(), 0
 }
 
-type fleet struct {
-	t   *testing.T
-	dir string
-	env []string
-}
+// fleet is a real fleet repository made with the git CLI.
+type fleet struct{ *testenv.Repo }
 
-func newFleet(t *testing.T) *fleet {
-	testenv.LookPath(t, "git", "git")
-	home := t.TempDir()
-	f := &fleet{t: t, dir: filepath.Join(t.TempDir(), "fleet"), env: append(os.Environ(), "HOME="+home,
-		"GIT_CONFIG_NOSYSTEM=1", "GIT_CONFIG_GLOBAL="+filepath.Join(home, "gitconfig"),
-		"GIT_AUTHOR_NAME=Op", "GIT_AUTHOR_EMAIL=op@example.com", "GIT_COMMITTER_NAME=Op", "GIT_COMMITTER_EMAIL=op@example.com")}
-	os.MkdirAll(f.dir, 0o755)
-	f.git("init", "-q", "-b", "main")
-	return f
-}
+func newFleet(t *testing.T) *fleet { return &fleet{testenv.NewRepo(t)} }
 
-func (f *fleet) git(args ...string) {
-	f.t.Helper()
-	cmd := exec.Command("git", args...)
-	cmd.Dir, cmd.Env = f.dir, f.env
-	if out, err := cmd.CombinedOutput(); err != nil {
-		f.t.Fatalf("git %v: %v\n%s", args, err, out)
-	}
-}
+// commit writes files and commits them.
+func (f *fleet) commit(files map[string]string) { f.Commit(files, "change") }
 
-func (f *fleet) commit(files map[string]string) {
-	f.t.Helper()
-	for name, content := range files {
-		p := filepath.Join(f.dir, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			f.t.Fatal(err)
-		}
-		f.git("add", name)
-	}
-	f.git("commit", "-q", "-m", "change")
-}
+// head is the newest commit.
+func (f *fleet) head() string { return f.Git("rev-parse", "HEAD") }
 
 var digest = strings.Repeat("a", 64)
 
@@ -167,7 +139,7 @@ func writeConfig(t *testing.T, repoURL, metricsAddr string) (string, string) {
 func TestAgentOnceAndStatus(t *testing.T) {
 	f := newFleet(t)
 	f.commit(validFleet())
-	cfgPath, _ := writeConfig(t, "file://"+f.dir, "")
+	cfgPath, _ := writeConfig(t, "file://"+f.Dir, "")
 
 	out, code := runAgentCmd(t, "--config", cfgPath, "--once")
 	if code != exitOK || !strings.Contains(out, "converged") {
@@ -224,7 +196,7 @@ func TestAgentDaemonSIGHUPAndSIGTERM(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
-	cfgPath, _ := writeConfig(t, "file://"+f.dir, addr)
+	cfgPath, _ := writeConfig(t, "file://"+f.Dir, addr)
 	cmd := agentCmd("--config", cfgPath)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -324,7 +296,7 @@ func TestIdleRSS(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
-	cfgPath, _ := writeConfig(t, "file://"+f.dir, addr)
+	cfgPath, _ := writeConfig(t, "file://"+f.Dir, addr)
 	b, _ := os.ReadFile(cfgPath)
 	os.WriteFile(cfgPath, []byte(strings.Replace(string(b), "device_id: d1", "device_id: gw-01", 1)), 0o600)
 

@@ -35,7 +35,7 @@ func TestAgentInstallsReleaseFromStick(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := provision.Create(t.Context(), out, provision.CreateOptions{FleetDir: f.dir, Devices: []string{"d1"}, Key: key,
+	if _, err := provision.Create(t.Context(), out, provision.CreateOptions{FleetDir: f.Dir, Devices: []string{"d1"}, Key: key,
 		Release: true, ReleaseFile: d.imgPath, TempDir: t.TempDir()}); err != nil {
 		t.Fatal(err)
 	}

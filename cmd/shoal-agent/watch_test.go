@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -82,7 +81,7 @@ func TestAgentWatchesStick(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := provision.Create(t.Context(), out, provision.CreateOptions{FleetDir: f.dir, Devices: devices, Key: key,
+		if _, err := provision.Create(t.Context(), out, provision.CreateOptions{FleetDir: f.Dir, Devices: devices, Key: key,
 			HubURL: hubURL, HubCA: h.CAFingerprint(), Tokens: tokens, TempDir: t.TempDir()}); err != nil {
 			t.Fatal(err)
 		}
@@ -224,7 +223,7 @@ func TestAgentQueuedEnrolmentRefused(t *testing.T) {
 	key, _ := provision.GenerateKey()
 	stick, dir := t.TempDir(), t.TempDir()
 	out, _ := os.Create(filepath.Join(stick, "b.shoal"))
-	if _, err := provision.Create(t.Context(), out, provision.CreateOptions{FleetDir: f.dir, Devices: []string{"d1"}, Key: key,
+	if _, err := provision.Create(t.Context(), out, provision.CreateOptions{FleetDir: f.Dir, Devices: []string{"d1"}, Key: key,
 		HubURL: "https://" + l.Addr().String(), HubCA: h.CAFingerprint(), Tokens: map[string]string{"d1": "shoal_enrol_not-a-real-token"}, TempDir: t.TempDir()}); err != nil {
 		t.Fatal(err)
 	}
@@ -269,13 +268,3 @@ func TestAgentQueuedEnrolmentRefused(t *testing.T) {
 }
 
 // head returns the fleet repo's HEAD commit.
-func (f *fleet) head() string {
-	f.t.Helper()
-	cmd := exec.Command("git", "rev-parse", "HEAD")
-	cmd.Dir, cmd.Env = f.dir, f.env
-	out, err := cmd.Output()
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	return strings.TrimSpace(string(out))
-}
