@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/hub/store"
@@ -22,12 +23,14 @@ func FuzzDecode(f *testing.F) {
 		`{"apiVersion":"shoal.api/v1","group":"edge","devices":["a","b"]}`,
 		`{"apiVersion":"shoal.api/v1","deviceID":"dev-1","ttl":3600000000000}`,
 		`{"apiVersion":"shoal.api/v1","pcrs":{"-1":""}}`,
+		`{"apiVersion":"shoal.receipt/v1","receipts":[{"deviceID":"d"}]}`,
+		`{"apiVersion":"shoal.api/v1","token":"t","csr":"x","keyKind":"tpm","ek":{"area":"AA=="},"activation":{"secret":"AA=="}}`,
 		`[]`, `null`, `{} {}`, `{"seq":-1}`, "\x00",
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		for _, v := range []validator{new(api.Status), new(api.EnrolRequest), new(api.RenewRequest), new(api.AttestRequest), new(api.PokeRequest), new(api.TokenRequest), new(api.TokenRevokeRequest)} {
+		for _, v := range []validator{new(api.Status), new(api.EnrolRequest), new(api.RenewRequest), new(api.AttestRequest), new(api.PokeRequest), new(api.TokenRequest), new(api.TokenRevokeRequest), new(api.ReceiptBatch)} {
 			if err := decodeBody(bytes.NewReader(b), v); err == nil {
 				if err := v.Validate(); err != nil {
 					t.Fatalf("%T decoded but does not validate: %v", v, err)
@@ -51,7 +54,16 @@ func FuzzHandler(f *testing.F) {
 		f.Fatal(err)
 	}
 	handler := h.Handler()
+	// A real operator token, so the admin handlers' bodies are reached.
+	op, err := CreateOperatorToken(f.Context(), st, time.Hour, time.Now())
+	if err != nil {
+		f.Fatal(err)
+	}
 	for _, s := range []struct{ method, path, auth, body string }{
+		{"POST", "/v1/enrol/challenge", "", `{"apiVersion":"shoal.api/v1","token":"x","csr":"","keyKind":"tpm","ek":{}}`},
+		{"POST", "/v1/admin/receipts", "Bearer " + op, `{"apiVersion":"shoal.receipt/v1","receipts":[{"apiVersion":"shoal.receipt/v1","deviceID":"d"}]}`},
+		{"GET", "/v1/admin/devices/d/receipts", "Bearer " + op, ``},
+		{"POST", "/v1/admin/tokens", "Bearer " + op, `{"apiVersion":"shoal.api/v1","deviceID":"d"}`},
 		{"POST", "/v1/enrol", "", `{"apiVersion":"shoal.api/v1","token":"x","csr":"","keyKind":"tpm"}`},
 		{"POST", "/v1/attest/nonce", "Bearer shoal_enrol_x", ``},
 		{"POST", "/v1/admin/tokens", "Bearer x", `{"apiVersion":"shoal.api/v1","deviceID":"d"}`},
