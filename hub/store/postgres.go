@@ -59,9 +59,12 @@ func OpenPostgres(ctx context.Context, dsn string) (Store, error) {
 }
 
 // Listen calls fn with the ID of every poke added by any hub on this
-// database, until ctx ends. It holds one dedicated connection.
+// database, until ctx ends. It holds one dedicated connection. Once the
+// LISTEN is in place (at the start and after every reconnect) it calls
+// fn(0): a poke made before then sent a notification nobody heard, so
+// waiting pollers must read the store again.
 func (s *pgStore) Listen(ctx context.Context, fn func(id int64)) error {
-	err := s.listen(ctx, chanPoke, nil, func(payload string) {
+	err := s.listen(ctx, chanPoke, func() { fn(0) }, func(payload string) {
 		if id, err := strconv.ParseInt(payload, 10, 64); err == nil {
 			fn(id)
 		}

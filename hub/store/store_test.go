@@ -98,24 +98,27 @@ func TestListen(t *testing.T) {
 	got := make(chan int64, 100)
 	done := make(chan error, 1)
 	go func() { done <- l.Listen(ctx, func(id int64) { got <- id }) }()
-	// LISTEN starts asynchronously: poke until a notification arrives.
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(20 * time.Second)
-	for waiting := true; waiting; {
-		select {
-		case id := <-got:
-			if id <= 0 {
-				t.Fatalf("notified poke ID %d", id)
-			}
-			waiting = false
-		case <-tick.C:
-			if _, err := a.AddPoke(t.Context(), store.Poke{Reason: "operator", Time: time.Now()}); err != nil {
-				t.Fatal(err)
-			}
-		case <-deadline:
-			t.Fatal("no notification within 20s")
+	// Once LISTEN is in place the listener says so with ID 0 (pollers re-read
+	// the store then); a poke made after that is announced with its ID.
+	select {
+	case id := <-got:
+		if id != 0 {
+			t.Fatalf("first call %d, want 0 once listening", id)
 		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("not listening within 20s")
+	}
+	p, err := a.AddPoke(t.Context(), store.Poke{Reason: "operator", Time: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case id := <-got:
+		if id != p {
+			t.Fatalf("notified poke ID %d, want %d", id, p)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no notification within 20s")
 	}
 	cancel()
 	if err := <-done; err != nil {
