@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -71,27 +70,7 @@ update:
   boot_id_file: %s
 `, state, dir, stick, d.slotA, d.slotB, d.grubenv, d.roots, marker, write("booted-slot", []byte("a\n")), write("boot-id", []byte("boot-1\n")))))
 
-	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
-	var logs syncBuffer
-	done := make(chan error, 1)
-	go func() {
-		root := newWiredRootCmd(ctx)
-		root.SetArgs([]string{"--config", cfgPath})
-		root.SetOut(&logs)
-		root.SetErr(&logs)
-		done <- root.ExecuteContext(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("agent: %v\n%s", err, logs.String())
-			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("agent did not stop\n%s", logs.String())
-		}
-	})
+	logs := runDaemon(t, cfgPath)
 	// The stick's copy finishes: the daemon sees the whole bundle at once.
 	if err := os.Rename(bundlePath+".part", bundlePath); err != nil {
 		t.Fatal(err)

@@ -51,24 +51,7 @@ func TestAgentWatchesStick(t *testing.T) {
 	f.commit(validFleet())
 	c1 := f.head()
 
-	st, err := store.Open(t.Context(), "sqlite://"+filepath.Join(t.TempDir(), "hub.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	h, err := hub.New(t.Context(), hub.Options{Store: st})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hctx, stopHub := context.WithCancel(context.WithoutCancel(t.Context()))
-	hubDone := make(chan error, 1)
-	go func() { hubDone <- h.Run(hctx, l) }()
-	t.Cleanup(func() { stopHub(); <-hubDone })
-	hubURL := "https://" + l.Addr().String()
+	st, h, hubURL := startHub(t, nil)
 	tok, err := hub.CreateEnrolToken(t.Context(), st, "d1", time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -115,32 +98,7 @@ provision:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
-	var logs syncBuffer
-	done := make(chan int, 1)
-	go func() {
-		root := newWiredRootCmd(ctx)
-		root.SetArgs([]string{"--config", cfgPath})
-		root.SetOut(&logs)
-		root.SetErr(&logs)
-		code := exitOK
-		if err := root.ExecuteContext(ctx); err != nil {
-			fmt.Fprintln(&logs, "shoal-agent:", err)
-			code = exitFailed
-		}
-		done <- code
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case code := <-done:
-			if code != exitOK {
-				t.Errorf("agent exit %d\n%s", code, logs.String())
-			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("agent did not stop\n%s", logs.String())
-		}
-	})
+	logs := runDaemon(t, cfgPath)
 	latest := func() *api.Status {
 		reps, err := st.Reports(t.Context(), "d1", 1)
 		if err != nil || len(reps) == 0 {
@@ -202,29 +160,13 @@ provision:
 func TestAgentQueuedEnrolmentRefused(t *testing.T) {
 	f := newFleet(t)
 	f.commit(validFleet())
-	st, err := store.Open(t.Context(), "sqlite://"+filepath.Join(t.TempDir(), "hub.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	h, err := hub.New(t.Context(), hub.Options{Store: st})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hctx, stopHub := context.WithCancel(context.WithoutCancel(t.Context()))
-	hubDone := make(chan error, 1)
-	go func() { hubDone <- h.Run(hctx, l) }()
-	t.Cleanup(func() { stopHub(); <-hubDone })
+	_, h, hubURL := startHub(t, nil)
 
 	key, _ := provision.GenerateKey()
 	stick, dir := t.TempDir(), t.TempDir()
 	out, _ := os.Create(filepath.Join(stick, "b.shoal"))
 	if _, err := provision.Create(t.Context(), out, provision.CreateOptions{FleetDir: f.Dir, Devices: []string{"d1"}, Key: key,
-		HubURL: "https://" + l.Addr().String(), HubCA: h.CAFingerprint(), Tokens: map[string]string{"d1": "shoal_enrol_not-a-real-token"}, TempDir: t.TempDir()}); err != nil {
+		HubURL: hubURL, HubCA: h.CAFingerprint(), Tokens: map[string]string{"d1": "shoal_enrol_not-a-real-token"}, TempDir: t.TempDir()}); err != nil {
 		t.Fatal(err)
 	}
 	out.Close()
@@ -232,18 +174,7 @@ func TestAgentQueuedEnrolmentRefused(t *testing.T) {
 	cfgPath := filepath.Join(dir, "agent.yaml")
 	os.WriteFile(cfgPath, []byte(fmt.Sprintf("device_id: d1\nstate_dir: %s\nrepo:\n  url: file://%s/offline\nmetrics_addr: \"\"\ndocker_root: \"\"\npoll_interval: 1h\nretry_min: 50ms\nretry_max: 1h\ncontainers:\n  enabled: false\ntrust:\n  tpm: none\nprovision:\n  watch: %s\n  interval: 100ms\n", state, dir, stick)), 0o600)
 
-	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
-	var logs syncBuffer
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		root := newWiredRootCmd(ctx)
-		root.SetArgs([]string{"--config", cfgPath})
-		root.SetOut(&logs)
-		root.SetErr(&logs)
-		_ = root.ExecuteContext(ctx)
-	}()
-	defer func() { cancel(); <-done }()
+	logs := runDaemon(t, cfgPath)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		s, err := agent.ReadState(state)
@@ -268,3 +199,59 @@ func TestAgentQueuedEnrolmentRefused(t *testing.T) {
 }
 
 // head returns the fleet repo's HEAD commit.
+
+// runDaemon runs the wired agent daemon on cfgPath until the test ends; it
+// must then stop cleanly within 20 s. The returned log is what it wrote.
+func runDaemon(t *testing.T, cfgPath string) *syncBuffer {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
+	logs := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		root := newWiredRootCmd(ctx)
+		root.SetArgs([]string{"--config", cfgPath})
+		root.SetOut(logs)
+		root.SetErr(logs)
+		done <- root.ExecuteContext(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("agent: %v\n%s", err, logs.String())
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("agent did not stop\n%s", logs.String())
+		}
+	})
+	return logs
+}
+
+// startHub runs a hub on SQLite over mutual TLS on loopback until the test
+// ends; edit adjusts its options.
+func startHub(t *testing.T, edit func(*hub.Options)) (store.Store, *hub.Hub, string) {
+	t.Helper()
+	st, err := store.Open(t.Context(), "sqlite://"+filepath.Join(t.TempDir(), "hub.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	o := hub.Options{Store: st}
+	if edit != nil {
+		edit(&o)
+	}
+	h, err := hub.New(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hctx, stopHub := context.WithCancel(context.WithoutCancel(t.Context()))
+	hubDone := make(chan error, 1)
+	go func() { hubDone <- h.Run(hctx, l) }()
+	t.Cleanup(func() { stopHub(); <-hubDone })
+	return st, h, "https://" + l.Addr().String()
+}

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,7 +20,6 @@ import (
 	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/attest"
 	"github.com/shoalfleet/shoal/hub"
-	"github.com/shoalfleet/shoal/hub/store"
 	"github.com/shoalfleet/shoal/internal/dockertest"
 	"github.com/shoalfleet/shoal/internal/testenv"
 )
@@ -64,28 +62,11 @@ func TestAgentWiredConvergesContainers(t *testing.T) {
 	testenv.GitCommitAll(t, repo, "one web app")
 
 	// A real hub (SQLite, mutual TLS) the device enrols with through the CLI.
-	st, err := store.Open(t.Context(), "sqlite://"+filepath.Join(t.TempDir(), "hub.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
 	verifier, err := hub.NewAttestVerifier(attest.VerifierOptions{Counters: &attest.MemCounterStore{}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := hub.New(t.Context(), hub.Options{Store: st, Verifier: verifier})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hctx, stopHub := context.WithCancel(context.WithoutCancel(t.Context()))
-	hubDone := make(chan error, 1)
-	go func() { hubDone <- h.Run(hctx, l) }()
-	t.Cleanup(func() { stopHub(); <-hubDone })
-	hubURL := "https://" + l.Addr().String()
+	st, h, hubURL := startHub(t, func(o *hub.Options) { o.Verifier = verifier })
 	tok, err := hub.CreateEnrolToken(t.Context(), st, "d1", time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
