@@ -72,15 +72,7 @@ func (h *Hub) handleEnrol(w http.ResponseWriter, r *http.Request) {
 		ak = req.Activation.AKPublic
 	}
 	if req.Attestation != nil {
-		res, status, reason, err := h.attest(r, id, nil, req.KeyKind == api.KeySoftware, req.Attestation)
-		if err != nil {
-			h.m.enrolments.WithLabelValues(reason).Inc()
-			writeError(w, status, reason, err.Error())
-			return
-		}
-		if !res.OK {
-			h.m.enrolments.WithLabelValues(api.ReasonQuoteInvalid).Inc()
-			writeError(w, http.StatusForbidden, api.ReasonQuoteInvalid, "enrolment attestation failed: "+strings.Join(res.Reasons, "; "))
+		if !h.enrolAttest(w, r, id, req.KeyKind == api.KeySoftware, req.Attestation) {
 			return
 		}
 		ak = req.Attestation.AKPublic
@@ -141,15 +133,7 @@ func (h *Hub) handleEnrolChallenge(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, api.ReasonActivationFailed, err.Error())
 		return
 	}
-	res, status, reason, err := h.attest(r, id, nil, false, req.Attestation)
-	if err != nil {
-		h.m.enrolments.WithLabelValues(reason).Inc()
-		writeError(w, status, reason, err.Error())
-		return
-	}
-	if !res.OK {
-		h.m.enrolments.WithLabelValues(api.ReasonQuoteInvalid).Inc()
-		writeError(w, http.StatusForbidden, api.ReasonQuoteInvalid, "enrolment attestation failed: "+strings.Join(res.Reasons, "; "))
+	if !h.enrolAttest(w, r, id, false, req.Attestation) {
 		return
 	}
 	secret, cred, err := attest.MakeCredential(req.EK.Area, req.Attestation.AKPublic)
@@ -165,6 +149,23 @@ func (h *Hub) handleEnrolChallenge(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, &api.EnrolChallenge{APIVersion: api.Version, IDObject: cred.IDObject, EncSecret: cred.EncSecret, Expires: exp})
+}
+
+// enrolAttest verifies an enrolment's attestation for device id; when it
+// fails it counts the refusal, answers the request and returns false.
+func (h *Hub) enrolAttest(w http.ResponseWriter, r *http.Request, id string, software bool, att *api.AttestRequest) bool {
+	res, status, reason, err := h.attest(r, id, nil, software, att)
+	if err != nil {
+		h.m.enrolments.WithLabelValues(reason).Inc()
+		writeError(w, status, reason, err.Error())
+		return false
+	}
+	if !res.OK {
+		h.m.enrolments.WithLabelValues(api.ReasonQuoteInvalid).Inc()
+		writeError(w, http.StatusForbidden, api.ReasonQuoteInvalid, "enrolment attestation failed: "+strings.Join(res.Reasons, "; "))
+		return false
+	}
+	return true
 }
 
 // activationBinding ties a challenge's secret to the AK it was made for and
