@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,26 +16,12 @@ import (
 	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/hub"
 	"github.com/shoalfleet/shoal/hub/store"
+	"github.com/shoalfleet/shoal/internal/testenv"
 	"github.com/shoalfleet/shoal/provision"
 )
 
 // syncBuffer is a log the agent writes while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testenv.Buffer
 
 // TestAgentWatchesStick runs the wired agent daemon (the real device parts,
 // a software key) with no reachable fleet repo and a real hub: a bundle

@@ -4,7 +4,6 @@
 package swtpmtest
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os/exec"
@@ -41,7 +40,7 @@ func Start(t testing.TB, stateDir string) *TPM {
 			"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
 			"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
 			"--flags", "not-need-init,startup-clear")
-		out := &lockedBuffer{}
+		out := &testenv.Buffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("start swtpm: %v", err)
@@ -107,21 +106,4 @@ func waitListening(addr string, exited <-chan error, limit time.Duration) bool {
 		case <-tick.C:
 		}
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
