@@ -40,25 +40,8 @@ func TestAgentInstallsReleaseFromStick(t *testing.T) {
 	}
 	out.Close()
 
-	state := filepath.Join(dir, "state")
 	marker := filepath.Join(dir, "rebooted")
-	cfgPath := write("agent.yaml", []byte(fmt.Sprintf(`device_id: d1
-state_dir: %s
-repo:
-  url: file://%s/offline
-metrics_addr: ""
-docker_root: ""
-poll_interval: 1h
-retry_min: 50ms
-retry_max: 2s
-containers:
-  enabled: false
-trust:
-  tpm: none
-provision:
-  watch: %s
-  interval: 100ms
-update:
+	cfgPath, _ := stickConfig(t, dir, stick, "2s", fmt.Sprintf(`update:
   slot_a: %s
   slot_b: %s
   bootloader: grub
@@ -68,7 +51,7 @@ update:
   reboot_command: [sh, -c, "echo reboot > %s"]
   booted_slot_file: %s
   boot_id_file: %s
-`, state, dir, stick, d.slotA, d.slotB, d.grubenv, d.roots, marker, write("booted-slot", []byte("a\n")), write("boot-id", []byte("boot-1\n")))))
+`, d.slotA, d.slotB, d.grubenv, d.roots, marker, write("booted-slot", []byte("a\n")), write("boot-id", []byte("boot-1\n"))))
 
 	logs := runDaemon(t, cfgPath)
 	// The stick's copy finishes: the daemon sees the whole bundle at once.

@@ -61,28 +61,7 @@ func TestAgentWatchesStick(t *testing.T) {
 	}
 
 	stick, dir := t.TempDir(), t.TempDir()
-	state := filepath.Join(dir, "state")
-	cfgPath := filepath.Join(dir, "agent.yaml")
-	cfg := fmt.Sprintf(`device_id: d1
-state_dir: %s
-repo:
-  url: file://%s/offline
-metrics_addr: ""
-docker_root: ""
-poll_interval: 1h
-retry_min: 50ms
-retry_max: 2s
-containers:
-  enabled: false
-trust:
-  tpm: none
-provision:
-  watch: %s
-  interval: 100ms
-`, state, dir, stick)
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	cfgPath, state := stickConfig(t, dir, stick, "2s", "")
 	logs := runDaemon(t, cfgPath)
 	latest := func() *api.Status {
 		reps, err := st.Reports(t.Context(), "d1", 1)
@@ -155,9 +134,7 @@ func TestAgentQueuedEnrolmentRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	out.Close()
-	state := filepath.Join(dir, "state")
-	cfgPath := filepath.Join(dir, "agent.yaml")
-	os.WriteFile(cfgPath, []byte(fmt.Sprintf("device_id: d1\nstate_dir: %s\nrepo:\n  url: file://%s/offline\nmetrics_addr: \"\"\ndocker_root: \"\"\npoll_interval: 1h\nretry_min: 50ms\nretry_max: 1h\ncontainers:\n  enabled: false\ntrust:\n  tpm: none\nprovision:\n  watch: %s\n  interval: 100ms\n", state, dir, stick)), 0o600)
+	cfgPath, state := stickConfig(t, dir, stick, "1h", "")
 
 	logs := runDaemon(t, cfgPath)
 	deadline := time.Now().Add(60 * time.Second)
@@ -239,4 +216,35 @@ func startHub(t *testing.T, edit func(*hub.Options)) (store.Store, *hub.Hub, str
 	go func() { hubDone <- h.Run(hctx, l) }()
 	t.Cleanup(func() { stopHub(); <-hubDone })
 	return st, h, "https://" + l.Addr().String()
+}
+
+// stickConfig writes an agent config in dir for device d1 with no reachable
+// fleet repo, containers off, a software key and provision.watch on stick
+// (looked at every 100 ms), plus extra YAML; it returns the config's path
+// and the state dir.
+func stickConfig(t *testing.T, dir, stick, retryMax, extra string) (string, string) {
+	t.Helper()
+	state := filepath.Join(dir, "state")
+	cfg := fmt.Sprintf(`device_id: d1
+state_dir: %s
+repo:
+  url: file://%s/offline
+metrics_addr: ""
+docker_root: ""
+poll_interval: 1h
+retry_min: 50ms
+retry_max: %s
+containers:
+  enabled: false
+trust:
+  tpm: none
+provision:
+  watch: %s
+  interval: 100ms
+`, state, dir, retryMax, stick) + extra
+	p := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p, state
 }
