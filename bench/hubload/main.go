@@ -48,6 +48,7 @@ import (
 	"github.com/shoalfleet/shoal/hub"
 	"github.com/shoalfleet/shoal/hub/store"
 	"github.com/shoalfleet/shoal/internal/pgtest"
+	"github.com/shoalfleet/shoal/internal/proccpu"
 )
 
 func main() {
@@ -85,7 +86,7 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&c.dbURL, "db-url", "", "database URL (hub role)")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:0", "listen address (hub and noop roles)")
 	fs.BoolVar(&c.baseline, "baseline", true, "also measure the bare mutual-TLS baseline (with the first setup's clients)")
-	fs.StringVar(&c.setups, "setups", "", "measure several setups back to back, e.g. sqlite,postgres:2 (db[:hubs]); overrides -db and -hubs")
+	fs.StringVar(&c.setups, "setups", "", "measure several setups back to back, e.g. sqlite,postgres:2,postgres-socket:2 (db[:hubs]; postgres-socket: hubs reach PostgreSQL over its Unix socket, postgres: over TCP loopback); overrides -db and -hubs")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -263,25 +264,33 @@ type device struct {
 
 // setup is one database and hub count to measure.
 type setup struct {
-	db   string
-	hubs int
+	db     string
+	hubs   int
+	socket bool // PostgreSQL over its Unix socket rather than TCP loopback
 }
 
 func (s setup) String() string {
-	if s.hubs == 1 {
-		return s.db + ", 1 hub"
+	db := s.db
+	if s.socket {
+		db += " (Unix socket)"
 	}
-	return fmt.Sprintf("%s, %d hubs", s.db, s.hubs)
+	if s.hubs == 1 {
+		return db + ", 1 hub"
+	}
+	return fmt.Sprintf("%s, %d hubs", db, s.hubs)
 }
 
 func parseSetups(c config) ([]setup, error) {
 	if c.setups == "" {
-		return []setup{{c.db, c.hubs}}, nil
+		return []setup{{db: c.db, hubs: c.hubs}}, nil
 	}
 	var out []setup
 	for _, f := range strings.Split(c.setups, ",") {
 		db, n, ok := strings.Cut(strings.TrimSpace(f), ":")
 		s := setup{db: db, hubs: 1}
+		if db == "postgres-socket" {
+			s.db, s.socket = "postgres", true
+		}
 		if ok {
 			if _, err := fmt.Sscanf(n, "%d", &s.hubs); err != nil || s.hubs < 1 {
 				return nil, fmt.Errorf("-setups %q: hub count %q", f, n)
@@ -390,6 +399,9 @@ func runSetup(ctx context.Context, c config, s setup, pg *pgtest.Server, sqliteP
 		if dbURL, err = pg.CreateDB(ctx); err != nil {
 			return o, nil, err
 		}
+		if s.socket {
+			dbURL = pg.OverSocket(dbURL)
+		}
 	}
 	st, err := store.Open(ctx, dbURL)
 	if err != nil {
@@ -461,7 +473,7 @@ func runSetup(ctx context.Context, c config, s setup, pg *pgtest.Server, sqliteP
 			h.cmd.Process.Signal(sig)
 		}
 		l, h, d := pids()
-		cpu := [3]time.Duration{cpuTime(l), cpuTime(h), cpuTime(d)}
+		cpu := [3]time.Duration{proccpu.Time(l...), proccpu.Time(h...), proccpu.Time(d...)}
 		xact := committed(ctx, dbURL)
 		if begin {
 			cpu0, xact0 = cpu, xact
@@ -510,28 +522,6 @@ func runSetup(ctx context.Context, c config, s setup, pg *pgtest.Server, sqliteP
 		}
 	}
 	return o, base, nil
-}
-
-// cpuTime sums user and system CPU time of processes (Linux /proc).
-func cpuTime(pids []int) time.Duration {
-	const tick = time.Second / 100 // USER_HZ
-	var sum time.Duration
-	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		_, rest, _ := strings.Cut(string(b), ") ")
-		f := strings.Fields(rest)
-		if len(f) < 13 {
-			continue
-		}
-		var ut, stime int64
-		fmt.Sscan(f[11], &ut)
-		fmt.Sscan(f[12], &stime)
-		sum += time.Duration(ut+stime) * tick
-	}
-	return sum
 }
 
 // committed returns PostgreSQL's count of committed transactions in the

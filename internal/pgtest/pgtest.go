@@ -169,6 +169,13 @@ func (s *Server) DSN(db string) string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", s.Port, db)
 }
 
+// OverSocket returns dsn, one of this server's connection strings, to
+// connect over the server's Unix socket instead of TCP loopback, as a hub on
+// the database's own host would.
+func (s *Server) OverSocket(dsn string) string {
+	return strings.Replace(dsn, fmt.Sprintf("@127.0.0.1:%d/", s.Port), "@/", 1) + fmt.Sprintf("&host=%s&port=%d", s.Dir, s.Port)
+}
+
 // CreateDB creates a fresh, uniquely named database and returns its DSN.
 func (s *Server) CreateDB(ctx context.Context) (string, error) {
 	name := fmt.Sprintf("shoal_%d", s.n.Add(1))
