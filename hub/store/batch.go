@@ -2,10 +2,12 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Reports arriving together are written together (group commit), each
@@ -184,15 +186,17 @@ SELECT i.id, d.revoked, d.latest_seq, up.latest_seq FROM input i LEFT JOIN d ON 
 // with distinct devices (usually one round). Each statement commits on its
 // own; a failed one fails the batch, and the callers' resends of reports an
 // earlier round stored are acknowledged as duplicates.
-func (s *sqlStore) writePG(ctx context.Context, batch []*putReq) ([]putResp, error) {
+func (s *pgStore) writePG(ctx context.Context, batch []*putReq) ([]putResp, error) {
+	ctx, cancel := context.WithTimeout(ctx, batchTimeout)
+	defer cancel()
+	conn, err := s.writers.get(ctx)
+	if err != nil {
+		return nil, err
+	}
 	resps := make([]putResp, len(batch))
 	rest := make([]int, len(batch))
 	for i := range rest {
 		rest[i] = i
-	}
-	st, err := s.prep(ctx, s.w, qPutBatchPG)
-	if err != nil {
-		return nil, err
 	}
 	for len(rest) > 0 {
 		round := make(map[string]int, len(rest)) // device -> index in batch
@@ -211,16 +215,23 @@ func (s *sqlStore) writePG(ctx context.Context, batch []*putReq) ([]putResp, err
 			ids, seqs, times, recv = append(ids, r.DeviceID), append(seqs, int64(r.Seq)), append(times, nanos(r.Time)), append(recv, nanos(r.Received))
 			states, bodies, groups = append(states, r.State), append(bodies, r.Body), append(groups, jsonList(r.Groups))
 		}
-		if err := s.putRoundPG(ctx, st, round, resps, ids, seqs, times, recv, states, bodies, groups); err != nil {
+		if err := putRoundPG(ctx, conn, round, resps, ids, seqs, times, recv, states, bodies, groups); err != nil {
+			s.writers.put(conn, err)
 			return nil, err
 		}
 		rest = later
 	}
+	s.writers.put(conn, nil)
 	return resps, nil
 }
 
-func (s *sqlStore) putRoundPG(ctx context.Context, st *sql.Stmt, round map[string]int, resps []putResp, args ...any) error {
-	rows, err := st.QueryContext(ctx, args...)
+// batchTimeout bounds one batch's write, connecting included: a database
+// that stops answering fails the batch (the callers retry) rather than
+// holding the writer for ever.
+const batchTimeout = 30 * time.Second
+
+func putRoundPG(ctx context.Context, conn *pgx.Conn, round map[string]int, resps []putResp, args ...any) error {
+	rows, err := conn.Query(ctx, qPutBatchPG, args...)
 	if err != nil {
 		return err
 	}
@@ -228,7 +239,7 @@ func (s *sqlStore) putRoundPG(ctx context.Context, st *sql.Stmt, round map[strin
 	seen := 0
 	for rows.Next() {
 		var id string
-		var revoked, before, after sql.NullInt64
+		var revoked, before, after *int64
 		if err := rows.Scan(&id, &revoked, &before, &after); err != nil {
 			return err
 		}
@@ -238,14 +249,14 @@ func (s *sqlStore) putRoundPG(ctx context.Context, st *sql.Stmt, round map[strin
 		}
 		seen++
 		switch {
-		case !revoked.Valid:
+		case revoked == nil:
 			resps[i] = putResp{err: fmt.Errorf("device: %w", ErrNotFound)}
-		case revoked.Int64 != 0:
+		case *revoked != 0:
 			resps[i] = putResp{err: fmt.Errorf("device: %w", ErrRevoked)}
-		case !after.Valid:
-			resps[i] = putResp{res: PutResult{Duplicate: true, Latest: uint64(before.Int64)}}
+		case after == nil:
+			resps[i] = putResp{res: PutResult{Duplicate: true, Latest: uint64(*before)}}
 		default:
-			resps[i] = putResp{res: PutResult{Latest: uint64(after.Int64)}}
+			resps[i] = putResp{res: PutResult{Latest: uint64(*after)}}
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -255,4 +266,60 @@ func (s *sqlStore) putRoundPG(ctx context.Context, st *sql.Stmt, round map[strin
 		return fmt.Errorf("batch of %d reports answered %d", len(round), seen)
 	}
 	return nil
+}
+
+// pgConns keeps the connections report batches are written on, one per
+// writer, outside database/sql. Each runs with plan_cache_mode
+// force_generic_plan: PostgreSQL otherwise keeps planning the batch
+// statement afresh for its array arguments, which was half the database's
+// CPU per batch of a few reports (bench/storeload). A connection that
+// failed is closed; the next batch dials a new one.
+type pgConns struct {
+	cfg  *pgx.ConnConfig
+	idle chan *pgx.Conn
+}
+
+func newPGConns(cfg *pgx.ConnConfig, n int) *pgConns {
+	cfg = cfg.Copy()
+	cfg.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
+	cfg.RuntimeParams["application_name"] = "shoal-hub report writer"
+	return &pgConns{cfg: cfg, idle: make(chan *pgx.Conn, n)}
+}
+
+func (p *pgConns) get(ctx context.Context) (*pgx.Conn, error) {
+	select {
+	case c := <-p.idle:
+		return c, nil
+	default:
+	}
+	c, err := pgx.ConnectConfig(ctx, p.cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect report writer: %w", err)
+	}
+	return c, nil
+}
+
+func (p *pgConns) put(c *pgx.Conn, err error) {
+	if err == nil && !c.IsClosed() {
+		select {
+		case p.idle <- c:
+			return
+		default:
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	c.Close(ctx)
+}
+
+// close closes the idle connections; call it once no writer runs.
+func (p *pgConns) close() {
+	for {
+		select {
+		case c := <-p.idle:
+			p.put(c, errClosed)
+		default:
+			return
+		}
+	}
 }

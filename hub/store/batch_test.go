@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/shoalfleet/shoal/hub/store"
 	"github.com/shoalfleet/shoal/internal/pgtest"
 )
@@ -206,5 +208,57 @@ func TestWatchDevices(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("watch: %v", err)
+	}
+}
+
+// TestReportWriterReconnects: the connection report batches are written on
+// is PostgreSQL's to lose (a restart, a terminated backend). The batch
+// written on it fails and the callers may resend; the next batch dials a new
+// connection and stores, and a resent report is a duplicate, not a second
+// row.
+func TestReportWriterReconnects(t *testing.T) {
+	pg := pgtest.New(t)
+	dsn := pg.NewDB(t)
+	ctx := t.Context()
+	s, err := store.Open(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	enrol(t, s, "w-1")
+	put := func(seq uint64) (store.PutResult, error) {
+		return s.PutStatus(ctx, store.Report{DeviceID: "w-1", Seq: seq, Time: time.Now(), Received: time.Now(), State: "converged", Body: []byte(`{}`)})
+	}
+	if _, err := put(1); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	var n int
+	if err := admin.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND application_name = 'shoal-hub report writer'`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("terminated %d report writer connections (%v), want 1", n, err)
+	}
+	// The first report after the loss may fail with it; a resend stores.
+	res, err := put(2)
+	if err != nil {
+		t.Logf("report on the lost connection: %v (resent)", err)
+		res, err = put(2)
+	}
+	if err != nil || res.Latest != 2 {
+		t.Fatalf("report after the writer's connection was lost: %+v, %v", res, err)
+	}
+	if res, err := put(2); err != nil || !res.Duplicate {
+		t.Fatalf("resent report: %+v, %v, want a duplicate", res, err)
+	}
+	var rows int
+	if err := admin.QueryRow(ctx, `SELECT count(*) FROM reports WHERE device_id = 'w-1'`).Scan(&rows); err != nil || rows != 2 {
+		t.Fatalf("%d reports stored (%v), want 2", rows, err)
+	}
+	if err := admin.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'shoal-hub report writer'`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d report writer connections after the loss (%v), want 1", n, err)
 	}
 }

@@ -20,7 +20,8 @@ const pgWriters = 1
 
 type pgStore struct {
 	*sqlStore
-	dsn string
+	dsn     string
+	writers *pgConns // report batches (batch.go)
 }
 
 // OpenPostgres connects to PostgreSQL through pgx and applies migrations.
@@ -44,8 +45,11 @@ func OpenPostgres(ctx context.Context, dsn string) (Store, error) {
 			r:     db,
 			close: db.Close,
 		},
-		dsn: dsn,
+		dsn:     dsn,
+		writers: newPGConns(cfg, pgWriters),
 	}
+	// Close stops the batcher first, so no writer holds a connection then.
+	s.close = func() error { s.writers.close(); return db.Close() }
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open postgres: %w", err)
