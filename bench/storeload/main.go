@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/hub/store"
 	"github.com/shoalfleet/shoal/internal/pgtest"
 	"github.com/shoalfleet/shoal/internal/proccpu"
@@ -30,15 +32,16 @@ func main() {
 	dur := flag.Duration("duration", 10*time.Second, "measured phase")
 	db := flag.String("db", "postgres", "sqlite | postgres")
 	unix := flag.Bool("unix", false, "connect to PostgreSQL over its Unix socket")
+	decode := flag.Bool("decode", true, "decode, validate and re-encode each report as the hub does before storing it")
 	pgset := flag.String("pgset", "", "extra PostgreSQL server settings, comma-separated name=value")
 	flag.Parse()
-	if err := run(*db, *devices, *workers, *dur, *pgset, *unix); err != nil {
+	if err := run(*db, *devices, *workers, *dur, *pgset, *unix, *decode); err != nil {
 		fmt.Fprintln(os.Stderr, "storeload:", err)
 		os.Exit(1)
 	}
 }
 
-func run(db string, devices, workers int, dur time.Duration, pgset string, unix bool) error {
+func run(db string, devices, workers int, dur time.Duration, pgset string, unix, decode bool) error {
 	ctx := context.Background()
 	var dsn string
 	var pg *pgtest.Server
@@ -81,7 +84,18 @@ func run(db string, devices, workers int, dur time.Duration, pgset string, unix 
 			return err
 		}
 	}
-	body := []byte(`{"apiVersion":"shoal/v1","deviceId":"x","seq":1,"state":"converged","apps":[{"name":"web","image":"registry.example/web:1.2.3","state":"running","healthy":true},{"name":"mqtt","image":"registry.example/mqtt:2.0","state":"running","healthy":true}],"update":{"state":"committed","release":"os-2026.11.0","slot":"a"},"clock":{"state":"ok","trusted":true,"skew":1200000,"source":"ntp"},"groups":["canary","site-north"],"commit":{"attempted":"0123456789abcdef0123456789abcdef01234567","applied":"0123456789abcdef0123456789abcdef01234567"}}`)
+	// The body bench/hubload's devices send (about 700 bytes of JSON).
+	body, err := json.Marshal(&api.Status{APIVersion: api.Version, Seq: 1, Time: time.Now().UTC(), State: api.StateConverged, Agent: "storeload",
+		Groups: []string{"edge", "berlin"},
+		Commit: api.CommitStatus{Attempted: "3f2a9c1e0b7d4a6f8e5c2b1a0d9e8f7a6b5c4d3e", Applied: "3f2a9c1e0b7d4a6f8e5c2b1a0d9e8f7a6b5c4d3e", SpecHash: "sha256:9b1d"},
+		Apps: []api.AppStatus{{Name: "web", Image: "registry.example/web:1.4.2", State: "running", Health: "healthy"},
+			{Name: "metrics", Image: "registry.example/metrics:0.9", State: "running", Health: "healthy"}},
+		Update: &api.UpdateStatus{State: "idle", Slot: "a", Version: "2026.11.0"},
+		Clock:  &api.ClockStatus{Trusted: true, Skew: 3 * time.Millisecond},
+	})
+	if err != nil {
+		return err
+	}
 	pgPids := func() []int {
 		if pg == nil {
 			return nil
@@ -102,6 +116,22 @@ func run(db string, devices, workers int, dur time.Duration, pgset string, unix 
 			for time.Now().Before(stop) {
 				i := int(next.Add(1)) % devices
 				seq := seqs[i].Add(1)
+				if decode {
+					var s api.Status
+					if err := json.Unmarshal(body, &s); err != nil {
+						fmt.Fprintln(os.Stderr, err)
+						return
+					}
+					s.Seq, s.Time = seq, time.Now()
+					if err := s.Validate(); err != nil {
+						fmt.Fprintln(os.Stderr, err)
+						return
+					}
+					if _, err := json.Marshal(&s); err != nil {
+						fmt.Fprintln(os.Stderr, err)
+						return
+					}
+				}
 				_, err := st.PutStatus(ctx, store.Report{DeviceID: ids[i], Seq: seq, Time: time.Now(), Received: time.Now(), State: "converged", Groups: []string{"canary"}, Body: body})
 				if err != nil {
 					fmt.Fprintln(os.Stderr, err)

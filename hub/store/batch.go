@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -93,16 +94,26 @@ func (b *batcher) run() {
 		case req := <-b.reqs:
 			batch = append(batch[:0], req)
 		}
-	fill:
-		for len(batch) < maxBatch {
-			select {
-			case req := <-b.reqs:
-				batch = append(batch, req)
-			default:
-				break fill
-			}
+		b.fill(&batch)
+		if len(batch) < maxBatch {
+			// Let handlers that are running finish decoding their reports
+			// and join this batch: one statement for more reports.
+			runtime.Gosched()
+			b.fill(&batch)
 		}
 		b.writeBatch(batch)
+	}
+}
+
+// fill adds what is queued to batch, up to maxBatch.
+func (b *batcher) fill(batch *[]*putReq) {
+	for len(*batch) < maxBatch {
+		select {
+		case req := <-b.reqs:
+			*batch = append(*batch, req)
+		default:
+			return
+		}
 	}
 }
 
