@@ -148,6 +148,12 @@ func runAgent(ctx context.Context, cmd *cobra.Command, w agentWiring, once bool)
 		o.Stages = append([]agent.Stage{prov}, o.Stages...)
 		if o.Reporter == nil {
 			o.Reporter, o.Poker = prov.hub, prov.hub
+			// A device that enrols while the daemon runs attests once it has.
+			for _, s := range o.Stages {
+				if ts, ok := s.(*agent.TrustStage); ok && ts.Attester != nil && ts.Hub == nil {
+					ts.Hub = prov.hub
+				}
+			}
 		}
 	}
 	if w.Close != nil {

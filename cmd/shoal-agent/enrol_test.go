@@ -324,8 +324,9 @@ func TestEnrolQuote(t *testing.T) {
 
 // TestAgentQueuedEnrolmentAttests: the daemon sends a queued enrolment from
 // a bundle on the stick as `shoal-agent enrol` does: a device with a TPM
-// (swtpm) attests, and the hub holds its AK right after enrolment; a hub
-// with no verifier enrols it unattested, and the log says so.
+// (swtpm) attests, the hub holds its AK right after enrolment, and the
+// running daemon then attests with that AK; a hub with no verifier enrols it
+// unattested, and the log says so.
 func TestAgentQueuedEnrolmentAttests(t *testing.T) {
 	f := newFleet(t)
 	f.commit(attestedFleet())
@@ -359,6 +360,17 @@ func TestAgentQueuedEnrolmentAttests(t *testing.T) {
 			waitUntil(t, "d1 enrolled", func() bool { d, err = st.Device(t.Context(), "d1"); return err == nil })
 			if d.KeyKind != api.KeyTPM || c.verifier != (len(d.AK) > 0) {
 				t.Fatalf("enrolled with key %s and a %d-byte AK; want a tpm key and an AK: %v", d.KeyKind, len(d.AK), c.verifier)
+			}
+			if c.verifier {
+				// The running daemon attests after enrolling, with the AK registered then.
+				waitUntil(t, "an attestation after the queued enrolment", func() bool {
+					as, err := st.Attestations(t.Context(), "d1", 1)
+					return err == nil && len(as) == 1
+				})
+				as, _ := st.Attestations(t.Context(), "d1", 1)
+				if after, err := st.Device(t.Context(), "d1"); !as[0].OK || err != nil || !bytes.Equal(after.AK, d.AK) {
+					t.Fatalf("attestation after the queued enrolment: ok %v %s; AK kept: %v (%v)", as[0].OK, as[0].Result, bytes.Equal(after.AK, d.AK), err)
+				}
 			}
 			waitUntil(t, "the enrolment logged", func() bool {
 				for _, l := range strings.Split(logs.String(), "\n") {

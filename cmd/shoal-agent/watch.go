@@ -271,7 +271,8 @@ func (p *provisioner) enrolLoop(ctx context.Context) {
 				p.mu.Lock()
 				p.enrolErr = nil
 				p.mu.Unlock()
-				p.agent.Trigger("enrolled")
+				// A forced pass: the trust stage attests now that it can.
+				p.agent.Trigger("drift")
 			case hubclient.Retryable(err):
 				next = bo.Next()
 				p.log.Info("hub unreachable; enrolment stays queued", "hub", e.HubURL, "err", err, "retry_in", next.Round(time.Millisecond))
@@ -364,4 +365,27 @@ func (h *lateHub) WaitPoke(ctx context.Context, after int64) (*api.Poke, error) 
 	case <-h.ready:
 	}
 	return h.c.WaitPoke(ctx, after)
+}
+
+// errNotEnrolled: attestation waits for the device to enrol with the hub.
+var errNotEnrolled = errors.New("not enrolled with the hub yet")
+
+// Nonce asks the hub for an attestation nonce once the device has enrolled.
+func (h *lateHub) Nonce(ctx context.Context) (*api.Nonce, error) {
+	select {
+	case <-h.ready:
+		return h.c.Nonce(ctx)
+	default:
+		return nil, errNotEnrolled
+	}
+}
+
+// Attest sends a quote once the device has enrolled.
+func (h *lateHub) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResult, error) {
+	select {
+	case <-h.ready:
+		return h.c.Attest(ctx, req)
+	default:
+		return nil, errNotEnrolled
+	}
 }
