@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -35,10 +34,10 @@ type agentWiring struct {
 	Started func(ctx context.Context, a *agent.Agent, log *slog.Logger)
 	// Close releases what the funcs above opened.
 	Close func()
-	// Identity returns the device key once the funcs above opened it; nil:
+	// Identity returns the device once the funcs above opened it; nil:
 	// receipts from the watched stick are unsigned and a queued enrolment
 	// cannot be sent.
-	Identity func() (crypto.Signer, string)
+	Identity func() *device
 }
 
 // agentExitError carries an exit code to main.
@@ -149,6 +148,12 @@ func runAgent(ctx context.Context, cmd *cobra.Command, w agentWiring, once bool)
 		o.Stages = append([]agent.Stage{prov}, o.Stages...)
 		if o.Reporter == nil {
 			o.Reporter, o.Poker = prov.hub, prov.hub
+			// A device that enrols while the daemon runs attests once it has.
+			for _, s := range o.Stages {
+				if ts, ok := s.(*agent.TrustStage); ok && ts.Attester != nil && ts.Hub == nil {
+					ts.Hub = prov.hub
+				}
+			}
 		}
 	}
 	if w.Close != nil {

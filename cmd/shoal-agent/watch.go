@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,26 +15,22 @@ import (
 	"github.com/shoalfleet/shoal/agent"
 	"github.com/shoalfleet/shoal/api"
 	hubclient "github.com/shoalfleet/shoal/api/client"
-	"github.com/shoalfleet/shoal/attest"
 	"github.com/shoalfleet/shoal/internal/backoff"
 	"github.com/shoalfleet/shoal/provision"
 	"github.com/shoalfleet/shoal/source"
 	"github.com/shoalfleet/shoal/spec"
 )
 
-// identity is the device key: it signs receipts and enrolment requests.
-type identity func() (key crypto.Signer, kind string)
+// identity is the opened device: its key signs receipts and enrolment
+// requests, and with a TPM it attests at enrolment. Nil before it is opened.
+type identity func() *device
 
-// identity returns the opened device key (nil before the parts are opened).
-func (p *parts) identity() (crypto.Signer, string) {
+// identity returns the opened device (nil before the parts are opened).
+func (p *parts) identity() *device {
 	if p.attester == nil {
-		return nil, ""
+		return nil
 	}
-	kind := api.KeySoftware
-	if p.attester.Identity().Kind == attest.KindTPM {
-		kind = api.KeyTPM
-	}
-	return p.attester.Signer(), kind
+	return &device{attester: p.attester, stateDir: p.stateDir, version: p.version}
 }
 
 // provisioner is the daemon's offline side: it watches the stick for
@@ -198,8 +193,8 @@ func (p *provisioner) applyOptions() (provision.ApplyOptions, func(), error) {
 	}
 	o.InstallRelease = p.install
 	if p.id != nil {
-		if key, kind := p.id(); key != nil {
-			o.Signer, o.KeyKind = key, kind
+		if d := p.id(); d != nil {
+			o.Signer, o.KeyKind = d.key()
 		}
 	}
 	if o.Signer == nil && !o.NoReceipt {
@@ -276,7 +271,8 @@ func (p *provisioner) enrolLoop(ctx context.Context) {
 				p.mu.Lock()
 				p.enrolErr = nil
 				p.mu.Unlock()
-				p.agent.Trigger("enrolled")
+				// A forced pass: the trust stage attests now that it can.
+				p.agent.Trigger("drift")
 			case hubclient.Retryable(err):
 				next = bo.Next()
 				p.log.Info("hub unreachable; enrolment stays queued", "hub", e.HubURL, "err", err, "retry_in", next.Round(time.Millisecond))
@@ -307,24 +303,30 @@ var errNoKey = errors.New("no device key opened")
 // enrol enrols with a queued token, as `shoal-agent enrol` does, keeps the
 // certificate, drops the queued enrolment and starts reporting to the hub.
 func (p *provisioner) enrol(ctx context.Context, e *provision.Enrolment) error {
-	if p.id == nil {
-		return errNoKey
+	var d *device
+	if p.id != nil {
+		d = p.id()
 	}
-	key, kind := p.id()
-	if key == nil {
+	if d == nil {
 		return errNoKey
 	}
 	if e.HubCA == "" {
 		return errors.New("the bundle pins no hub CA (shoal provision create --hub-ca-fingerprint); enrol with shoal-agent enrol")
 	}
-	cert, err := enrolDevice(ctx, p.cfg.StateDir, e.HubURL, e.Token, key, kind, hubclient.EnrolOptions{CAFingerprint: e.HubCA})
+	en, err := enrolDevice(ctx, d, e.HubURL, e.Token, hubclient.EnrolOptions{CAFingerprint: e.HubCA})
 	if err != nil {
 		return err
 	}
 	if err := provision.RemoveEnrolment(p.cfg.StateDir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		p.log.Warn("enrolled, but the queued enrolment could not be removed", "err", err)
 	}
-	p.log.Info("enrolled with the hub from the queued enrolment", "device", cert.DeviceID, "hub", e.HubURL, "not_after", cert.NotAfter)
+	cert := en.cert
+	logf := p.log.Info
+	if en.noVerify {
+		logf = p.log.Warn // a TPM device the hub could not attest
+	}
+	logf("enrolled with the hub from the queued enrolment", "device", cert.DeviceID, "hub", e.HubURL, "how", en.how(), "not_after", cert.NotAfter)
+	key, _ := d.key()
 	cl, err := hubclient.New(hubclient.Options{Hub: e.HubURL, Key: key, Cert: cert, Logger: p.log})
 	if err != nil {
 		return err
@@ -363,4 +365,27 @@ func (h *lateHub) WaitPoke(ctx context.Context, after int64) (*api.Poke, error) 
 	case <-h.ready:
 	}
 	return h.c.WaitPoke(ctx, after)
+}
+
+// errNotEnrolled: attestation waits for the device to enrol with the hub.
+var errNotEnrolled = errors.New("not enrolled with the hub yet")
+
+// Nonce asks the hub for an attestation nonce once the device has enrolled.
+func (h *lateHub) Nonce(ctx context.Context) (*api.Nonce, error) {
+	select {
+	case <-h.ready:
+		return h.c.Nonce(ctx)
+	default:
+		return nil, errNotEnrolled
+	}
+}
+
+// Attest sends a quote once the device has enrolled.
+func (h *lateHub) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResult, error) {
+	select {
+	case <-h.ready:
+		return h.c.Attest(ctx, req)
+	default:
+		return nil, errNotEnrolled
+	}
 }

@@ -41,7 +41,7 @@ func TestAgentInstallsReleaseFromStick(t *testing.T) {
 	out.Close()
 
 	marker := filepath.Join(dir, "rebooted")
-	cfgPath, _ := stickConfig(t, dir, stick, "2s", fmt.Sprintf(`update:
+	cfgPath, _ := stickConfig(t, dir, stick, "none", "2s", fmt.Sprintf(`update:
   slot_a: %s
   slot_b: %s
   bootloader: grub

@@ -45,23 +45,11 @@ func TestAgentWatchesStick(t *testing.T) {
 	key, _ := provision.GenerateKey()
 	bundle := func(dst string, tokens map[string]string, devices ...string) {
 		t.Helper()
-		out, err := os.Create(dst + ".part")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := provision.Create(t.Context(), out, provision.CreateOptions{FleetDir: f.Dir, Devices: devices, Key: key,
-			HubURL: hubURL, HubCA: h.CAFingerprint(), Tokens: tokens, TempDir: t.TempDir()}); err != nil {
-			t.Fatal(err)
-		}
-		out.Close()
-		// Whole or not at all, as a copy to a stick finishes.
-		if err := os.Rename(dst+".part", dst); err != nil {
-			t.Fatal(err)
-		}
+		writeBundle(t, dst, provision.CreateOptions{FleetDir: f.Dir, Devices: devices, Key: key, HubURL: hubURL, HubCA: h.CAFingerprint(), Tokens: tokens})
 	}
 
 	stick, dir := t.TempDir(), t.TempDir()
-	cfgPath, state := stickConfig(t, dir, stick, "2s", "")
+	cfgPath, state := stickConfig(t, dir, stick, "none", "2s", "")
 	logs := runDaemon(t, cfgPath)
 	latest := func() *api.Status {
 		reps, err := st.Reports(t.Context(), "d1", 1)
@@ -128,13 +116,9 @@ func TestAgentQueuedEnrolmentRefused(t *testing.T) {
 
 	key, _ := provision.GenerateKey()
 	stick, dir := t.TempDir(), t.TempDir()
-	out, _ := os.Create(filepath.Join(stick, "b.shoal"))
-	if _, err := provision.Create(t.Context(), out, provision.CreateOptions{FleetDir: f.Dir, Devices: []string{"d1"}, Key: key,
-		HubURL: hubURL, HubCA: h.CAFingerprint(), Tokens: map[string]string{"d1": "shoal_enrol_not-a-real-token"}, TempDir: t.TempDir()}); err != nil {
-		t.Fatal(err)
-	}
-	out.Close()
-	cfgPath, state := stickConfig(t, dir, stick, "1h", "")
+	writeBundle(t, filepath.Join(stick, "b.shoal"), provision.CreateOptions{FleetDir: f.Dir, Devices: []string{"d1"}, Key: key,
+		HubURL: hubURL, HubCA: h.CAFingerprint(), Tokens: map[string]string{"d1": "shoal_enrol_not-a-real-token"}})
+	cfgPath, state := stickConfig(t, dir, stick, "none", "1h", "")
 
 	logs := runDaemon(t, cfgPath)
 	deadline := time.Now().Add(60 * time.Second)
@@ -160,7 +144,23 @@ func TestAgentQueuedEnrolmentRefused(t *testing.T) {
 	}
 }
 
-// head returns the fleet repo's HEAD commit.
+// writeBundle writes the bundle o describes to dst, whole or not at all, as
+// a copy to a stick finishes.
+func writeBundle(t *testing.T, dst string, o provision.CreateOptions) {
+	t.Helper()
+	out, err := os.Create(dst + ".part")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.TempDir = t.TempDir()
+	if _, err := provision.Create(t.Context(), out, o); err != nil {
+		t.Fatal(err)
+	}
+	out.Close()
+	if err := os.Rename(dst+".part", dst); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // runDaemon runs the wired agent daemon on cfgPath until the test ends; it
 // must then stop cleanly within 20 s. The returned log is what it wrote.
@@ -219,10 +219,10 @@ func startHub(t *testing.T, edit func(*hub.Options)) (store.Store, *hub.Hub, str
 }
 
 // stickConfig writes an agent config in dir for device d1 with no reachable
-// fleet repo, containers off, a software key and provision.watch on stick
-// (looked at every 100 ms), plus extra YAML; it returns the config's path
-// and the state dir.
-func stickConfig(t *testing.T, dir, stick, retryMax, extra string) (string, string) {
+// fleet repo, containers off, trust.tpm tpm ("none": a software key) and
+// provision.watch on stick (looked at every 100 ms), plus extra YAML; it
+// returns the config's path and the state dir.
+func stickConfig(t *testing.T, dir, stick, tpm, retryMax, extra string) (string, string) {
 	t.Helper()
 	state := filepath.Join(dir, "state")
 	cfg := fmt.Sprintf(`device_id: d1
@@ -237,11 +237,11 @@ retry_max: %s
 containers:
   enabled: false
 trust:
-  tpm: none
+  tpm: %s
 provision:
   watch: %s
   interval: 100ms
-`, state, dir, retryMax, stick) + extra
+`, state, dir, retryMax, tpm, stick) + extra
 	p := filepath.Join(dir, "agent.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -36,6 +36,7 @@ type parts struct {
 	stateDir   string
 	attester   *attest.Attester
 	tpm        io.Closer
+	version    func() string // the release version the device runs, once the stages are built
 	hub        *client.Client
 	collectors []prometheus.Collector
 	containers *agent.ContainerStage
@@ -173,24 +174,13 @@ func (p *parts) stages(cfg *agent.Config, log *slog.Logger) ([]agent.Stage, erro
 		trust.Hub = p.hub
 	}
 	stages = append(stages, trust)
-	if cfg.Update.Bootloader != "" {
-		o, err := cfg.Update.Options(filepath.Join(cfg.StateDir, "update"))
-		if err != nil {
-			return nil, err
-		}
-		o.Logger = log.With("stage", "update")
-		u, err := updater.New(o)
-		if err != nil {
-			return nil, err
-		}
+	u, version, err := newUpdater(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	trust.RunningVersion, p.version = version, version
+	if u != nil {
 		sink.collectors = append(sink.collectors, u.Collectors()...)
-		trust.RunningVersion = func() string {
-			st, err := u.Status(context.Background())
-			if err != nil || st.Committed == nil {
-				return o.RunningVersion
-			}
-			return st.Committed.Version
-		}
 		containers := p.containers
 		stages = append(stages, &agent.UpdateStage{U: u, GateFor: func(d *spec.Device) updater.Gate {
 			g := attest.NewGate(attest.ClockCheck(clock, d.Update.OfflineOK),
@@ -215,6 +205,31 @@ func (p *parts) close() {
 	if p.tpm != nil {
 		p.tpm.Close()
 	}
+}
+
+// newUpdater builds the A/B updater the config names (nil without one) and
+// the release version the device runs by it: the committed release, else
+// the configured running version; "" without A/B updates.
+func newUpdater(cfg *agent.Config, log *slog.Logger) (*updater.Updater, func() string, error) {
+	if cfg.Update.Bootloader == "" {
+		return nil, func() string { return "" }, nil
+	}
+	o, err := cfg.Update.Options(filepath.Join(cfg.StateDir, "update"))
+	if err != nil {
+		return nil, nil, err
+	}
+	o.Logger = log.With("stage", "update")
+	u, err := updater.New(o)
+	if err != nil {
+		return nil, nil, err
+	}
+	return u, func() string {
+		st, err := u.Status(context.Background())
+		if err != nil || st.Committed == nil {
+			return o.RunningVersion
+		}
+		return st.Committed.Version
+	}, nil
 }
 
 // openAttester opens the device identity the config names.
