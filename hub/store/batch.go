@@ -283,8 +283,13 @@ func putRoundPG(ctx context.Context, conn *pgx.Conn, round map[string]int, resps
 // writer, outside database/sql. Each runs with plan_cache_mode
 // force_generic_plan: PostgreSQL otherwise keeps planning the batch
 // statement afresh for its array arguments, which was half the database's
-// CPU per batch of a few reports (bench/storeload). A connection that
-// failed is closed; the next batch dials a new one.
+// CPU per batch of a few reports (bench/storeload). And with
+// synchronous_commit off: a status report acknowledged just before the
+// database server crashes may be lost (the device's next report replaces
+// it), never half-written, which is the promise SQLite's WAL with
+// synchronous=NORMAL makes; enrolments, revocations and everything else keep
+// the server's setting. A connection that failed is closed; the next batch
+// dials a new one.
 type pgConns struct {
 	cfg  *pgx.ConnConfig
 	idle chan *pgx.Conn
@@ -293,6 +298,7 @@ type pgConns struct {
 func newPGConns(cfg *pgx.ConnConfig, n int) *pgConns {
 	cfg = cfg.Copy()
 	cfg.RuntimeParams["plan_cache_mode"] = "force_generic_plan"
+	cfg.RuntimeParams["synchronous_commit"] = "off"
 	cfg.RuntimeParams["application_name"] = "shoal-hub report writer"
 	return &pgConns{cfg: cfg, idle: make(chan *pgx.Conn, n)}
 }
