@@ -6,8 +6,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,37 +18,30 @@ import (
 	"github.com/shoalfleet/shoal/internal/testenv"
 )
 
-// ekRootsDir puts the CAs' roots and intermediates in a directory, as an
-// operator does with the certificates TPM makers publish.
-func ekRootsDir(t *testing.T, cas ...*swtpmtest.EKCA) string {
+// certifiedAttester is tpmAttester on a swtpm manufactured by ca.
+func certifiedAttester(t *testing.T, ca *swtpmtest.EKCA) *attest.Attester {
 	t.Helper()
-	dir := t.TempDir()
-	for i, ca := range cas {
-		for _, f := range []string{ca.Root(), ca.Intermediate()} {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, string(rune('a'+i))+"-"+filepath.Base(f)), b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	return dir
+	return tpmAttester(t, dialSwtpm(t, swtpmtest.StartCertified(t, ca)), ekSpec, ekVersion)
 }
 
-// certifiedAttester is tpmAttester on a swtpm manufactured by ca.
-func certifiedAttester(t *testing.T, ca *swtpmtest.EKCA, spec, version string) *attest.Attester {
-	t.Helper()
-	sw := swtpmtest.StartCertified(t, ca)
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	tpm, err := attest.DialTCP(ctx, sw.Addr)
-	if err != nil {
-		t.Fatal(err)
+// The spec and release the TPMs of these tests attest to.
+const ekSpec, ekVersion = "sha256:1111", "2026.11.0"
+
+// enrolTPM enrols a through the challenge with tok, sending ek (nil: a's own).
+func enrolTPM(t *testing.T, th *testHub, tok string, a *attest.Attester, ek *api.EndorsementKey) (*api.Certificate, error) {
+	eo := tpmEnrolOptions(a, a)
+	if ek != nil {
+		eo.EK = ek
 	}
-	t.Cleanup(func() { tpm.Close() })
-	return tpmAttester(t, tpm, spec, version)
+	eo.CAFingerprint = th.CAFingerprint()
+	eo.Attest = func(ctx context.Context, nonce []byte) (*api.AttestRequest, error) {
+		q, err := a.Quote(ctx, nonce, []int{0, 7})
+		if err != nil {
+			return nil, err
+		}
+		return quoteRequest(q, nonce, ekSpec, ekVersion), nil
+	}
+	return client.Enrol(t.Context(), th.URL, tok, a.Signer(), api.KeyTPM, eo)
 }
 
 // TestEnrolEKRoots runs TPM enrolments (swtpm, real hub over TLS, the real
@@ -62,13 +53,14 @@ func certifiedAttester(t *testing.T, ca *swtpmtest.EKCA, spec, version string) *
 // and its token still enrols it once it has a trusted TPM.
 func TestEnrolEKRoots(t *testing.T) {
 	ctx := t.Context()
-	const spec, version = "sha256:1111", "2026.11.0"
 	maker, otherMaker := swtpmtest.NewEKCA(t), swtpmtest.NewEKCA(t)
-	good := certifiedAttester(t, maker, spec, version)
-	good2 := certifiedAttester(t, maker, spec, version)
-	foreign := certifiedAttester(t, otherMaker, spec, version)
-	plain := tpmAttester(t, startSwtpm(t), spec, version)
-	roots, err := attest.LoadEKRoots(ekRootsDir(t, maker))
+	good := certifiedAttester(t, maker)
+	good2 := certifiedAttester(t, maker)
+	foreign := certifiedAttester(t, otherMaker)
+	plain := tpmAttester(t, startSwtpm(t), ekSpec, ekVersion)
+	rootsDir := t.TempDir()
+	maker.CopyCerts(t, rootsDir)
+	roots, err := attest.LoadEKRoots(rootsDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,21 +72,6 @@ func TestEnrolEKRoots(t *testing.T) {
 	}
 	v.Counters = st
 	th := startHub(t, st, func(o *Options) { o.Verifier, o.EKRoots = v, roots })
-	enrol := func(id, tok string, a *attest.Attester, ek *api.EndorsementKey) (*api.Certificate, error) {
-		eo := tpmEnrolOptions(a, a)
-		if ek != nil {
-			eo.EK = ek
-		}
-		eo.CAFingerprint = th.CAFingerprint()
-		eo.Attest = func(ctx context.Context, nonce []byte) (*api.AttestRequest, error) {
-			q, err := a.Quote(ctx, nonce, []int{0, 7})
-			if err != nil {
-				return nil, err
-			}
-			return quoteRequest(q, nonce, spec, version), nil
-		}
-		return client.Enrol(ctx, th.URL, tok, a.Signer(), api.KeyTPM, eo)
-	}
 	withCertOf := func(a, certOf *attest.Attester) *api.EndorsementKey {
 		id := a.Identity()
 		return &api.EndorsementKey{Area: id.EKArea, Public: id.EKPublic, Cert: certOf.Identity().EKCert}
@@ -117,7 +94,7 @@ func TestEnrolEKRoots(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			tok := th.token(t, c.id, time.Hour)
 			toks[c.id] = tok
-			cert, err := enrol(c.id, tok, c.tpm, c.ek)
+			cert, err := enrolTPM(t, th, tok, c.tpm, c.ek)
 			if c.want == "" {
 				if err != nil {
 					t.Fatalf("enrol: %v", err)
@@ -142,7 +119,7 @@ func TestEnrolEKRoots(t *testing.T) {
 		})
 	}
 	// The refused device gets a trusted TPM: the same token enrols it.
-	if _, err := enrol("dev-copied-cert", toks["dev-copied-cert"], good2, nil); err != nil {
+	if _, err := enrolTPM(t, th, toks["dev-copied-cert"], good2, nil); err != nil {
 		t.Fatalf("enrol with the token of a refused enrolment and a trusted TPM: %v", err)
 	}
 	resp, err := th.raw(t, nil).Get(th.URL + "/metrics")
@@ -162,10 +139,8 @@ func TestEnrolEKRoots(t *testing.T) {
 // certificate enrol, and the hub logs which it was, with the certificate's
 // issuer, so an operator learns which makers' CAs the fleet needs.
 func TestEnrolWithoutEKRoots(t *testing.T) {
-	ctx := t.Context()
-	const spec, version = "sha256:1111", "2026.11.0"
-	certified := certifiedAttester(t, swtpmtest.NewEKCA(t), spec, version)
-	plain := tpmAttester(t, startSwtpm(t), spec, version)
+	certified := certifiedAttester(t, swtpmtest.NewEKCA(t))
+	plain := tpmAttester(t, startSwtpm(t), ekSpec, ekVersion)
 	st := openSQLite(t)
 	v, err := NewAttestVerifier(attest.VerifierOptions{})
 	if err != nil {
@@ -177,16 +152,7 @@ func TestEnrolWithoutEKRoots(t *testing.T) {
 		o.Verifier, o.Logger = v, slog.New(slog.NewJSONHandler(logs, nil))
 	})
 	for id, a := range map[string]*attest.Attester{"dev-certified": certified, "dev-plain": plain} {
-		eo := tpmEnrolOptions(a, a)
-		eo.CAFingerprint = th.CAFingerprint()
-		eo.Attest = func(ctx context.Context, nonce []byte) (*api.AttestRequest, error) {
-			q, err := a.Quote(ctx, nonce, []int{0, 7})
-			if err != nil {
-				return nil, err
-			}
-			return quoteRequest(q, nonce, spec, version), nil
-		}
-		if _, err := client.Enrol(ctx, th.URL, th.token(t, id, time.Hour), a.Signer(), api.KeyTPM, eo); err != nil {
+		if _, err := enrolTPM(t, th, th.token(t, id, time.Hour), a, nil); err != nil {
 			t.Fatalf("enrol %s: %v", id, err)
 		}
 	}

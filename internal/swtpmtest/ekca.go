@@ -88,3 +88,20 @@ func StartCertified(t testing.TB, ca *EKCA) *TPM {
 	ca.Manufacture(t, dir)
 	return Start(t, dir)
 }
+
+// CopyCerts copies the CA's root and intermediate (PEM) into dir, as an
+// operator gathers the certificates TPM makers publish for
+// `shoal hub --ek-roots`. Several CAs may share one dir.
+func (ca *EKCA) CopyCerts(t testing.TB, dir string) {
+	t.Helper()
+	for _, f := range []string{ca.Root(), ca.Intermediate()} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatalf("EK CA certificate (made with the first TPM the CA manufactures): %v", err)
+		}
+		name := filepath.Base(ca.dir) + "-" + filepath.Base(f)
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
