@@ -6,6 +6,11 @@ import "time"
 // lives in the TPM whose endorsement key it sent (credential activation).
 const ReasonActivationFailed = "activation-failed"
 
+// ReasonEKUntrusted: the hub checks EK certificates against TPM makers' CAs
+// and the device's EK had no certificate, or one that does not chain to
+// those CAs, is not marked for EK use, or certifies another key.
+const ReasonEKUntrusted = "ek-untrusted"
+
 // EndorsementKey is a TPM's endorsement key, sent at enrolment so the hub can
 // encrypt a credential challenge to it.
 type EndorsementKey struct {

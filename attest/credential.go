@@ -64,7 +64,7 @@ func CheckSecret(want, got []byte) bool {
 
 // CheckEK checks that an identity's EK forms agree: EKArea is the key in
 // EKPublic, and an EK certificate, when present, certifies that key. Whether
-// the certificate chains to a TPM maker's CA is the hub's policy.
+// the certificate chains to a TPM maker's CA is the hub's policy (EKRoots).
 func CheckEK(id Identity) error {
 	ek, err := parseEKArea(id.EKArea)
 	if err != nil {
@@ -84,11 +84,10 @@ func CheckEK(id Identity) error {
 	if len(id.EKCert) == 0 {
 		return nil
 	}
-	cert, err := x509.ParseCertificate(id.EKCert)
+	cert, err := ParseEKCert(id.EKCert)
 	if err != nil {
-		// TPM makers' EK certificates are sometimes not strictly DER; the
-		// hub decides what to do with those. Refuse here: we cannot tell.
-		return fmt.Errorf("EK certificate: %v: %w", err, ErrEKMismatch)
+		// Past what ParseEKCert undoes, we cannot tell which key it certifies.
+		return fmt.Errorf("%v: %w", err, ErrEKMismatch)
 	}
 	certKey, err := x509.MarshalPKIXPublicKey(cert.PublicKey)
 	if err != nil || !bytes.Equal(certKey, id.EKPublic) {

@@ -10,11 +10,16 @@ import (
 	"crypto/x509/pkix"
 	"errors"
 	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/shoalfleet/shoal/internal/swtpmtest"
 )
 
 // provisionEKCert stores cert at the ECC EK certificate index, as a TPM maker
@@ -91,5 +96,69 @@ func TestEKCertificate(t *testing.T) {
 	// This certificate is for another key than the TPM's EK: the hub must see it.
 	if err := CheckEK(id); !errors.Is(err, ErrEKMismatch) {
 		t.Fatalf("CheckEK with a certificate for another key = %v, want ErrEKMismatch", err)
+	}
+}
+
+// TestManufacturedEKCert: a TPM manufactured with swtpm_setup (RSA and ECC
+// P-384 EK certificates from a test CA's intermediate) gives the attester
+// the RSA EK with its certificate, a consistent pair: the certificate
+// certifies the EK the identity sends, chains to that CA's root and no
+// other, and the EK answers a credential challenge.
+func TestManufacturedEKCert(t *testing.T) {
+	ca, otherCA := swtpmtest.NewEKCA(t), swtpmtest.NewEKCA(t)
+	dir := t.TempDir()
+	want := ca.Manufacture(t, dir)
+	otherCA.Manufacture(t, t.TempDir())
+	tpm := (&swtpm{swtpmtest.Start(t, dir)}).Open(t)
+	a, err := New(t.Context(), Options{StateDir: t.TempDir(), TPM: tpm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	id := a.Identity()
+	if !bytes.Equal(id.EKCert, want) {
+		t.Fatalf("EK cert: got %d bytes, want the %d-byte RSA EK certificate swtpm_setup wrote", len(id.EKCert), len(want))
+	}
+	if err := CheckEK(id); err != nil {
+		t.Fatalf("CheckEK: %v", err)
+	}
+	for _, c := range []struct {
+		name  string
+		files []string
+		want  string // "" verifies
+	}{
+		{"its maker's root and intermediate", []string{ca.Root(), ca.Intermediate()}, ""},
+		{"its maker's root only", []string{ca.Root()}, "does not chain"},
+		{"another maker", []string{otherCA.Root(), otherCA.Intermediate()}, "does not chain"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			bundle := filepath.Join(t.TempDir(), "roots.pem")
+			var b []byte
+			for _, f := range c.files {
+				p, err := os.ReadFile(f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b = append(b, p...)
+			}
+			if err := os.WriteFile(bundle, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			roots, err := LoadEKRoots(bundle)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = roots.Verify(id.EKCert, id.EKPublic, time.Now())
+			if c.want == "" && err != nil || c.want != "" && (!errors.Is(err, ErrEKUntrusted) || !strings.Contains(err.Error(), c.want)) {
+				t.Fatalf("Verify = %v, want %q", err, c.want)
+			}
+		})
+	}
+	secret, cred, err := MakeCredential(id.EKArea, id.AK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := a.ActivateCredential(t.Context(), *cred); err != nil || !CheckSecret(secret, got) {
+		t.Fatalf("ActivateCredential with the certified RSA EK = %x, %v; want the secret", got, err)
 	}
 }

@@ -1,7 +1,13 @@
 package attest
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
 	"testing"
 	"time"
 )
@@ -56,6 +62,44 @@ func FuzzVerify(f *testing.F) {
 		p, perr := parseQuote(&Quote{Attest: attest, Signature: sig}, software)
 		if perr != nil || string(p.extraData) != string(nonce) {
 			t.Fatalf("accepted a quote that does not parse or answers another nonce: %v", perr)
+		}
+	})
+}
+
+// FuzzEKCert feeds hostile EK certificates, as a device sends them, to the
+// parser and the chain check: never a panic, a parsed certificate always
+// comes from the input, and nothing verifies but a certificate for the EK.
+func FuzzEKCert(f *testing.F) {
+	root := newTestCA(f, "Test TPM Maker Root", nil)
+	inter := newTestCA(f, "Test TPM Maker EK CA 01", root)
+	ek, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		f.Fatal(err)
+	}
+	ekPub := pkixOf(f, &ek.PublicKey)
+	roots, err := NewEKRoots([]*x509.Certificate{root.cert, inter.cert})
+	if err != nil {
+		f.Fatal(err)
+	}
+	good := issueEK(f, inter, &ek.PublicKey, ekCertShape{})
+	f.Add(good)
+	f.Add(append(bytes.Clone(good), 0xff, 0xff, 0xff))
+	f.Add(append([]byte{0x10, 0x01, 0x00, byte(len(good) >> 8), byte(len(good))}, good...))
+	f.Add([]byte{0x10, 0x01, 0x00, 0xff, 0xff, 0x30})
+	f.Add([]byte{0x30, 0x80, 0x00, 0x00})
+	f.Add([]byte("garbage"))
+	now := time.Now()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ParseEKCert(b)
+		if err == nil && !bytes.Contains(b, c.Raw) {
+			t.Fatal("parsed a certificate that is not in the input")
+		}
+		c, err = roots.Verify(b, ekPub, now)
+		if err == nil && !bytes.Equal(pkixOf(t, c.PublicKey), ekPub) {
+			t.Fatal("verified a certificate for another key")
+		}
+		if err != nil && !errors.Is(err, ErrEKUntrusted) {
+			t.Fatalf("Verify error %v does not wrap ErrEKUntrusted", err)
 		}
 	})
 }

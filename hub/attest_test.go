@@ -113,7 +113,12 @@ func TestRealVerifier(t *testing.T) {
 // connection to it, closed when the test ends.
 func startSwtpm(t *testing.T) transport.TPMCloser {
 	t.Helper()
-	sw := swtpmtest.Start(t, "")
+	return dialSwtpm(t, swtpmtest.Start(t, ""))
+}
+
+// dialSwtpm connects to sw; the connection closes when the test ends.
+func dialSwtpm(t *testing.T, sw *swtpmtest.TPM) transport.TPMCloser {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	tpm, err := attest.DialTCP(ctx, sw.Addr)

@@ -127,6 +127,15 @@ func (h *Hub) handleEnrolChallenge(w http.ResponseWriter, r *http.Request) {
 		h.internal(w, r, err)
 		return
 	}
+	// Checked before the attestation so a refusal leaves the nonce unused.
+	if h.o.EKRoots != nil {
+		if _, err := h.o.EKRoots.Verify(req.EK.Cert, req.EK.Public, now); err != nil {
+			h.m.enrolments.WithLabelValues(api.ReasonEKUntrusted).Inc()
+			h.log.Warn("TPM enrolment refused", "device", id, "reason", api.ReasonEKUntrusted, "err", err)
+			writeError(w, http.StatusForbidden, api.ReasonEKUntrusted, err.Error())
+			return
+		}
+	}
 	ekID := attest.Identity{EKArea: req.EK.Area, EKPublic: req.EK.Public, EKCert: req.EK.Cert}
 	if err := attest.CheckEK(ekID); err != nil {
 		h.m.enrolments.WithLabelValues(api.ReasonActivationFailed).Inc()
@@ -148,6 +157,12 @@ func (h *Hub) handleEnrolChallenge(w http.ResponseWriter, r *http.Request) {
 		h.internal(w, r, err)
 		return
 	}
+	// Which TPM makers' CAs the fleet needs shows here before --ek-roots is set.
+	ekIssuer := ""
+	if c, err := attest.ParseEKCert(req.EK.Cert); err == nil {
+		ekIssuer = c.Issuer.String()
+	}
+	h.log.Info("TPM enrolment challenged", "device", id, "ekCert", len(req.EK.Cert) > 0, "ekIssuer", ekIssuer, "ekChecked", h.o.EKRoots != nil)
 	writeJSON(w, http.StatusOK, &api.EnrolChallenge{APIVersion: api.Version, IDObject: cred.IDObject, EncSecret: cred.EncSecret, Expires: exp})
 }
 

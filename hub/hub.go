@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/attest"
 	"github.com/shoalfleet/shoal/hub/store"
 )
 
@@ -58,6 +59,10 @@ type Options struct {
 	PollWait time.Duration
 	// Verifier checks quotes; nil refuses attestation with 501.
 	Verifier Verifier
+	// EKRoots, when set, admits a TPM enrolment only if its EK certificate
+	// chains to one of these TPM makers' CAs and certifies the EK sent
+	// (refused: 403 ek-untrusted). Nil checks only that the EK's forms agree.
+	EKRoots *attest.EKRoots
 	// Web is mounted at / for the status page (hub/web); nil serves JSON 404s.
 	Web http.Handler
 	// Registerer receives the hub's metrics besides its own /metrics registry.

@@ -9,24 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/shoalfleet/shoal/internal/sshdtest"
 	"github.com/shoalfleet/shoal/internal/testenv"
 )
-
-// sshKey makes an ed25519 key with ssh-keygen and returns the private key path
-// and the authorized_keys line.
-func sshKey(t *testing.T, dir, name string) (string, string) {
-	t.Helper()
-	bin := testenv.LookPath(t, "ssh-keygen", "openssh-client")
-	p := filepath.Join(dir, name)
-	if out, err := exec.Command(bin, "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", p).CombinedOutput(); err != nil {
-		t.Fatalf("ssh-keygen: %v\n%s", err, out)
-	}
-	pub, err := os.ReadFile(p + ".pub")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p, string(pub)
-}
 
 // gpgKey makes an OpenPGP signing key in the repo's GNUPGHOME and returns its
 // fingerprint and armored public key.
@@ -74,8 +59,8 @@ func gpgKey(t *testing.T, r *gitRepo, uid string) (string, string) {
 func TestSignaturePolicy(t *testing.T) {
 	r := newGitRepo(t)
 	keys := t.TempDir()
-	trustedSSH, trustedSSHPub := sshKey(t, keys, "trusted")
-	otherSSH, _ := sshKey(t, keys, "other")
+	trustedSSH, trustedSSHPub := sshdtest.Key(t, keys, "trusted")
+	otherSSH, _ := sshdtest.Key(t, keys, "other")
 	trustedFpr, trustedPGP := gpgKey(t, r, "Trusted <trusted@example.com>")
 	otherFpr, _ := gpgKey(t, r, "Other <other@example.com>")
 

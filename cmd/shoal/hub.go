@@ -39,7 +39,8 @@ const defaultHubDB = "sqlite:///var/lib/shoal-hub/hub.db"
 func newHubCmd() *cobra.Command {
 	var (
 		listen, db, caCert, caKey, tlsCert, tlsKey, logLevel string
-		fleet, fleetBranch                                   string
+		fleet, fleetBranch, ekRoots                          string
+		fleetAuth                                            fleetAuthFlags
 		hosts                                                []string
 		certTTL, retention, pollWait, offlineAfter           time.Duration
 		fleetRefresh                                         time.Duration
@@ -66,7 +67,23 @@ lists under attestation.pcrs, with the values the release it claims to run
 lists for them. The fleet is read again every --fleet-refresh and soon after
 a poke (a Git webhook or shoal poke, on any hub of the database); a fleet
 with errors is refused and the last good one kept. Without --fleet, quotes
-are held only to the spec hash and release the device claims.`,
+are held only to the spec hash and release the device claims. A private
+fleet repo takes the same credentials as the agent's repo config: over ssh://
+--fleet-ssh-key with --fleet-known-hosts (host keys are always checked), over
+https:// --fleet-token-file (the token is never taken on the command line).
+The hub stops at start if the first fetch fails.
+
+With --ek-roots (a PEM file, or a directory of PEM or DER files, holding
+the CA certificates TPM makers publish: the self-signed ones are roots, the
+others intermediates) a TPM enrolment must send an EK certificate that
+chains to one of those roots, carries the TCG EK usage (2.23.133.8.1) and
+certifies the EK the device sent; otherwise it is refused (403 ek-untrusted,
+counted in shoal_hub_enrolments_total{result="ek-untrusted"}) and the
+token stays usable. Certificates padded to their NV index's size, and the
+critical SAN with only a directoryName that TPM makers write, are accepted;
+other encodings Go's x509 rejects are refused, naming the fault. Without
+--ek-roots any TPM (or emulator) can enrol as "tpm"; each TPM enrolment logs
+whether its EK had a certificate and its issuer.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := hubLogger(cmd.ErrOrStderr(), logLevel)
@@ -108,13 +125,26 @@ are held only to the spec hash and release the device claims.`,
 			}
 			av.Counters = st
 			o.Verifier = av
+			if ekRoots != "" {
+				if o.EKRoots, err = attest.LoadEKRoots(ekRoots); err != nil {
+					return fmt.Errorf("--ek-roots: %w", err)
+				}
+				nr, ni := o.EKRoots.Counts()
+				log.Info("EK certificates checked against TPM makers' CAs", "path", ekRoots, "roots", nr, "intermediates", ni)
+			}
+			if fleet == "" && fleetAuth.set() {
+				return usageError{errors.New("--fleet-ssh-key, --fleet-known-hosts, --fleet-ssh-user, --fleet-token-file and --fleet-token-user go with a --fleet Git URL")}
+			}
 			if fleet != "" {
-				fp, cleanup, err := fleetPolicy(fleet, fleetBranch, log)
+				fp, cleanup, err := fleetPolicy(fleet, fleetBranch, fleetAuth, log)
 				if err != nil {
 					return err
 				}
 				defer cleanup()
 				if err := fp.Refresh(ctx); err != nil {
+					if errors.Is(err, source.ErrAuth) {
+						return fmt.Errorf("%w (check --fleet-ssh-key, --fleet-known-hosts, --fleet-ssh-user or --fleet-token-file)", err)
+					}
 					return err
 				}
 				av.Policy = fp.Policy
@@ -157,6 +187,8 @@ are held only to the spec hash and release the device claims.`,
 	f.StringVar(&fleet, "fleet", "", "fleet repo (a directory or a Git URL) whose attestation PCRs and release PCR values quotes are held to")
 	f.StringVar(&fleetBranch, "fleet-branch", "main", "branch of a --fleet Git URL to follow")
 	f.DurationVar(&fleetRefresh, "fleet-refresh", 5*time.Minute, "read --fleet again this often (and after every poke)")
+	fleetAuth.flags(cmd)
+	f.StringVar(&ekRoots, "ek-roots", "", "TPM makers' CA certificates (a PEM file or a directory of PEM/DER files): a TPM enrolment needs an EK certificate chaining to them")
 
 	tok := &cobra.Command{Use: "token", Short: "Operator tokens for the hub's operator API"}
 	var ttl time.Duration
@@ -239,23 +271,71 @@ are held only to the spec hash and release the device claims.`,
 	return cmd
 }
 
+// fleetAuthFlags are the credentials for a --fleet Git URL, as in the
+// agent's repo config.
+type fleetAuthFlags struct {
+	sshKey, knownHosts, sshUser, tokenFile, tokenUser string
+}
+
+func (a *fleetAuthFlags) flags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&a.sshKey, "fleet-ssh-key", "", "private key for an ssh:// --fleet (needs --fleet-known-hosts)")
+	f.StringVar(&a.knownHosts, "fleet-known-hosts", "", "known_hosts file the ssh:// --fleet server's host key is checked against")
+	f.StringVar(&a.sshUser, "fleet-ssh-user", "", "ssh user for --fleet (default: the URL's user, else git)")
+	f.StringVar(&a.tokenFile, "fleet-token-file", "", "file holding an access token for an https:// --fleet, sent as the basic-auth password")
+	f.StringVar(&a.tokenUser, "fleet-token-user", "", "basic-auth user for --fleet-token-file (default git)")
+}
+
+func (a *fleetAuthFlags) set() bool {
+	return a.sshKey != "" || a.knownHosts != "" || a.sshUser != "" || a.tokenFile != "" || a.tokenUser != ""
+}
+
+// auth reads the token file now, so a missing or empty one fails at start.
+func (a *fleetAuthFlags) auth() (source.Auth, error) {
+	if (a.knownHosts == "") != (a.sshKey == "") {
+		return source.Auth{}, usageError{errors.New("--fleet-ssh-key and --fleet-known-hosts go together: the server's host key is always checked")}
+	}
+	if a.tokenUser != "" && a.tokenFile == "" {
+		return source.Auth{}, usageError{errors.New("--fleet-token-user goes with --fleet-token-file")}
+	}
+	au := source.Auth{SSHKeyFile: a.sshKey, KnownHostsFile: a.knownHosts, SSHUser: a.sshUser, TokenUser: a.tokenUser}
+	if a.tokenFile != "" {
+		b, err := os.ReadFile(a.tokenFile)
+		if err != nil {
+			return source.Auth{}, fmt.Errorf("--fleet-token-file: %w", err)
+		}
+		if au.Token = strings.TrimSpace(string(b)); au.Token == "" {
+			return source.Auth{}, fmt.Errorf("--fleet-token-file %s: empty", a.tokenFile)
+		}
+	}
+	return au, nil
+}
+
 // fleetPolicy returns the attestation policy over the fleet at loc: a
 // directory read afresh on each refresh, or a Git URL fetched (shallow, one
-// branch) into a temporary directory that cleanup removes.
-func fleetPolicy(loc, branch string, log *slog.Logger) (*hub.FleetPolicy, func(), error) {
+// branch) with the credentials of af into a temporary directory that
+// cleanup removes.
+func fleetPolicy(loc, branch string, af fleetAuthFlags, log *slog.Logger) (*hub.FleetPolicy, func(), error) {
 	if fi, err := os.Stat(loc); err == nil && fi.IsDir() {
+		if af.set() {
+			return nil, nil, usageError{fmt.Errorf("--fleet %s is a directory: the --fleet-ssh-*, --fleet-known-hosts and --fleet-token-* flags are for a Git URL", loc)}
+		}
 		fsys := os.DirFS(loc)
 		return &hub.FleetPolicy{Logger: log, Load: func(context.Context) (fs.FS, string, error) { return fsys, "", nil }}, func() {}, nil
 	}
 	if !strings.Contains(loc, "://") && !strings.Contains(loc, "@") {
 		return nil, nil, usageError{fmt.Errorf("--fleet %q: not a directory or a Git URL", loc)}
 	}
+	auth, err := af.auth()
+	if err != nil {
+		return nil, nil, err
+	}
 	dir, err := os.MkdirTemp("", "shoal-hub-fleet-")
 	if err != nil {
 		return nil, nil, err
 	}
 	cleanup := func() { os.RemoveAll(dir) }
-	src, err := source.New(source.Options{URL: loc, Dir: filepath.Join(dir, "repo"), Branch: branch, Logger: log})
+	src, err := source.New(source.Options{URL: loc, Dir: filepath.Join(dir, "repo"), Branch: branch, Auth: auth, Logger: log})
 	if err != nil {
 		cleanup()
 		return nil, nil, usageError{fmt.Errorf("--fleet: %w", err)}

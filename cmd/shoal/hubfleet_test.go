@@ -28,7 +28,19 @@ func TestHubFleetFlag(t *testing.T) {
 	if code, _, errs := (inProcess{}).run(t, nil, "hub", "--fleet", "no-such-dir", "--db", "sqlite://"+filepath.Join(t.TempDir(), "x.db")); code != exitUsage || !strings.Contains(errs, "no-such-dir") {
 		t.Fatalf("--fleet no-such-dir: exit %d, %s", code, errs)
 	}
+	repo := fleetRepo(t)
+	for _, c := range []struct{ name, fleet string }{
+		{"git URL", "file://" + repo},
+		{"directory", repo},
+	} {
+		t.Run(c.name, func(t *testing.T) { hubWithFleet(t, c.fleet) })
+	}
+}
 
+// fleetRepo is a Git fleet repo whose fleet requires quotes over PCRs 0
+// and 7 and lists one device, dev-f.
+func fleetRepo(t *testing.T) string {
+	t.Helper()
 	repo := t.TempDir()
 	testenv.Git(t, repo, "init", "-q", "-b", "main")
 	for name, body := range map[string]string{
@@ -44,31 +56,34 @@ func TestHubFleetFlag(t *testing.T) {
 		}
 	}
 	testenv.GitCommitAll(t, repo, "fleet")
-
-	for _, c := range []struct{ name, fleet string }{
-		{"git URL", "file://" + repo},
-		{"directory", repo},
-	} {
-		t.Run(c.name, func(t *testing.T) { hubWithFleet(t, c.fleet) })
-	}
+	return repo
 }
 
-// hubWithFleet serves `shoal hub --fleet fleet` (a fleet listing dev-f
-// only) and enrols dev-f and dev-x with software attestations.
-func hubWithFleet(t *testing.T, fleet string) {
+// servedHub is `shoal hub` serving in-process on loopback with SQLite.
+type servedHub struct {
+	addr  string
+	st    store.Store
+	pool  *x509.CertPool // trusts the hub CA
+	stop  func() int     // stops the hub (again: a no-op) and returns its exit code
+	token func(id string) string
+}
+
+// serveHub starts `shoal hub` with args and waits until it is healthy.
+func serveHub(t *testing.T, args ...string) *servedHub {
+	t.Helper()
 	ctx := t.Context()
 	db := "sqlite://" + filepath.Join(t.TempDir(), "hub.db")
 	addr := freeAddr(t)
-	stopHub := (inProcess{}).serve(t, "hub", "--listen", addr, "--db", db, "--host", "127.0.0.1", "--fleet", fleet)
+	stopHub := (inProcess{}).serve(t, append([]string{"hub", "--listen", addr, "--db", db, "--host", "127.0.0.1"}, args...)...)
 	var once sync.Once
 	code := -1
 	stop := func() int { once.Do(func() { code = stopHub() }); return code }
-	defer stop()
+	t.Cleanup(func() { stop() })
 	st, err := store.Open(ctx, db)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
 	pool := x509.NewCertPool()
 	eventually(t, "the hub CA in the database", func() bool {
 		ca, err := st.CA(ctx)
@@ -84,7 +99,21 @@ func hubWithFleet(t *testing.T, fleet string) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
+	token := func(id string) string {
+		tr, err := hub.CreateEnrolToken(ctx, st, id, time.Hour, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr.Token
+	}
+	return &servedHub{addr: addr, st: st, pool: pool, stop: stop, token: token}
+}
 
+// hubWithFleet serves `shoal hub --fleet fleet` and the extra args (a fleet
+// listing dev-f only) and enrols dev-f and dev-x with software attestations.
+func hubWithFleet(t *testing.T, fleet string, args ...string) {
+	ctx := t.Context()
+	h := serveHub(t, append([]string{"--fleet", fleet}, args...)...)
 	at, err := attest.New(ctx, attest.Options{StateDir: t.TempDir(), DevicePath: "/nonexistent/tpm", AllowSoftware: true})
 	if err != nil {
 		t.Fatal(err)
@@ -95,12 +124,8 @@ func hubWithFleet(t *testing.T, fleet string) {
 		t.Fatal(err)
 	}
 	enrol := func(id string) error {
-		tr, err := hub.CreateEnrolToken(ctx, st, id, time.Hour, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = client.Enrol(ctx, "https://"+addr, tr.Token, at.Signer(), api.KeySoftware, client.EnrolOptions{
-			RootCAs: pool,
+		_, err = client.Enrol(ctx, "https://"+h.addr, h.token(id), at.Signer(), api.KeySoftware, client.EnrolOptions{
+			RootCAs: h.pool,
 			Attest: func(ctx context.Context, nonce []byte) (*api.AttestRequest, error) {
 				q, err := at.Quote(ctx, nonce, []int{0, 7})
 				if err != nil {
@@ -119,7 +144,7 @@ func hubWithFleet(t *testing.T, fleet string) {
 	if err == nil || !strings.Contains(err.Error(), "dev-x") || !strings.Contains(err.Error(), "policy-invalid") {
 		t.Fatalf("device not in the fleet: %v, want a refusal naming it", err)
 	}
-	if code := stop(); code != 0 {
+	if code := h.stop(); code != 0 {
 		t.Fatalf("hub exit %d", code)
 	}
 }
