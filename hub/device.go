@@ -57,6 +57,12 @@ func (h *Hub) handleEnrol(w http.ResponseWriter, r *http.Request) {
 			"a TPM enrolment with an attestation key must activate it: send the attestation and EK to /v1/enrol/challenge, then the recovered secret here")
 		return
 	}
+	if req.KeyKind == api.KeyTPM && req.Activation == nil && h.o.EKRoots != nil {
+		h.m.enrolments.WithLabelValues(api.ReasonEKUntrusted).Inc()
+		writeError(w, http.StatusForbidden, api.ReasonEKUntrusted,
+			"this hub admits a TPM device only through the credential challenge, with an EK certificate from a trusted TPM maker (--ek-roots): send the attestation and EK to /v1/enrol/challenge first")
+		return
+	}
 	if req.Activation != nil {
 		err := h.st.UseNonce(ctx, id, activationBinding(req.Activation.Secret, req.Activation.AKPublic, csr.RawSubjectPublicKeyInfo), now)
 		if errors.Is(err, store.ErrNotFound) {

@@ -81,20 +81,29 @@ func TestEnrolEKRoots(t *testing.T) {
 		name string
 		id   string
 		tpm  *attest.Attester
-		ek   *api.EndorsementKey // nil: the TPM's own
+		ek   *api.EndorsementKey // nil: the TPM's own; empty: no attestation at all
 		want string              // "" enrols; else a part of the refusal
 	}{
 		{"certified by the trusted maker", "dev-trusted", good, nil, ""},
 		{"no EK certificate", "dev-no-cert", plain, nil, "sent no EK certificate"},
 		{"certified by another maker", "dev-foreign", foreign, nil, "does not chain to a trusted TPM maker CA"},
 		{"another TPM's certificate", "dev-copied-cert", good2, withCertOf(good2, good), "certifies another key"},
+		// A "tpm" key sent straight to /v1/enrol, skipping the challenge
+		// where the EK is checked.
+		{"no challenge", "dev-no-challenge", good, &api.EndorsementKey{}, "through the credential challenge"},
 	}
 	toks := map[string]string{}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			tok := th.token(t, c.id, time.Hour)
 			toks[c.id] = tok
-			cert, err := enrolTPM(t, th, tok, c.tpm, c.ek)
+			var cert *api.Certificate
+			var err error
+			if c.ek != nil && c.ek.Area == nil {
+				cert, err = client.Enrol(t.Context(), th.URL, tok, c.tpm.Signer(), api.KeyTPM, client.EnrolOptions{CAFingerprint: th.CAFingerprint()})
+			} else {
+				cert, err = enrolTPM(t, th, tok, c.tpm, c.ek)
+			}
 			if c.want == "" {
 				if err != nil {
 					t.Fatalf("enrol: %v", err)
@@ -128,7 +137,7 @@ func TestEnrolEKRoots(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`shoal_hub_enrolments_total{result="ek-untrusted"} 3`, `shoal_hub_enrolments_total{result="ok"} 2`} {
+	for _, want := range []string{`shoal_hub_enrolments_total{result="ek-untrusted"} 4`, `shoal_hub_enrolments_total{result="ok"} 2`} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q", want)
 		}

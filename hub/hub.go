@@ -60,8 +60,10 @@ type Options struct {
 	// Verifier checks quotes; nil refuses attestation with 501.
 	Verifier Verifier
 	// EKRoots, when set, admits a TPM enrolment only if its EK certificate
-	// chains to one of these TPM makers' CAs and certifies the EK sent
-	// (refused: 403 ek-untrusted). Nil checks only that the EK's forms agree.
+	// chains to one of these TPM makers' CAs and certifies the EK sent, and
+	// only through the credential challenge (a "tpm" key sent straight to
+	// /v1/enrol is refused too: 403 ek-untrusted). Nil checks only that the
+	// EK's forms agree.
 	EKRoots *attest.EKRoots
 	// Web is mounted at / for the status page (hub/web); nil serves JSON 404s.
 	Web http.Handler

@@ -77,7 +77,8 @@ With --ek-roots (a PEM file, or a directory of PEM or DER files, holding
 the CA certificates TPM makers publish: the self-signed ones are roots, the
 others intermediates) a TPM enrolment must send an EK certificate that
 chains to one of those roots, carries the TCG EK usage (2.23.133.8.1) and
-certifies the EK the device sent; otherwise it is refused (403 ek-untrusted,
+certifies the EK the device sent, and must prove through the credential
+challenge that its attestation key is in that TPM; otherwise it is refused (403 ek-untrusted,
 counted in shoal_hub_enrolments_total{result="ek-untrusted"}) and the
 token stays usable. Certificates padded to their NV index's size, and the
 critical SAN with only a directoryName that TPM makers write, are accepted;
@@ -172,7 +173,7 @@ whether its EK had a certificate and its issuer.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&listen, "listen", ":8443", "address to serve HTTPS on")
-	f.StringVar(&db, "db", defaultHubDB, "database: sqlite:///path or postgres://…")
+	f.StringVar(&db, "db", defaultHubDB, "database: sqlite:///path, or postgres://user@host/db (postgres:///db?host=/run/postgresql: a server on this host, over its Unix socket)")
 	f.StringVar(&caCert, "ca-cert", "", "hub CA certificate (PEM); default: the CA in the database")
 	f.StringVar(&caKey, "ca-key", "", "hub CA private key (PEM)")
 	f.StringVar(&tlsCert, "tls-cert", "", "server certificate (PEM); default: issued by the hub CA for --host")
