@@ -19,14 +19,17 @@ import (
 
 // certResponse builds the answer to enrolment and renewal.
 func (h *Hub) certResponse(id string, certPEM []byte, notBefore, notAfter time.Time) *api.Certificate {
-	life := notAfter.Sub(notBefore)
+	// Two thirds into the lifetime from issue, not from the backdated
+	// NotBefore: with a short lifetime that would already be past.
+	issued := notBefore.Add(certSkew)
+	life := notAfter.Sub(issued)
 	return &api.Certificate{
 		APIVersion:  api.Version,
 		DeviceID:    id,
 		Certificate: string(certPEM),
 		CA:          string(h.ca.certPEM),
 		NotAfter:    notAfter,
-		RenewAfter:  notBefore.Add(life * 2 / 3),
+		RenewAfter:  issued.Add(life * 2 / 3),
 	}
 }
 

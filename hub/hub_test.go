@@ -365,3 +365,49 @@ func TestEnrolTrust(t *testing.T) {
 		})
 	}
 }
+
+// TestRenewDuringLongPoll: a device renews while its long poll holds the
+// HTTP/2 connection open. Its next requests present the new certificate
+// (new connections), so they still work once the old certificate has
+// expired, and the poll in flight still gets its poke.
+func TestRenewDuringLongPoll(t *testing.T) {
+	ctx := t.Context()
+	const ttl = 6 * time.Second
+	th := startHub(t, openSQLite(t), func(o *Options) { o.CertTTL = ttl })
+	key := newKey(t)
+	c, err := client.Enrol(ctx, th.URL, th.token(t, "dev-lp", time.Hour), key, api.KeySoftware, client.EnrolOptions{CAFingerprint: th.CAFingerprint()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two thirds from issue (certificate times are whole seconds).
+	if due := time.Until(c.RenewAfter); due < ttl/2 || due > ttl {
+		t.Errorf("renewal due in %v for a %v certificate, want about two thirds of it", due, ttl)
+	}
+	cl, err := client.New(client.Options{Hub: th.URL, Key: key, Cert: c, PollWait: 3 * ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Send(ctx, status("dev-lp", 1, api.StateConverged)); err != nil {
+		t.Fatal(err)
+	}
+	polled := make(chan error, 1)
+	go func() { _, err := cl.WaitPoke(ctx, -1); polled <- err }()
+	time.Sleep(ttl / 2) // the poll holds the connection
+	nc, err := cl.Renew(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !nc.NotAfter.After(c.NotAfter.Add(time.Second)) {
+		t.Fatalf("renewed certificate ends %v, the first %v", nc.NotAfter, c.NotAfter)
+	}
+	time.Sleep(time.Until(c.NotAfter) + 500*time.Millisecond)
+	if _, err := cl.Send(ctx, status("dev-lp", 2, api.StateConverged)); err != nil {
+		t.Fatalf("report after the first certificate expired: %v", err)
+	}
+	if _, err := th.Poke(ctx, store.Poke{Devices: []string{"dev-lp"}, Reason: "operator", Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-polled; err != nil {
+		t.Fatalf("the poll in flight during the renewal: %v", err)
+	}
+}

@@ -212,9 +212,10 @@ type Options struct {
 type Client struct {
 	o    Options
 	base *url.URL
-	hc   *http.Client
+	tlsc *tls.Config
 
 	mu     sync.Mutex
+	hc     *http.Client // replaced by Renew
 	cert   *api.Certificate
 	tc     *tls.Certificate
 	leaf   *x509.Certificate
@@ -257,8 +258,16 @@ func New(o Options) (*Client, error) {
 			return c.tc, nil
 		},
 	}
+	c.tlsc = tc
 	c.hc = &http.Client{Transport: transport(tc)}
 	return c, nil
+}
+
+// http returns the HTTP client requests go through now.
+func (c *Client) http() *http.Client {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.hc
 }
 
 func (c *Client) setCert(ac *api.Certificate) error {
@@ -298,9 +307,16 @@ func (c *Client) NeedsRenewal() bool {
 	return !c.o.Now().Before(c.cert.RenewAfter)
 }
 
+// RenewAfter is when the hub wants the current certificate renewed.
+func (c *Client) RenewAfter() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cert.RenewAfter
+}
+
 // CloseIdleConnections closes kept-alive connections; after Renew it makes
 // the next request present the new certificate.
-func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
+func (c *Client) CloseIdleConnections() { c.http().CloseIdleConnections() }
 
 // Renew asks for a fresh certificate for the same key and starts using it.
 func (c *Client) Renew(ctx context.Context) (*api.Certificate, error) {
@@ -315,7 +331,16 @@ func (c *Client) Renew(ctx context.Context) (*api.Certificate, error) {
 	if err := c.setCert(&ac); err != nil {
 		return nil, err
 	}
-	c.hc.CloseIdleConnections()
+	// The client certificate is presented at the TLS handshake only, and an
+	// HTTP/2 connection carrying a long poll is never idle: later requests
+	// would go on presenting the old certificate until it expires. New
+	// requests go through a fresh transport (new connections, the new
+	// certificate); requests in flight finish on the old one.
+	c.mu.Lock()
+	old := c.hc
+	c.hc = &http.Client{Transport: transport(c.tlsc)}
+	c.mu.Unlock()
+	old.CloseIdleConnections()
 	return &ac, nil
 }
 
@@ -403,7 +428,14 @@ func (c *Client) Poll(ctx context.Context, after int64, wait time.Duration) (*ap
 	if err != nil {
 		return nil, after, fmt.Errorf("poll: %w", err)
 	}
-	resp, err := c.hc.Do(req)
+	hc := c.http()
+	defer func() {
+		// Renewed during the poll: the old transport's last connection goes.
+		if c.http() != hc {
+			hc.CloseIdleConnections()
+		}
+	}()
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, after, fmt.Errorf("poll: %w", &netError{err})
 	}
@@ -427,7 +459,7 @@ func (c *Client) Poll(ctx context.Context, after int64, wait time.Duration) (*ap
 func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout(c.o.Timeout))
 	defer cancel()
-	return do(ctx, c.hc, c.base, method, path, "", in, out)
+	return do(ctx, c.http(), c.base, method, path, "", in, out)
 }
 
 // Retryable reports whether err may succeed later: network trouble, a 5xx,
