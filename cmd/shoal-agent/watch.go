@@ -331,7 +331,11 @@ func (p *provisioner) enrol(ctx context.Context, e *provision.Enrolment) error {
 	if err != nil {
 		return err
 	}
-	p.hub.set(cl)
+	if p.hub.set(cl) {
+		// Renewal runs from here on, as it does from the start for a
+		// device enrolled before the daemon started.
+		go renewLoop(ctx, cl, p.cfg.StateDir, p.log)
+	}
 	return nil
 }
 
@@ -345,7 +349,11 @@ type lateHub struct {
 
 func newLateHub() *lateHub { return &lateHub{ready: make(chan struct{})} }
 
-func (h *lateHub) set(c *hubclient.Client) { h.once.Do(func() { h.c = c; close(h.ready) }) }
+// set makes c the client, the first time; it reports whether it did.
+func (h *lateHub) set(c *hubclient.Client) (took bool) {
+	h.once.Do(func() { h.c, took = c, true; close(h.ready) })
+	return took
+}
 
 // Report delivers a status report once the device has enrolled.
 func (h *lateHub) Report(ctx context.Context, s api.Status) error {

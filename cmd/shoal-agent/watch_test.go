@@ -248,3 +248,58 @@ provision:
 	}
 	return p, state
 }
+
+// TestAgentRenewsAfterQueuedEnrolment: a device that enrols from a stick
+// while the daemon runs renews its certificate before it expires, without a
+// restart, keeps the new one in its state dir, and reports go on being
+// stored after the first certificate has expired.
+func TestAgentRenewsAfterQueuedEnrolment(t *testing.T) {
+	f := newFleet(t)
+	f.commit(validFleet())
+	const ttl = 6 * time.Second // renewal is due after two thirds
+	st, h, hubURL := startHub(t, func(o *hub.Options) { o.CertTTL = ttl })
+	tok, err := hub.CreateEnrolToken(t.Context(), st, "d1", time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := provision.GenerateKey()
+	stick, dir := t.TempDir(), t.TempDir()
+	writeBundle(t, filepath.Join(stick, "b.shoal"), provision.CreateOptions{FleetDir: f.Dir, Devices: []string{"d1"}, Key: key,
+		HubURL: hubURL, HubCA: h.CAFingerprint(), Tokens: map[string]string{"d1": tok.Token}})
+	cfgPath, state := stickConfig(t, dir, stick, "none", "2s", "")
+	logs := runDaemon(t, cfgPath)
+	var first store.Device
+	waitUntil(t, "d1 enrolled", func() bool { first, err = st.Device(t.Context(), "d1"); return err == nil })
+	waitUntil(t, "the certificate renewed", func() bool {
+		d, err := st.Device(t.Context(), "d1")
+		return err == nil && d.CertSerial != first.CertSerial
+	})
+	waitUntil(t, "the renewed certificate in the state dir", func() bool {
+		var kept api.Certificate
+		b, err := os.ReadFile(certificatePath(state))
+		return err == nil && json.Unmarshal(b, &kept) == nil && kept.NotAfter.After(first.CertNotAfter)
+	})
+	// Past the first certificate's expiry, a poke still reaches the device
+	// and its report is stored.
+	time.Sleep(time.Until(first.CertNotAfter))
+	reps, _ := st.Reports(t.Context(), "d1", 1)
+	var last uint64
+	if len(reps) > 0 {
+		last = reps[0].Seq
+	}
+	if _, err := h.Poke(t.Context(), store.Poke{Devices: []string{"d1"}, Reason: "operator", Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	}()
+	waitUntil(t, "a report after the first certificate expired", func() bool {
+		reps, err := st.Reports(t.Context(), "d1", 1)
+		return err == nil && len(reps) == 1 && reps[0].Seq > last
+	})
+	if !strings.Contains(logs.String(), "device certificate renewed") {
+		t.Errorf("no renewal logged:\n%s", logs.String())
+	}
+}

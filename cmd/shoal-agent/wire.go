@@ -65,7 +65,7 @@ func (p *parts) wiring() agentWiring {
 		Collectors: func() []prometheus.Collector { return p.collectors },
 		Started: func(ctx context.Context, a *agent.Agent, log *slog.Logger) {
 			if p.hub != nil {
-				go p.renewLoop(ctx, log)
+				go renewLoop(ctx, p.hub, p.stateDir, log)
 			}
 			if p.watch == nil {
 				return
@@ -82,8 +82,11 @@ func (p *parts) wiring() agentWiring {
 }
 
 // renewLoop renews the device certificate once it is past its renewal time,
-// and keeps the new one in the state dir.
-func (p *parts) renewLoop(ctx context.Context, log *slog.Logger) {
+// and keeps the new one in stateDir. It wakes at the renewal time, and at
+// least every 10 minutes (a clock stepped forward is noticed then), until
+// ctx ends. The daemon runs it from the start, or from a queued enrolment's
+// success.
+func renewLoop(ctx context.Context, hub *client.Client, stateDir string, log *slog.Logger) {
 	b := backoff.New(time.Minute, time.Hour, 0.2)
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -93,11 +96,11 @@ func (p *parts) renewLoop(ctx context.Context, log *slog.Logger) {
 			return
 		case <-t.C:
 		}
-		next := 10 * time.Minute
-		if p.hub.NeedsRenewal() {
-			c, err := p.hub.Renew(ctx)
+		next := min(max(time.Until(hub.RenewAfter()), time.Second), 10*time.Minute)
+		if hub.NeedsRenewal() {
+			c, err := hub.Renew(ctx)
 			if err == nil {
-				err = writeCertificate(p.stateDir, c)
+				err = writeCertificate(stateDir, c)
 			}
 			if err != nil {
 				log.Warn("certificate renewal failed; retrying", "err", err)
@@ -105,6 +108,9 @@ func (p *parts) renewLoop(ctx context.Context, log *slog.Logger) {
 			} else {
 				log.Info("device certificate renewed", "not_after", c.NotAfter)
 				b.Reset()
+				// At most one renewal a minute, even if the hub's renewal
+				// time is already past by this device's clock.
+				next = min(max(time.Until(c.RenewAfter), time.Minute), 10*time.Minute)
 			}
 		}
 		t.Reset(next)
