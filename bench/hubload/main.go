@@ -45,6 +45,7 @@ import (
 
 	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/api/client"
+	"github.com/shoalfleet/shoal/bench/internal/sample"
 	"github.com/shoalfleet/shoal/hub"
 	"github.com/shoalfleet/shoal/hub/store"
 	"github.com/shoalfleet/shoal/internal/pgtest"
@@ -561,14 +562,7 @@ func measure(ctx context.Context, c config, devs []*device, urls []string, aroun
 	}
 	send := func(d *device) error {
 		seq := d.seq.Add(1)
-		s := api.Status{APIVersion: api.Version, Seq: seq, Time: time.Now().UTC(), State: api.StateConverged, Agent: "hubload",
-			Groups: []string{"edge", "berlin"},
-			Commit: api.CommitStatus{Attempted: "3f2a9c1e0b7d4a6f8e5c2b1a0d9e8f7a6b5c4d3e", Applied: "3f2a9c1e0b7d4a6f8e5c2b1a0d9e8f7a6b5c4d3e", SpecHash: "sha256:9b1d"},
-			Apps: []api.AppStatus{{Name: "web", Image: "registry.example/web:1.4.2", State: "running", Health: "healthy"},
-				{Name: "metrics", Image: "registry.example/metrics:0.9", State: "running", Health: "healthy"}},
-			Update: &api.UpdateStatus{State: "idle", Slot: "a", Version: "2026.11.0"},
-			Clock:  &api.ClockStatus{Trusted: true, Skew: 3 * time.Millisecond},
-		}
+		s := sample.Status("hubload", seq)
 		return d.cl.Report(ctx, s)
 	}
 	// Connect everyone first (TLS handshakes are not the steady state).

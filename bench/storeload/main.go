@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/bench/internal/sample"
 	"github.com/shoalfleet/shoal/hub/store"
 	"github.com/shoalfleet/shoal/internal/pgtest"
 	"github.com/shoalfleet/shoal/internal/proccpu"
@@ -84,15 +85,9 @@ func run(db string, devices, workers int, dur time.Duration, pgset string, unix,
 			return err
 		}
 	}
-	// The body bench/hubload's devices send (about 700 bytes of JSON).
-	body, err := json.Marshal(&api.Status{APIVersion: api.Version, Seq: 1, Time: time.Now().UTC(), State: api.StateConverged, Agent: "storeload",
-		Groups: []string{"edge", "berlin"},
-		Commit: api.CommitStatus{Attempted: "3f2a9c1e0b7d4a6f8e5c2b1a0d9e8f7a6b5c4d3e", Applied: "3f2a9c1e0b7d4a6f8e5c2b1a0d9e8f7a6b5c4d3e", SpecHash: "sha256:9b1d"},
-		Apps: []api.AppStatus{{Name: "web", Image: "registry.example/web:1.4.2", State: "running", Health: "healthy"},
-			{Name: "metrics", Image: "registry.example/metrics:0.9", State: "running", Health: "healthy"}},
-		Update: &api.UpdateStatus{State: "idle", Slot: "a", Version: "2026.11.0"},
-		Clock:  &api.ClockStatus{Trusted: true, Skew: 3 * time.Millisecond},
-	})
+	// The body bench/hubload's devices send.
+	st0 := sample.Status("storeload", 1)
+	body, err := json.Marshal(&st0)
 	if err != nil {
 		return err
 	}
