@@ -64,7 +64,10 @@ the database, so a quote replayed to another hub is refused.
 With --fleet (a directory or a Git URL) the hub holds attestation quotes to
 the fleet repo: each device's quote must cover the PCRs its rendered spec
 lists under attestation.pcrs, with the values the release it claims to run
-lists for them. The fleet is read again every --fleet-refresh and soon after
+lists for them. That includes the quote a TPM device sends when it enrols,
+so add the device to the fleet repo before it enrols; a device the fleet
+cannot render is refused with the fleet's error. The fleet is read again
+every --fleet-refresh and soon after
 a poke (a Git webhook or shoal poke, on any hub of the database); a fleet
 with errors is refused and the last good one kept. Without --fleet, quotes
 are held only to the spec hash and release the device claims. A private
