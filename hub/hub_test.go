@@ -411,3 +411,43 @@ func TestRenewDuringLongPoll(t *testing.T) {
 		t.Fatalf("the poll in flight during the renewal: %v", err)
 	}
 }
+
+// TestClientClock: the device client checks the hub's certificate by the
+// clock it is given (the agent gives its bounded clock), not the system's:
+// given 1970 or a time after the hub certificate it is refused with the
+// certificate's validity named. Enrolment likewise.
+func TestClientClock(t *testing.T) {
+	ctx := t.Context()
+	th := startHub(t, openSQLite(t))
+	key := newKey(t)
+	epoch := func() time.Time { return time.Unix(0, 0) }
+	if _, err := client.Enrol(ctx, th.URL, th.token(t, "dev-early", time.Hour), key, api.KeySoftware,
+		client.EnrolOptions{CAFingerprint: th.CAFingerprint(), Now: epoch}); err == nil || !strings.Contains(err.Error(), "not yet valid") {
+		t.Fatalf("enrol with the clock at 1970: %v, want the hub's certificate not yet valid", err)
+	}
+	c, err := client.Enrol(ctx, th.URL, th.token(t, "dev-clock", time.Hour), key, api.KeySoftware,
+		client.EnrolOptions{CAFingerprint: th.CAFingerprint(), Now: time.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		now  func() time.Time
+		want string // "" succeeds
+	}{
+		{"right", time.Now, ""},
+		{"1970", epoch, "not yet valid"},
+		{"after the hub certificate", func() time.Time { return time.Now().AddDate(30, 0, 0) }, "expired"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cl, err := client.New(client.Options{Hub: th.URL, Key: key, Cert: c, Now: tc.now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = cl.Send(ctx, status("dev-clock", uint64(time.Now().UnixNano()), api.StateConverged))
+			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("report: %v, want %q", err, tc.want)
+			}
+		})
+	}
+}

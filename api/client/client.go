@@ -70,6 +70,10 @@ type EnrolOptions struct {
 	CAFingerprint string
 	// Attest, when set, answers a hub nonce with a quote (TPM devices).
 	Attest func(ctx context.Context, nonce []byte) (*api.AttestRequest, error)
+	// Now is the device's best idea of the time, for checking the hub's
+	// certificate (default time.Now). An agent passes its bounded clock: a
+	// device that boots with its clock at 1970 still trusts the hub.
+	Now func() time.Time
 	// EK and Activate are required with Attest for a "tpm" key: the hub
 	// challenges the AK with a secret encrypted to EK, and Activate recovers
 	// it in the TPM (attest.Attester.ActivateCredential).
@@ -148,7 +152,7 @@ func activate(ctx context.Context, hc *http.Client, base *url.URL, req *api.Enro
 }
 
 func firstContactTLS(serverName string, o EnrolOptions) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS13, ServerName: serverName, RootCAs: o.RootCAs}
+	tc := &tls.Config{MinVersion: tls.VersionTLS13, ServerName: serverName, RootCAs: o.RootCAs, Time: o.Now}
 	if o.RootCAs != nil {
 		return tc, nil
 	}
@@ -166,7 +170,11 @@ func firstContactTLS(serverName string, o EnrolOptions) (*tls.Config, error) {
 			}
 			pool := x509.NewCertPool()
 			pool.AddCert(c)
-			_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: pool, DNSName: serverName})
+			vo := x509.VerifyOptions{Roots: pool, DNSName: serverName}
+			if o.Now != nil {
+				vo.CurrentTime = o.Now()
+			}
+			_, err := cs.PeerCertificates[0].Verify(vo)
 			return err
 		}
 		return errors.New("hub did not present the pinned CA")
@@ -204,7 +212,9 @@ type Options struct {
 	// PollWait is how long WaitPoke waits (default 55s; the hub caps it).
 	PollWait time.Duration
 	Logger   *slog.Logger
-	Now      func() time.Time
+	// Now is the device's best idea of the time (default time.Now): the
+	// hub's certificate is checked against it, and renewal is due by it.
+	Now func() time.Time
 }
 
 // Client talks to the hub as one enrolled device over mutual TLS. It is
@@ -252,6 +262,7 @@ func New(o Options) (*Client, error) {
 		MinVersion: tls.VersionTLS13,
 		ServerName: base.Hostname(),
 		RootCAs:    pool,
+		Time:       o.Now,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			c.mu.Lock()
 			defer c.mu.Unlock()

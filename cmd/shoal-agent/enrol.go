@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -78,7 +79,8 @@ Exit codes: 0 enrolled, 1 refused or unreachable, 2 usage error.`,
 					tpm.Close()
 				}
 			}()
-			e, err := enrolDevice(cmd.Context(), &device{attester: a, stateDir: cfg.StateDir, version: version}, hub, token, o)
+			d := &device{attester: a, stateDir: cfg.StateDir, version: version, now: deviceClock(cfg, log).Now}
+			e, err := enrolDevice(cmd.Context(), d, hub, token, o)
 			if err != nil {
 				return err
 			}
@@ -103,6 +105,9 @@ type device struct {
 	// version returns the release version the device runs, as the trust
 	// stage claims it; nil means "".
 	version func() string
+	// now is the daemon's bounded clock, for checking the hub's
+	// certificate; nil means the system clock.
+	now func() time.Time
 }
 
 // key returns the device key and its kind as the hub names it.
@@ -187,6 +192,9 @@ func (e *enrolment) how() string {
 // the daemon's queued enrolment share it.
 func enrolDevice(ctx context.Context, d *device, hub, token string, o client.EnrolOptions) (*enrolment, error) {
 	key, kind := d.key()
+	if o.Now == nil {
+		o.Now = d.now
+	}
 	if kind == api.KeyTPM {
 		o = d.withAttestation(o)
 	}

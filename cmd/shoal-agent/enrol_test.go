@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -380,6 +381,38 @@ func TestAgentQueuedEnrolmentAttests(t *testing.T) {
 				}
 				return false
 			})
+		})
+	}
+}
+
+// TestDeviceClock: before the first pass of a boot, the device's clock is
+// held at or after the commit it applied last, whatever the system clock
+// says; with no applied commit it is the system's.
+func TestDeviceClock(t *testing.T) {
+	later := time.Now().Add(90 * 24 * time.Hour).Truncate(time.Second)
+	for _, tc := range []struct {
+		name  string
+		state *agent.State // nil: no state.json
+		least time.Time
+	}{
+		{"no state", nil, time.Now()},
+		{"applied commit from the future", &agent.State{Version: agent.StateVersion, Applied: agent.Applied{Commit: strings.Repeat("a", 40), CommitTime: later}}, later},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if tc.state != nil {
+				b, err := json.Marshal(tc.state)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, "state.json"), b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			now := deviceClock(&agent.Config{StateDir: dir}, slog.New(slog.DiscardHandler)).Now()
+			if now.Before(tc.least) {
+				t.Fatalf("device clock %v, want at least %v", now, tc.least)
+			}
 		})
 	}
 }

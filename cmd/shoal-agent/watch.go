@@ -30,7 +30,7 @@ func (p *parts) identity() *device {
 	if p.attester == nil {
 		return nil
 	}
-	return &device{attester: p.attester, stateDir: p.stateDir, version: p.version}
+	return &device{attester: p.attester, stateDir: p.stateDir, version: p.version, now: p.clock.Now}
 }
 
 // provisioner is the daemon's offline side: it watches the stick for
@@ -327,7 +327,7 @@ func (p *provisioner) enrol(ctx context.Context, e *provision.Enrolment) error {
 	}
 	logf("enrolled with the hub from the queued enrolment", "device", cert.DeviceID, "hub", e.HubURL, "how", en.how(), "not_after", cert.NotAfter)
 	key, _ := d.key()
-	cl, err := hubclient.New(hubclient.Options{Hub: e.HubURL, Key: key, Cert: cert, Logger: p.log})
+	cl, err := hubclient.New(hubclient.Options{Hub: e.HubURL, Key: key, Cert: cert, Logger: p.log, Now: d.now})
 	if err != nil {
 		return err
 	}

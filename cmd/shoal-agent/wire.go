@@ -31,12 +31,16 @@ import (
 type parts struct {
 	ctx context.Context
 
-	once       sync.Once
-	err        error
-	stateDir   string
-	attester   *attest.Attester
-	tpm        io.Closer
-	version    func() string // the release version the device runs, once the stages are built
+	once     sync.Once
+	err      error
+	stateDir string
+	attester *attest.Attester
+	tpm      io.Closer
+	version  func() string // the release version the device runs, once the stages are built
+	// clock is the device's bounded clock (NTP, and lower bounds from the
+	// fleet's commits and releases): the trust stage checks it, and the hub
+	// client checks the hub's certificate by it.
+	clock      *attest.Clock
 	hub        *client.Client
 	collectors []prometheus.Collector
 	containers *agent.ContainerStage
@@ -125,6 +129,7 @@ func (p *parts) open(cfg *agent.Config, log *slog.Logger) error {
 
 func (p *parts) doOpen(cfg *agent.Config, log *slog.Logger) error {
 	p.stateDir = cfg.StateDir
+	p.clock = deviceClock(cfg, log)
 	a, tpm, err := openAttester(p.ctx, cfg, log)
 	if err != nil {
 		return err
@@ -142,8 +147,19 @@ func (p *parts) doOpen(cfg *agent.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	p.hub, err = client.New(client.Options{Hub: cfg.HubURL, Key: a.Signer(), Cert: cert, Logger: log})
+	p.hub, err = client.New(client.Options{Hub: cfg.HubURL, Key: a.Signer(), Cert: cert, Logger: log, Now: p.clock.Now})
 	return err
+}
+
+// deviceClock returns the device's bounded clock. Until a pass sets its
+// bounds, the commit the device applied last is one: a device that boots
+// with its clock at 1970 still trusts the hub's certificate.
+func deviceClock(cfg *agent.Config, log *slog.Logger) *attest.Clock {
+	c := attest.NewClock(attest.ClockOptions{Logger: log.With("stage", "trust")})
+	if st, err := agent.ReadState(cfg.StateDir); err == nil && !st.Applied.CommitTime.IsZero() {
+		c.SetLowerBound("fleet-commit", st.Applied.CommitTime)
+	}
+	return c
 }
 
 func (p *parts) stages(cfg *agent.Config, log *slog.Logger) ([]agent.Stage, error) {
@@ -173,7 +189,7 @@ func (p *parts) stages(cfg *agent.Config, log *slog.Logger) ([]agent.Stage, erro
 		p.watch = r.Watch
 		stages = append(stages, p.containers)
 	}
-	clock := attest.NewClock(attest.ClockOptions{Logger: log.With("stage", "trust")})
+	clock := p.clock
 	sink.collectors = append(sink.collectors, clock.Collectors()...)
 	trust := &agent.TrustStage{Clock: clock, Attester: p.attester}
 	if p.hub != nil {
