@@ -91,6 +91,7 @@ type RepoConfig struct {
 	KnownHosts   string        `json:"known_hosts"`
 	TokenFile    string        `json:"token_file"`
 	TokenUser    string        `json:"token_user"`
+	CAFile       string        `json:"ca_file"`
 	AllowRewrite bool          `json:"allow_rewrite"`
 	FetchTimeout Duration      `json:"fetch_timeout"`
 	Signers      SignersConfig `json:"signers"`
@@ -176,6 +177,11 @@ repo:
   # password for token_user. Never logged.
   token_file: ""
   token_user: git
+  # https:// only: a PEM file of CA certificates trusted besides the
+  # system's, for a fleet repo served under a private CA. The server's
+  # certificate is checked by the agent's clock (NTP, and at least the
+  # time of the commit applied last), not only the system clock.
+  ca_file: ""
   # When the followed ref is force-pushed so that it no longer descends from
   # the applied commit: true follows it, false refuses it, keeps the applied
   # commit and reports history-rewritten.

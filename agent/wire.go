@@ -31,6 +31,13 @@ func SourceFromConfig(cfg *Config, log *slog.Logger) (*source.Source, error) {
 		}
 		o.Auth.Token = strings.TrimSpace(string(b))
 	}
+	if rc.CAFile != "" {
+		b, err := os.ReadFile(rc.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("repo.ca_file: %w", err)
+		}
+		o.CABundle = b
+	}
 	if s := rc.Signers; s.OpenPGPKeyring != "" || s.SSHKeys != "" {
 		o.Signatures = &source.SignaturePolicy{}
 		if s.OpenPGPKeyring != "" {
@@ -51,5 +58,9 @@ func SourceFromConfig(cfg *Config, log *slog.Logger) (*source.Source, error) {
 			return nil, fmt.Errorf("repo.signers: the key files are empty: no commit could ever be applied")
 		}
 	}
-	return source.New(o)
+	src, err := source.New(o)
+	if err != nil && rc.CAFile != "" && strings.Contains(err.Error(), "CA bundle") {
+		return nil, fmt.Errorf("repo.ca_file %s: %w", rc.CAFile, err)
+	}
+	return src, err
 }

@@ -2,6 +2,7 @@ package source
 
 import (
 	"bufio"
+	"encoding/pem"
 	"errors"
 	"net/http"
 	"net/http/cgi"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/shoalfleet/shoal/internal/testenv"
 )
@@ -138,14 +140,10 @@ func FuzzParseBundleHeader(f *testing.F) {
 // TestHTTPSTokenAuth serves the repo with git's own http-backend behind basic
 // auth: the right token fetches, a wrong one fails without the token in the error.
 func TestHTTPTokenAuth(t *testing.T) {
-	backend := "/usr/lib/git-core/git-http-backend"
-	if _, err := os.Stat(backend); err != nil {
-		testenv.Missing(t, "git-http-backend", "apt-get install git")
-	}
 	r := newGitRepo(t)
 	want := r.Commit(map[string]string{"f": "x"}, "x")
 	const token = "tok-9f8e7d6c5b4a"
-	h := &cgi.Handler{Path: backend, Env: []string{"GIT_PROJECT_ROOT=" + filepath.Dir(r.Dir), "GIT_HTTP_EXPORT_ALL=1"}}
+	h := gitHTTPBackend(t, filepath.Dir(r.Dir))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if _, p, ok := req.BasicAuth(); !ok || p != token {
 			w.Header().Set("WWW-Authenticate", `Basic realm="fleet"`)
@@ -181,5 +179,61 @@ func TestHTTPTokenAuth(t *testing.T) {
 				t.Fatalf("error leaks the token: %v", err)
 			}
 		})
+	}
+}
+
+// gitHTTPBackend serves the repos under root with git's own http-backend.
+func gitHTTPBackend(t *testing.T, root string) http.Handler {
+	t.Helper()
+	backend := "/usr/lib/git-core/git-http-backend"
+	if _, err := os.Stat(backend); err != nil {
+		testenv.Missing(t, "git-http-backend", "apt-get install git")
+	}
+	return &cgi.Handler{Path: backend, Env: []string{"GIT_PROJECT_ROOT=" + root, "GIT_HTTP_EXPORT_ALL=1"}}
+}
+
+// TestHTTPSPrivateCA fetches over HTTPS from a server whose certificate a
+// private CA issued: refused without the CA bundle, fetched with it, and
+// checked by the clock UseClock gives, not the system's (a device booted
+// at 1970 is not refused once its bounded clock is right).
+func TestHTTPSPrivateCA(t *testing.T) {
+	r := newGitRepo(t)
+	want := r.Commit(map[string]string{"f": "x"}, "x")
+	srv := httptest.NewTLSServer(gitHTTPBackend(t, filepath.Dir(r.Dir)))
+	t.Cleanup(srv.Close)
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	t.Cleanup(func() { UseClock(nil) })
+	// httptest's certificate is valid from 1970-01-01: a day before that.
+	epoch := func() time.Time { return time.Unix(0, 0).Add(-24 * time.Hour) }
+	tests := []struct {
+		name  string
+		ca    []byte
+		clock func() time.Time // nil: the system clock
+		want  string           // "" fetches
+	}{
+		// In this order: a connection kept alive is not checked again.
+		{"no CA bundle", nil, nil, "certificate"},
+		{"private CA, clock before the certificate", ca, epoch, "not yet valid"},
+		{"private CA, bounded clock", ca, time.Now, ""},
+		{"private CA", ca, nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			UseClock(tt.clock)
+			s := newSource(t, Options{URL: srv.URL + "/fleet", CABundle: tt.ca})
+			rev, err := s.Fetch(t.Context(), "")
+			if tt.want == "" {
+				if err != nil || rev.Commit != want {
+					t.Fatalf("fetch: %v %v", rev, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("fetch: %v, want an error with %q", err, tt.want)
+			}
+		})
+	}
+	if _, err := New(Options{URL: srv.URL + "/fleet", Dir: t.TempDir(), CABundle: []byte("not a certificate")}); err == nil || !strings.Contains(err.Error(), "CA bundle") {
+		t.Fatalf("a CA bundle without a certificate: %v", err)
 	}
 }

@@ -13,6 +13,7 @@ package source
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -109,6 +110,9 @@ type Options struct {
 	// Depth of the first clone; 0 means 1. Later fetches bring only what is new.
 	Depth int
 	Auth  Auth
+	// CABundle holds PEM certificates trusted for an https:// remote besides
+	// the system's: a fleet repo served under a private CA.
+	CABundle []byte
 	// AllowRewrite follows a force-pushed ref; false refuses it and keeps the applied commit.
 	AllowRewrite bool
 	// Signatures, when not empty, admits only commits signed by its keys.
@@ -162,6 +166,9 @@ func New(o Options) (*Source, error) {
 		if _, ok := parseHash(o.Commit); !ok {
 			return nil, fmt.Errorf("source: commit %q: want a full 40-hex commit id", o.Commit)
 		}
+	}
+	if len(o.CABundle) > 0 && !x509.NewCertPool().AppendCertsFromPEM(o.CABundle) {
+		return nil, errors.New("source: CA bundle: no PEM certificate in it")
 	}
 	if o.Depth <= 0 {
 		o.Depth = 1
@@ -311,6 +318,7 @@ func (s *Source) fetch(ctx context.Context, repo *git.Repository, fresh bool) er
 		Auth:       auth,
 		Tags:       git.NoTags,
 		Force:      true, // rewritten history is judged in evaluate, by policy
+		CABundle:   s.o.CABundle,
 	}
 	if fresh {
 		fo.Depth = s.o.Depth

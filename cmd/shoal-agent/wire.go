@@ -22,6 +22,7 @@ import (
 	"github.com/shoalfleet/shoal/internal/atomicfile"
 	"github.com/shoalfleet/shoal/internal/backoff"
 	"github.com/shoalfleet/shoal/reconcile"
+	"github.com/shoalfleet/shoal/source"
 	"github.com/shoalfleet/shoal/spec"
 	"github.com/shoalfleet/shoal/updater"
 )
@@ -130,6 +131,7 @@ func (p *parts) open(cfg *agent.Config, log *slog.Logger) error {
 func (p *parts) doOpen(cfg *agent.Config, log *slog.Logger) error {
 	p.stateDir = cfg.StateDir
 	p.clock = deviceClock(cfg, log)
+	source.UseClock(p.clock.Now) // https:// fleet repos too
 	a, tpm, err := openAttester(p.ctx, cfg, log)
 	if err != nil {
 		return err
