@@ -42,14 +42,8 @@ func (h *Hub) handleEnrol(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	now := h.o.Now()
 	th := hashToken(req.Token)
-	id, err := h.st.PeekEnrolToken(ctx, th, now)
-	if errors.Is(err, store.ErrNotFound) {
-		h.m.enrolments.WithLabelValues("token-invalid").Inc()
-		writeError(w, http.StatusUnauthorized, api.ReasonTokenInvalid, "enrolment token unknown, used, expired or revoked")
-		return
-	}
-	if err != nil {
-		h.internal(w, r, err)
+	id, ok := h.enrolToken(w, r, req.Token, now)
+	if !ok {
 		return
 	}
 	csr, _ := api.ParseCSR(req.CSR) // checked by Validate
@@ -126,14 +120,8 @@ func (h *Hub) handleEnrolChallenge(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	now := h.o.Now()
-	id, err := h.st.PeekEnrolToken(ctx, hashToken(req.Token), now)
-	if errors.Is(err, store.ErrNotFound) {
-		h.m.enrolments.WithLabelValues("token-invalid").Inc()
-		writeError(w, http.StatusUnauthorized, api.ReasonTokenInvalid, "enrolment token unknown, used, expired or revoked")
-		return
-	}
-	if err != nil {
-		h.internal(w, r, err)
+	id, ok := h.enrolToken(w, r, req.Token, now)
+	if !ok {
 		return
 	}
 	// Checked before the attestation so a refusal leaves the nonce unused.
@@ -284,16 +272,26 @@ func (h *Hub) handleNonce(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, api.ReasonUnauthorized, "a client certificate or an enrolment token is required")
 		return
 	}
-	id, err := h.st.PeekEnrolToken(r.Context(), hashToken(tok), h.o.Now())
+	if id, ok := h.enrolToken(w, r, tok, h.o.Now()); ok {
+		h.issueNonce(w, r, id)
+	}
+}
+
+// enrolToken returns the device a live enrolment token is for, without
+// using it up. An unknown, used, expired or revoked token is answered with
+// 401 and counted as a refused enrolment; then ok is false.
+func (h *Hub) enrolToken(w http.ResponseWriter, r *http.Request, token string, now time.Time) (id string, ok bool) {
+	id, err := h.st.PeekEnrolToken(r.Context(), hashToken(token), now)
 	if errors.Is(err, store.ErrNotFound) {
+		h.m.enrolments.WithLabelValues("token-invalid").Inc()
 		writeError(w, http.StatusUnauthorized, api.ReasonTokenInvalid, "enrolment token unknown, used, expired or revoked")
-		return
+		return "", false
 	}
 	if err != nil {
 		h.internal(w, r, err)
-		return
+		return "", false
 	}
-	h.issueNonce(w, r, id)
+	return id, true
 }
 
 func (h *Hub) issueNonce(w http.ResponseWriter, r *http.Request, id string) {
