@@ -31,11 +31,7 @@ func TestGroupCommit(t *testing.T) {
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
 			ctx := t.Context()
-			s, err := store.Open(ctx, b.url(t))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
+			s := openStore(t, b.url(t))
 			const devices, seqs = 20, 10
 			for i := range devices {
 				enrol(t, s, fmt.Sprintf("g-%02d", i))
@@ -136,16 +132,7 @@ func enrol(t *testing.T, s store.Store, id string) {
 func TestWatchDevices(t *testing.T) {
 	pg := pgtest.New(t)
 	dsn := pg.NewDB(t)
-	a, err := store.Open(t.Context(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := store.Open(t.Context(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := openStore(t, dsn), openStore(t, dsn)
 	w, ok := b.(interface {
 		WatchDevices(ctx context.Context, ready func(), changed func(id string)) error
 	})
@@ -220,11 +207,7 @@ func TestReportWriterReconnects(t *testing.T) {
 	pg := pgtest.New(t)
 	dsn := pg.NewDB(t)
 	ctx := t.Context()
-	s, err := store.Open(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openStore(t, dsn)
 	enrol(t, s, "w-1")
 	put := func(seq uint64) (store.PutResult, error) {
 		return s.PutStatus(ctx, store.Report{DeviceID: "w-1", Seq: seq, Time: time.Now(), Received: time.Now(), State: "converged", Body: []byte(`{}`)})

@@ -122,20 +122,8 @@ func TestVerifyCatchesOddClock(t *testing.T) {
 // cancelled) keeps the devices it was to reload, so the next read shows them.
 func TestRefreshErrorKeepsChanges(t *testing.T) {
 	ctx := t.Context()
-	st, err := OpenSQLite(ctx, filepath.Join(t.TempDir(), "hub.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	s := st.(*sqlStore)
 	now := time.Now()
-	h := sha256.Sum256([]byte("a"))
-	if err := s.CreateToken(ctx, Token{Hash: h[:], Kind: TokenEnrol, DeviceID: "a", Created: now, Expires: now.Add(time.Hour)}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Enrol(ctx, h[:], now, Device{KeyKind: "tpm"}); err != nil {
-		t.Fatal(err)
-	}
+	s := sqliteWithDevice(t, "a", now)
 	if _, err := s.FleetCounts(ctx, FleetQuery{}); err != nil {
 		t.Fatal(err)
 	}
@@ -164,20 +152,8 @@ func TestRefreshErrorKeepsChanges(t *testing.T) {
 // device's view row without writing it; the next page read writes it.
 func TestCountsDoNotWrite(t *testing.T) {
 	ctx := t.Context()
-	st, err := OpenSQLite(ctx, filepath.Join(t.TempDir(), "hub.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	s := st.(*sqlStore)
 	now := time.Now()
-	h := sha256.Sum256([]byte("a"))
-	if err := s.CreateToken(ctx, Token{Hash: h[:], Kind: TokenEnrol, DeviceID: "a", Created: now, Expires: now.Add(time.Hour)}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Enrol(ctx, h[:], now, Device{KeyKind: "tpm"}); err != nil {
-		t.Fatal(err)
-	}
+	s := sqliteWithDevice(t, "a", now)
 	body, _ := json.Marshal(api.Status{APIVersion: api.Version, DeviceID: "a", Seq: 1, State: api.StateUpdating,
 		Update: &api.UpdateStatus{State: "trial", Version: "1.1"}})
 	if _, err := s.PutStatus(ctx, Report{DeviceID: "a", Seq: 1, Time: now, Received: now, State: "updating", Body: body}); err != nil {
@@ -211,4 +187,24 @@ func TestCountsDoNotWrite(t *testing.T) {
 	if n := stored(); n != 1 {
 		t.Errorf("after the page: %d view rows stored, want 1", n)
 	}
+}
+
+// sqliteWithDevice opens a fresh SQLite store, closed when the test ends,
+// with device id enrolled at now.
+func sqliteWithDevice(t *testing.T, id string, now time.Time) *sqlStore {
+	t.Helper()
+	st, err := OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "hub.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	s := st.(*sqlStore)
+	h := sha256.Sum256([]byte(id))
+	if err := s.CreateToken(t.Context(), Token{Hash: h[:], Kind: TokenEnrol, DeviceID: id, Created: now, Expires: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Enrol(t.Context(), h[:], now, Device{KeyKind: "tpm"}); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
