@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/shoalfleet/shoal/hub/store"
+	"github.com/shoalfleet/shoal/hub/store/storetest"
 	"github.com/shoalfleet/shoal/internal/pgtest"
 )
 
@@ -31,7 +32,7 @@ func TestGroupCommit(t *testing.T) {
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) {
 			ctx := t.Context()
-			s := openStore(t, b.url(t))
+			s := storetest.OpenURL(t, b.url(t))
 			const devices, seqs = 20, 10
 			for i := range devices {
 				enrol(t, s, fmt.Sprintf("g-%02d", i))
@@ -132,7 +133,7 @@ func enrol(t *testing.T, s store.Store, id string) {
 func TestWatchDevices(t *testing.T) {
 	pg := pgtest.New(t)
 	dsn := pg.NewDB(t)
-	a, b := openStore(t, dsn), openStore(t, dsn)
+	a, b := storetest.OpenURL(t, dsn), storetest.OpenURL(t, dsn)
 	w, ok := b.(interface {
 		WatchDevices(ctx context.Context, ready func(), changed func(id string)) error
 	})
@@ -207,7 +208,7 @@ func TestReportWriterReconnects(t *testing.T) {
 	pg := pgtest.New(t)
 	dsn := pg.NewDB(t)
 	ctx := t.Context()
-	s := openStore(t, dsn)
+	s := storetest.OpenURL(t, dsn)
 	enrol(t, s, "w-1")
 	put := func(seq uint64) (store.PutResult, error) {
 		return s.PutStatus(ctx, store.Report{DeviceID: "w-1", Seq: seq, Time: time.Now(), Received: time.Now(), State: "converged", Body: []byte(`{}`)})

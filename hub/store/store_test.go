@@ -12,26 +12,15 @@ import (
 	"github.com/shoalfleet/shoal/internal/pgtest"
 )
 
-// openStore opens the store at url, closed when the test ends.
-func openStore(t *testing.T, url string) store.Store {
-	t.Helper()
-	s, err := store.Open(t.Context(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
-}
-
 func TestSQLite(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) store.Store {
-		return openStore(t, "sqlite://"+filepath.Join(t.TempDir(), "hub.db"))
+		return storetest.OpenURL(t, "sqlite://"+filepath.Join(t.TempDir(), "hub.db"))
 	})
 }
 
 func TestPostgres(t *testing.T) {
 	pg := pgtest.New(t)
-	storetest.Run(t, func(t *testing.T) store.Store { return openStore(t, pg.NewDB(t)) })
+	storetest.Run(t, func(t *testing.T) store.Store { return storetest.OpenURL(t, pg.NewDB(t)) })
 }
 
 // TestMigrationsOnce opens the same database again, and from several
@@ -79,7 +68,7 @@ func TestMigrationsOnce(t *testing.T) {
 func TestListen(t *testing.T) {
 	pg := pgtest.New(t)
 	dsn := pg.NewDB(t)
-	a, b := openStore(t, dsn), openStore(t, dsn)
+	a, b := storetest.OpenURL(t, dsn), storetest.OpenURL(t, dsn)
 	l, ok := b.(store.Listener)
 	if !ok {
 		t.Fatal("postgres store is not a Listener")

@@ -21,18 +21,19 @@ type NewDB func(t *testing.T) string
 // RunView runs the fleet view's conformance tests: the status page's
 // filtered, sorted, paged device list, counts, one device and the rollout.
 func RunView(t *testing.T, newDB NewDB) {
-	open := func(t *testing.T) store.Store { return openURL(t, newDB(t)) }
+	open := func(t *testing.T) store.Store { return OpenURL(t, newDB(t)) }
 	t.Run("Filters", func(t *testing.T) { testViewFilters(t, open(t)) })
 	t.Run("PagesAndSort", func(t *testing.T) { testViewPages(t, open(t)) })
 	t.Run("Refresh", func(t *testing.T) { testViewRefresh(t, open(t)) })
 	t.Run("Rollout", func(t *testing.T) { testViewRollout(t, open(t)) })
 	t.Run("CountsMatchSQL", func(t *testing.T) {
 		u := newDB(t)
-		testViewCountsMatchSQL(t, openURL(t, u), openURL(t, u))
+		testViewCountsMatchSQL(t, OpenURL(t, u), OpenURL(t, u))
 	})
 }
 
-func openURL(t *testing.T, url string) store.Store {
+// OpenURL opens the store at url, closed when the test ends.
+func OpenURL(t *testing.T, url string) store.Store {
 	t.Helper()
 	s, err := store.Open(t.Context(), url)
 	if err != nil {
