@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"os"
@@ -36,6 +37,9 @@ func SourceFromConfig(cfg *Config, log *slog.Logger) (*source.Source, error) {
 		if err != nil {
 			return nil, fmt.Errorf("repo.ca_file: %w", err)
 		}
+		if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("repo.ca_file %s: no PEM certificate in it", rc.CAFile)
+		}
 		o.CABundle = b
 	}
 	if s := rc.Signers; s.OpenPGPKeyring != "" || s.SSHKeys != "" {
@@ -58,9 +62,5 @@ func SourceFromConfig(cfg *Config, log *slog.Logger) (*source.Source, error) {
 			return nil, fmt.Errorf("repo.signers: the key files are empty: no commit could ever be applied")
 		}
 	}
-	src, err := source.New(o)
-	if err != nil && rc.CAFile != "" && strings.Contains(err.Error(), "CA bundle") {
-		return nil, fmt.Errorf("repo.ca_file %s: %w", rc.CAFile, err)
-	}
-	return src, err
+	return source.New(o)
 }
