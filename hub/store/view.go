@@ -143,11 +143,14 @@ type RolloutCount struct {
 	Converged, InProgress, Failed int
 }
 
-// RolloutItem is one commit or release and its counts per group ("" = no group).
+// RolloutItem is one commit or release and its counts per group ("" = no
+// group). A device in several groups counts in each of them, and once in
+// Total.
 type RolloutItem struct {
 	Kind   string // commit | release
 	Name   string
 	Groups []RolloutCount
+	Total  RolloutCount // every device once; Group is ""
 }
 
 // Rollout is the fleet's progress on the newest commit and each OS release.
@@ -577,10 +580,16 @@ func (s *sqlStore) Rollout(ctx context.Context) (Rollout, error) {
 	defer rows.Close()
 	type key struct{ kind, name, group string }
 	counts := map[key]*RolloutCount{}
+	totals := map[key]*RolloutCount{} // group ""
 	add := func(kind, name string, groups []string, f func(c *RolloutCount)) {
 		if len(groups) == 0 {
 			groups = []string{""}
 		}
+		tk := key{kind, name, ""}
+		if totals[tk] == nil {
+			totals[tk] = &RolloutCount{}
+		}
+		f(totals[tk])
 		for _, g := range groups {
 			k := key{kind, name, g}
 			c := counts[k]
@@ -637,7 +646,7 @@ func (s *sqlStore) Rollout(ctx context.Context) (Rollout, error) {
 		ik := key{k.kind, k.name, ""}
 		it := items[ik]
 		if it == nil {
-			it = &RolloutItem{Kind: k.kind, Name: k.name}
+			it = &RolloutItem{Kind: k.kind, Name: k.name, Total: *totals[ik]}
 			items[ik] = it
 		}
 		it.Groups = append(it.Groups, *c)

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -375,5 +376,46 @@ func TestBrowserReceipts(t *testing.T) {
 	}
 	if shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)); err == nil {
 		_ = os.WriteFile(filepath.Join(t.ArtifactDir(), "device-receipts.png"), shot, 0o644)
+	}
+}
+
+// TestBrowserRolloutOpenAccess opens the rollout page of an open-access hub
+// in Chromium: a device in two groups counts in each group's row and once
+// in the "All devices" row, and there is no session, so no "Sign out".
+func TestBrowserRolloutOpenAccess(t *testing.T) {
+	ctx := browser(t, 1280, 900)
+	th := startHub(t, openSQLite(t), web.Options{OpenAccess: true}, &verdicts{m: map[string]api.AttestResult{}})
+	const c1 = "3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c"
+	both, one := th.enrol(t, "edge-both"), th.enrol(t, "edge-one")
+	send(t, both, api.Status{Seq: 1, State: api.StateConverged, Groups: []string{"canary", "line-a"},
+		Commit: api.CommitStatus{Attempted: c1, Applied: c1}})
+	send(t, one, api.Status{Seq: 1, State: api.StateUpdating, Groups: []string{"line-a"},
+		Commit: api.CommitStatus{Attempted: c1}})
+
+	do(t, ctx, "open the rollout page without signing in",
+		browsertest.Navigate(th.URL+"/rollout"),
+		chromedp.WaitVisible(css(`table[data-rollout="commit:`+c1+`"]`)),
+	)
+	row := func(sel string) []string {
+		return strings.Fields(textOf(t, ctx, `table[data-rollout="commit:`+c1+`"] `+sel))
+	}
+	for _, c := range []struct {
+		sel  string
+		want []string
+	}{
+		{`tr[data-group="canary"]`, []string{"canary", "1", "0", "0"}},
+		{`tr[data-group="line-a"]`, []string{"line-a", "1", "1", "0"}},
+		{`tr[data-total]`, []string{"All", "devices", "1", "1", "0"}},
+	} {
+		if got := row(c.sel); !slices.Equal(got, c.want) {
+			t.Errorf("rollout row %s = %q, want %q", c.sel, got, c.want)
+		}
+	}
+	if n := eval[int](t, ctx, `document.querySelectorAll(".logout").length`); n != 0 {
+		t.Errorf("open-access page shows %d sign-out button(s), want none", n)
+	}
+	do(t, ctx, "overview", browsertest.Navigate(th.URL+"/"), chromedp.WaitVisible(css("table.fleet")))
+	if n := eval[int](t, ctx, `document.querySelectorAll(".logout").length`); n != 0 {
+		t.Errorf("open-access overview shows %d sign-out button(s), want none", n)
 	}
 }

@@ -535,7 +535,8 @@ type RolloutCount struct {
 	Failed     int    `json:"failed"`
 }
 
-// RolloutItem is one commit or release.
+// RolloutItem is one commit or release. A device in several groups counts
+// in each of its groups and once in Total.
 type RolloutItem struct {
 	Kind   string         `json:"kind"`
 	Name   string         `json:"name"`
@@ -550,12 +551,10 @@ type Rollout struct {
 }
 
 func rolloutItem(it store.RolloutItem) RolloutItem {
-	out := RolloutItem{Kind: it.Kind, Name: it.Name, Total: RolloutCount{Group: "all"}}
+	out := RolloutItem{Kind: it.Kind, Name: it.Name,
+		Total: RolloutCount{Group: "all", Converged: it.Total.Converged, InProgress: it.Total.InProgress, Failed: it.Total.Failed}}
 	for _, g := range it.Groups {
 		out.Groups = append(out.Groups, RolloutCount{Group: g.Group, Converged: g.Converged, InProgress: g.InProgress, Failed: g.Failed})
-		out.Total.Converged += g.Converged
-		out.Total.InProgress += g.InProgress
-		out.Total.Failed += g.Failed
 	}
 	return out
 }
@@ -599,13 +598,17 @@ func (s *server) apiRollout(w http.ResponseWriter, r *http.Request) {
 type layout struct {
 	Title, Nav string
 	CSRF       string
-	Body       any
+	// SignOut shows the sign-out button: not on an open-access page, where
+	// there is no session to end.
+	SignOut bool
+	Body    any
 }
 
 func (s *server) render(w http.ResponseWriter, r *http.Request, name string, status int, l *layout) {
 	if l.CSRF == "" {
 		l.CSRF = csrfToken(w, r)
 	}
+	l.SignOut = l.Nav != "" && !s.openAccess(r)
 	var buf bytes.Buffer
 	if err := s.tmpl[name].ExecuteTemplate(&buf, name, l); err != nil {
 		s.fail(w, r, err)

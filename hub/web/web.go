@@ -158,10 +158,13 @@ func loopback(r *http.Request) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// openAccess reports whether r is served without a login.
+func (s *server) openAccess(r *http.Request) bool { return s.o.OpenAccess && loopback(r) }
+
 // authorised checks the bearer token or the session cookie. It returns an
 // error only when the store could not be asked.
 func (s *server) authorised(r *http.Request) (bool, error) {
-	if s.o.OpenAccess && loopback(r) {
+	if s.openAccess(r) {
 		return true, nil
 	}
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")

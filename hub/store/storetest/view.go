@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -345,7 +346,7 @@ func testViewRollout(t *testing.T, s store.Store) {
 	v := viewer(t, s)
 	dev := func(id string, seq uint64, group string, state api.State, attempted, applied string, u *api.UpdateStatus) {
 		enrolled(t, s, id)
-		put(t, s, api.Status{DeviceID: id, Seq: seq, State: state, Groups: []string{group},
+		put(t, s, api.Status{DeviceID: id, Seq: seq, State: state, Groups: strings.Split(group, ","),
 			Commit: api.CommitStatus{Attempted: attempted, Applied: applied}, Update: u}, nil)
 	}
 	dev("a1", 1, "a", api.StateConverged, "old", "old", &api.UpdateStatus{State: "committed", Version: "1.0"})
@@ -353,6 +354,8 @@ func testViewRollout(t *testing.T, s store.Store) {
 	dev("a3", 6, "a", api.StateUpdating, "new", "old", &api.UpdateStatus{State: "trial", Version: "1.1"})
 	dev("b1", 7, "b", api.StateStalled, "new", "old", &api.UpdateStatus{State: "rolled-back", Version: "1.0", Target: "1.1"})
 	dev("b2", 8, "b", api.StateConverged, "new", "new", &api.UpdateStatus{State: "downloading", Version: "1.0", Target: "1.1"})
+	// In two groups: counted in each, and once in the total.
+	dev("ab1", 9, "a,b", api.StateConverged, "new", "new", &api.UpdateStatus{State: "committed", Version: "1.1"})
 	ro, err := v.Rollout(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -360,22 +363,29 @@ func testViewRollout(t *testing.T, s store.Store) {
 	if ro.NewestCommit == nil || ro.NewestCommit.Name != "new" {
 		t.Fatalf("newest commit = %+v", ro.NewestCommit)
 	}
-	wantCommit := []store.RolloutCount{{Group: "a", Converged: 1, InProgress: 1}, {Group: "b", Converged: 1, Failed: 1}}
+	wantCommit := []store.RolloutCount{{Group: "a", Converged: 2, InProgress: 1}, {Group: "b", Converged: 2, Failed: 1}}
 	if !slices.Equal(ro.NewestCommit.Groups, wantCommit) {
 		t.Errorf("commit counts = %+v, want %+v", ro.NewestCommit.Groups, wantCommit)
 	}
+	if w := (store.RolloutCount{Converged: 3, InProgress: 1, Failed: 1}); ro.NewestCommit.Total != w {
+		t.Errorf("commit total = %+v, want %+v (each device once)", ro.NewestCommit.Total, w)
+	}
 	got := map[string][]store.RolloutCount{}
+	totals := map[string]store.RolloutCount{}
 	for _, r := range ro.Releases {
-		got[r.Name] = r.Groups
+		got[r.Name], totals[r.Name] = r.Groups, r.Total
 	}
 	want := map[string][]store.RolloutCount{
-		"1.1": {{Group: "a", Converged: 1, InProgress: 1}, {Group: "b", InProgress: 1, Failed: 1}},
+		"1.1": {{Group: "a", Converged: 2, InProgress: 1}, {Group: "b", Converged: 1, InProgress: 1, Failed: 1}},
 		"1.0": {{Group: "a", Converged: 1}},
 	}
 	for name, w := range want {
 		if !slices.Equal(got[name], w) {
 			t.Errorf("release %s = %+v, want %+v", name, got[name], w)
 		}
+	}
+	if w := (store.RolloutCount{Converged: 2, InProgress: 2, Failed: 1}); totals["1.1"] != w {
+		t.Errorf("release 1.1 total = %+v, want %+v (each device once)", totals["1.1"], w)
 	}
 	if len(got) != len(want) {
 		t.Errorf("releases = %+v", got)
