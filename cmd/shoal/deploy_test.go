@@ -1,15 +1,19 @@
 package main
 
 import (
-	"os/exec"
-
+	"archive/tar"
+	"bytes"
 	"encoding/json"
-	"github.com/shoalfleet/shoal/internal/testenv"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/shoalfleet/shoal/internal/dockertest"
+	"github.com/shoalfleet/shoal/internal/testenv"
 )
 
 // Every metric the Grafana dashboard queries is one the code defines.
@@ -94,5 +98,79 @@ func TestSystemdUnitsVerify(t *testing.T) {
 				t.Errorf("systemd-analyze verify: %s", line)
 			}
 		})
+	}
+}
+
+// TestDockerBuildContext sends the repository as a build context through the
+// real docker CLI and Engine, as `docker build -f deploy/Dockerfile.hub .`
+// does, and checks what .dockerignore lets through: the source, small, with
+// no Git history, no binaries and no test debris.
+func TestDockerBuildContext(t *testing.T) {
+	bin := testenv.LookPath(t, "docker", "docker.io")
+	cli := dockertest.Client(t)
+	label := dockertest.Label(t, cli)
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An image whose only layer is the context, so it can be listed.
+	build := exec.Command(bin, "build", "-q", "-f", "-", "--label", dockertest.LabelKey+"="+label, root)
+	build.Env = append(os.Environ(), "DOCKER_BUILDKIT=0")
+	build.Stdin = strings.NewReader("FROM scratch\nCOPY . /ctx/\n")
+	var stderr bytes.Buffer
+	build.Stderr = &stderr
+	out, err := build.Output()
+	if err != nil {
+		t.Fatalf("docker build: %v\n%s", err, stderr.Bytes())
+	}
+	id := strings.TrimSpace(string(out))
+	img, err := exec.Command(bin, "save", id).Output()
+	if err != nil {
+		t.Fatalf("docker save %s: %v", id, err)
+	}
+	var size int64
+	var files []string
+	tr := tar.NewReader(bytes.NewReader(img))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasSuffix(h.Name, ".tar") && !strings.HasPrefix(h.Name, "blobs/") {
+			continue
+		}
+		// A layer: the context as COPY wrote it.
+		lr := tar.NewReader(tr)
+		for {
+			lh, err := lr.Next()
+			if err != nil {
+				break
+			}
+			files = append(files, lh.Name)
+			size += lh.Size
+		}
+	}
+	seen := map[string]bool{}
+	for _, f := range files {
+		seen[f] = true
+		switch {
+		case strings.HasPrefix(f, "ctx/.git/") || f == "ctx/.git",
+			strings.HasPrefix(f, "ctx/bin/") && !strings.HasSuffix(f, "/shoal") && !strings.HasSuffix(f, "/"),
+			strings.HasSuffix(f, ".test"), f == "ctx/shoal", f == "ctx/shoal-agent":
+			t.Errorf("the build context holds %s", f)
+		}
+	}
+	for _, want := range []string{"ctx/go.mod", "ctx/go.sum", "ctx/cmd/shoal/main.go", "ctx/deploy/Dockerfile.hub"} {
+		if !seen[want] {
+			t.Errorf("the build context lacks %s", want)
+		}
+	}
+	const limit = 16 << 20
+	t.Logf("build context: %d files, %.1f MiB", len(files), float64(size)/(1<<20))
+	if size > limit {
+		t.Errorf("the build context is %.1f MiB, more than %d MiB", float64(size)/(1<<20), limit>>20)
 	}
 }
