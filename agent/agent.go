@@ -460,7 +460,29 @@ func (a *Agent) status(st *State, problem *api.Problem, specErrs []string) api.S
 			}
 		}
 	}
+	// Degraded: what the applied commit asks for is in place, but an app
+	// is unhealthy or was changed by hand and left so (drift policy alert).
+	// Nothing retries that on its own, unlike waiting; no commit was refused,
+	// unlike stalled.
+	if len(degradedApps(s.Apps)) > 0 && (s.State == api.StateConverged || s.State == api.StateWaiting && problem.Reason == "containers-not-converged") {
+		s.State = api.StateDegraded
+	}
 	return s
+}
+
+// degradedApps names the apps that make a device degraded: unhealthy, or
+// drifted from the spec.
+func degradedApps(apps []api.AppStatus) []string {
+	var out []string
+	for _, a := range apps {
+		switch {
+		case a.Health == "unhealthy":
+			out = append(out, fmt.Sprintf("app %q unhealthy", a.Name))
+		case a.Drift != "":
+			out = append(out, fmt.Sprintf("app %q drifted: %s", a.Name, a.Drift))
+		}
+	}
+	return out
 }
 
 // transition reports whether next says something prev did not (beyond time
@@ -797,6 +819,9 @@ func (a *Agent) ConvergedCheck(ctx context.Context) error {
 	case st.LastPass == nil:
 		return errors.New("agent: no pass has run since start")
 	case !st.LastPass.Converged():
+		if d := degradedApps(st.LastPass.Status.Apps); len(d) > 0 && st.LastPass.Status.State == api.StateDegraded {
+			return fmt.Errorf("agent: %s: %s", st.LastPass.Status.State, strings.Join(d, "; "))
+		}
 		if p := st.LastPass.Status.Problem; p != nil {
 			return fmt.Errorf("agent: %s: %s: %s", st.LastPass.Status.State, p.Reason, first(strings.Split(p.Message, "\n"), ""))
 		}

@@ -142,6 +142,55 @@ func TestStageFailureKeepsAppliedAndRetries(t *testing.T) {
 	}
 }
 
+// TestDeviceStates checks the state a pass reports, in the vocabulary of
+// api.States, for what its stages say.
+func TestDeviceStates(t *testing.T) {
+	cases := []struct {
+		name        string
+		apps        []api.AppStatus
+		unconverged bool
+		fail        error
+		want        api.State
+		reason      string
+	}{
+		{"healthy", []api.AppStatus{{Name: "web", State: "running", Health: "healthy"}}, false, nil, api.StateConverged, ""},
+		{"app unhealthy", []api.AppStatus{{Name: "web", State: "running", Health: "unhealthy"}}, false, nil, api.StateDegraded, ""},
+		{"drift left alone", []api.AppStatus{{Name: "web", State: "running", Drift: "env changed outside shoal"}}, true, nil, api.StateDegraded, "containers-not-converged"},
+		{"held", []api.AppStatus{{Name: "web", State: "running"}}, true, nil, api.StateWaiting, "containers-not-converged"},
+		{"engine down", nil, false, errors.New("docker: connection refused"), api.StateWaiting, "containers-failed"},
+		{"rolled back", []api.AppStatus{{Name: "web", State: "running", Health: "unhealthy"}}, false, stalledErr{errors.New("web: health-failed")}, api.StateStalled, "image-missing"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := newGitRepo(t)
+			r.Commit(fleetFiles(), "fleet")
+			stage := &fakeStage{name: "containers", apps: c.apps, unconverged: c.unconverged, fail: c.fail}
+			a, _ := newTestAgent(t, testConfig(t, "file://"+r.Dir), stage)
+			rep, err := a.Pass(t.Context(), "poll")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !rep.Status.State.Valid() || rep.Status.State != c.want {
+				t.Errorf("state %q, want %q", rep.Status.State, c.want)
+			}
+			reason := ""
+			if p := rep.Status.Problem; p != nil {
+				reason = p.Reason
+			}
+			if reason != c.reason {
+				t.Errorf("problem reason %q, want %q", reason, c.reason)
+			}
+			err = a.ConvergedCheck(t.Context())
+			if (err == nil) != (c.want == api.StateConverged) {
+				t.Errorf("ConvergedCheck: %v", err)
+			}
+			if c.want == api.StateDegraded && (err == nil || !strings.Contains(err.Error(), `app "web"`)) {
+				t.Errorf("ConvergedCheck of a degraded device = %v, want it to name the app", err)
+			}
+		})
+	}
+}
+
 type stalledErr struct{ error }
 
 func (stalledErr) Stalled() bool  { return true }

@@ -56,6 +56,10 @@ type fakeStage struct {
 	n    int
 	last string
 	fail error
+	// apps, when set, replaces the apps reported; unconverged reports the
+	// stage as not converged with no error.
+	apps        []api.AppStatus
+	unconverged bool
 }
 
 func (s *fakeStage) Name() string { return s.name }
@@ -72,7 +76,10 @@ func (s *fakeStage) Converge(_ context.Context, t Target) (StageResult, error) {
 	for _, a := range t.Device.Apps {
 		apps = append(apps, api.AppStatus{Name: a.Name, Image: a.Image.Ref, State: "running"})
 	}
-	return StageResult{Converged: true, Summary: "ok", Apps: apps}, nil
+	if s.apps != nil {
+		apps = s.apps
+	}
+	return StageResult{Converged: !s.unconverged, Summary: "ok", Apps: apps}, nil
 }
 
 func (s *fakeStage) calls() int {

@@ -37,20 +37,43 @@ type Status struct {
 	Offline bool          `json:"offline,omitempty"` // work done from a USB bundle, reported late
 }
 
-// State is a device's summary state.
+// State is a device's summary state. It is the one vocabulary of device
+// states: the agent reports it, the hub stores it, `shoal fleet status
+// --state` filters on it and the status page names its chips and its table's
+// State column with it.
 type State string
 
 // Device states.
 const (
-	StateConverged State = "converged" // running the applied commit, apps healthy
+	StateConverged State = "converged" // running the applied commit, every stage converged
 	StateUpdating  State = "updating"  // applying a commit or an OS update
-	StateDegraded  State = "degraded"  // running, but an app or check is failing
-	StateStalled   State = "stalled"   // needs a person: invalid spec, bad signature
-	StateWaiting   State = "waiting"   // retrying: network, Docker daemon, hub
+	StateDegraded  State = "degraded"  // running the applied commit, but an app is unhealthy or has drifted
+	StateStalled   State = "stalled"   // needs a person: invalid spec, bad signature, a version rolled back
+	StateWaiting   State = "waiting"   // retrying: network, Docker daemon, hub, a hold or window
 )
 
-// States lists every valid State.
+// States lists every valid State, in the order people are shown them.
 var States = []State{StateConverged, StateUpdating, StateDegraded, StateStalled, StateWaiting}
+
+var stateText = map[State][2]string{
+	StateConverged: {"Converged", "runs the applied commit; every stage converged"},
+	StateUpdating:  {"Updating", "applying a new commit or an OS update"},
+	StateDegraded:  {"Degraded", "runs the applied commit, but an app is unhealthy or changed outside Shoal"},
+	StateStalled:   {"Stalled", "needs a person: the newest commit or version was refused or rolled back; a new commit is needed"},
+	StateWaiting:   {"Waiting", "will retry on its own: the network, the Docker daemon or the hub, a hold or an update window"},
+}
+
+// Valid reports whether s is one of States.
+func (s State) Valid() bool {
+	_, ok := stateText[s]
+	return ok
+}
+
+// Label is the state's name as a heading or chip shows it ("Stalled").
+func (s State) Label() string { return stateText[s][0] }
+
+// Meaning says in a few words what the state means for an operator.
+func (s State) Meaning() string { return stateText[s][1] }
 
 // CommitStatus keeps the last attempted commit apart from the last applied one.
 type CommitStatus struct {
@@ -135,7 +158,7 @@ type AttestStatus struct {
 
 // Problem is a typed error from the agent loop.
 type Problem struct {
-	Kind    string `json:"kind"`   // stalled | waiting
+	Kind    string `json:"kind"`   // stalled | waiting (the State the problem puts the device in)
 	Reason  string `json:"reason"` // stable machine reason, e.g. spec-invalid
 	Message string `json:"message"`
 }
@@ -157,13 +180,7 @@ func (s *Status) Validate() error {
 	if s.Time.IsZero() {
 		return invalid("time: missing")
 	}
-	ok := false
-	for _, st := range States {
-		if s.State == st {
-			ok = true
-		}
-	}
-	if !ok {
+	if !s.State.Valid() {
 		return invalid("state %q", s.State)
 	}
 	if len(s.Groups) > 100 {

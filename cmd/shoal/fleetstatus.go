@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/hub/store"
 	"github.com/shoalfleet/shoal/hub/web"
 )
@@ -35,7 +36,9 @@ func newFleetCmd() *cobra.Command {
 devices: state, applied commit, release and slot, apps healthy/total, last
 seen, attestation and clock offset.
 
-States: ` + strings.Join(store.Filters, ", ") + `.`,
+--state takes a device state (the words the table and the status page use):
+` + stateHelp() + `
+or a condition: ` + strings.Join(store.Conditions, ", ") + `; or all.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if state != "" && !slices.Contains(store.Filters, state) {
@@ -100,6 +103,15 @@ States: ` + strings.Join(store.Filters, ", ") + `.`,
 	device.Flags().BoolVar(&devJSON, "json", false, "print the hub's JSON")
 	cmd.AddCommand(status, device)
 	return cmd
+}
+
+// stateHelp lists the device states with what each means, one a line.
+func stateHelp() string {
+	var b strings.Builder
+	for _, st := range api.States {
+		fmt.Fprintf(&b, "  %-10s %s\n", st, st.Meaning())
+	}
+	return b.String()
 }
 
 func short(s string) string {

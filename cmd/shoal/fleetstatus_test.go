@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
@@ -26,7 +27,18 @@ func TestFleetStatus(t *testing.T) {
 	ctx := t.Context()
 	st, h, hubURL := startWebHub(t)
 
-	for i, id := range []string{"press-1", "press-2"} {
+	// One device per state: press-1 converged, press-2 stalled, then one
+	// for each other state of api.States.
+	states := map[string]api.State{"press-1": api.StateConverged, "press-2": api.StateStalled}
+	ids := []string{"press-1", "press-2"}
+	for _, st := range api.States {
+		if st != api.StateConverged && st != api.StateStalled {
+			id := "other-" + string(st)
+			states[id] = st
+			ids = append(ids, id)
+		}
+	}
+	for i, id := range ids {
 		tr, err := hub.CreateEnrolToken(ctx, st, id, time.Hour, time.Now())
 		if err != nil {
 			t.Fatal(err)
@@ -45,6 +57,13 @@ func TestFleetStatus(t *testing.T) {
 			Commit: api.CommitStatus{Attempted: "abcdef0123456789", Applied: "abcdef0123456789"},
 			Apps:   []api.AppStatus{{Name: "plc-bridge", State: "running", Health: "healthy"}},
 			Update: &api.UpdateStatus{State: "committed", Slot: "a", Version: "2.0.1"}}
+		s.State = states[id]
+		if s.State == api.StateWaiting {
+			s.Problem = &api.Problem{Kind: "waiting", Reason: "fetch-failed", Message: "dial tcp: refused"}
+		}
+		if i > 1 {
+			s.Groups = []string{"line-c"}
+		}
 		if i == 1 {
 			s.State, s.Groups = api.StateStalled, []string{"line-b"}
 			s.Commit.Attempted = "ffff000011112222"
@@ -72,9 +91,9 @@ func TestFleetStatus(t *testing.T) {
 		want    []string
 		notWant []string
 	}{
-		{"all", []string{"status"}, []string{"all 2", "converged 1", "failed 1", "press-1", "press-2", "abcdef01", "2.0.1@a", "1/1"}, nil},
+		{"all", []string{"status"}, []string{"all 5", "converged 1", "stalled 1", "degraded 1", "press-1", "press-2", "abcdef01", "2.0.1@a", "1/1"}, nil},
 		{"group", []string{"status", "--group", "line-b"}, []string{"all 1", "press-2", "stalled"}, []string{"press-1 "}},
-		{"state", []string{"status", "--state", "failed"}, []string{"press-2"}, []string{"press-1 "}},
+		{"state", []string{"status", "--state", "stalled"}, []string{"press-2"}, []string{"press-1 "}},
 		{"json", []string{"status", "--json", "--group", "line-a"}, []string{`"id": "press-1"`, `"appliedCommit": "abcdef0123456789"`}, []string{"press-2"}},
 		{"device", []string{"device", "press-2"}, []string{"applied    abcdef0123456789", "attempted  ffff000011112222", "spec-invalid: apps/plc.yaml:4:3: image: missing", "plc-bridge", "committed, running 2.0.1 on slot a"}, nil},
 	}
@@ -97,6 +116,27 @@ func TestFleetStatus(t *testing.T) {
 				if strings.Contains(out.String(), w) {
 					t.Errorf("output has %q:\n%s", w, out.String())
 				}
+			}
+		})
+	}
+	// Every state of the vocabulary is a filter, and lists the devices the
+	// table shows in that state.
+	for _, st := range api.States {
+		t.Run("state "+string(st), func(t *testing.T) {
+			cmd := newFleetCmd()
+			var out bytes.Buffer
+			cmd.SetOut(&out)
+			cmd.SetErr(&bytes.Buffer{})
+			cmd.SetArgs([]string{"status", "--state", string(st), "--json"})
+			if err := cmd.ExecuteContext(ctx); err != nil {
+				t.Fatalf("--state %s: %v", st, err)
+			}
+			var f web.Fleet
+			if err := json.Unmarshal(out.Bytes(), &f); err != nil {
+				t.Fatal(err)
+			}
+			if len(f.Devices) != 1 || f.Devices[0].State != string(st) || states[f.Devices[0].ID] != st || f.Counts[string(st)] != 1 {
+				t.Errorf("--state %s: %+v", st, f)
 			}
 		})
 	}

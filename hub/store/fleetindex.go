@@ -614,7 +614,8 @@ func (v *viewState) countIndex(q FleetQuery, fold bool) FleetCounts {
 	maxSkew := int64(q.MaxSkew)
 	n := make([]int, len(Filters))
 	var sumSeq, maxSeen, maxAttest, maxEnrolled, nRevoked, maxRevoked int64
-	iAll, iConv, iUpd, iWait, iFailed := filterIndex[FilterAll], filterIndex[FilterConverged], filterIndex[FilterUpdating], filterIndex[FilterWaiting], filterIndex[FilterFailed]
+	iAll, iConv, iUpd, iDeg, iStall, iWait := filterIndex[FilterAll], filterIndex[FilterConverged], filterIndex[FilterUpdating],
+		filterIndex[FilterDegraded], filterIndex[FilterStalled], filterIndex[FilterWaiting]
 	iTrial, iRB, iDrift, iOff, iAtt := filterIndex[FilterTrial], filterIndex[FilterRolledBack], filterIndex[FilterDrifted], filterIndex[FilterOffline], filterIndex[FilterAttestFailed]
 	iSkew, iWeak, iNever := filterIndex[FilterClockSkewed], filterIndex[FilterWeakIdentity], filterIndex[FilterNeverSeen]
 	for i := range v.entries {
@@ -633,14 +634,16 @@ func (v *viewState) countIndex(q FleetQuery, fold bool) FleetCounts {
 		}
 		n[iAll]++
 		switch e.state {
-		case "converged":
+		case FilterConverged:
 			n[iConv]++
-		case "updating":
+		case FilterUpdating:
 			n[iUpd]++
-		case "waiting":
+		case FilterDegraded:
+			n[iDeg]++
+		case FilterStalled:
+			n[iStall]++
+		case FilterWaiting:
 			n[iWait]++
-		case "stalled", "degraded":
-			n[iFailed]++
 		}
 		if e.hasView {
 			switch e.updateState {

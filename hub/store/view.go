@@ -28,13 +28,16 @@ import (
 // in-memory index kept alongside (fleetindex.go), not from SQL.
 
 // Fleet filters: each names a predicate over a device; counts are per filter
-// and a device may match several.
+// and a device may match several. The first ones after "all" are the device
+// states of api.States, under the same names: one vocabulary for the agent,
+// the API, the CLI and the page.
 const (
 	FilterAll          = "all"
-	FilterConverged    = "converged"
-	FilterUpdating     = "updating"
-	FilterWaiting      = "waiting"
-	FilterFailed       = "failed" // stalled or degraded
+	FilterConverged    = string(api.StateConverged)
+	FilterUpdating     = string(api.StateUpdating)
+	FilterDegraded     = string(api.StateDegraded)
+	FilterStalled      = string(api.StateStalled)
+	FilterWaiting      = string(api.StateWaiting)
 	FilterTrial        = "trial"
 	FilterRolledBack   = "rolled-back"
 	FilterDrifted      = "drifted"
@@ -45,9 +48,19 @@ const (
 	FilterNeverSeen    = "never-reported"
 )
 
-// Filters lists every filter, in the order the page shows them.
-var Filters = []string{FilterAll, FilterConverged, FilterUpdating, FilterTrial, FilterFailed, FilterRolledBack,
-	FilterDrifted, FilterOffline, FilterAttestFailed, FilterClockSkewed, FilterWeakIdentity, FilterWaiting, FilterNeverSeen}
+// Conditions are the filters that are not device states.
+var Conditions = []string{FilterTrial, FilterRolledBack, FilterDrifted, FilterOffline, FilterAttestFailed, FilterClockSkewed,
+	FilterWeakIdentity, FilterNeverSeen}
+
+// Filters lists every filter, in the order the page shows them: all, each
+// api.State, then the Conditions.
+var Filters = func() []string {
+	out := []string{FilterAll}
+	for _, st := range api.States {
+		out = append(out, string(st))
+	}
+	return append(out, Conditions...)
+}()
 
 // Sort keys.
 var sortExprs = map[string]string{
@@ -321,15 +334,10 @@ func (q *FleetQuery) defaults() error {
 
 // filterSQL returns the predicate for a filter and its arguments.
 func filterSQL(f string, q FleetQuery) (string, []any) {
+	if api.State(f).Valid() {
+		return "d.state = ?", []any{f}
+	}
 	switch f {
-	case FilterConverged:
-		return "d.state = 'converged'", nil
-	case FilterUpdating:
-		return "d.state = 'updating'", nil
-	case FilterWaiting:
-		return "d.state = 'waiting'", nil
-	case FilterFailed:
-		return "d.state IN ('stalled', 'degraded')", nil
 	case FilterTrial:
 		return "v.update_state = 'trial'", nil
 	case FilterRolledBack:

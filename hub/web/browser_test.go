@@ -148,10 +148,10 @@ func TestBrowser(t *testing.T) {
 
 	// Counts, each a filter.
 	counts := map[string]string{}
-	for _, f := range []string{"all", "converged", "updating", "failed", "rolled-back", "clock-skewed", "attest-failed", "weak-identity"} {
+	for _, f := range []string{"all", "converged", "updating", "stalled", "rolled-back", "clock-skewed", "attest-failed", "weak-identity"} {
 		counts[f] = textOf(t, ctx, `.chips a[data-filter="`+f+`"] b`)
 	}
-	want := map[string]string{"all": "3", "converged": "1", "updating": "1", "failed": "1", "rolled-back": "1", "clock-skewed": "1", "attest-failed": "1", "weak-identity": "3"}
+	want := map[string]string{"all": "3", "converged": "1", "updating": "1", "stalled": "1", "rolled-back": "1", "clock-skewed": "1", "attest-failed": "1", "weak-identity": "3"}
 	for f, w := range want {
 		if counts[f] != w {
 			t.Errorf("chip %s = %q, want %q", f, counts[f], w)
@@ -417,5 +417,40 @@ func TestBrowserRolloutOpenAccess(t *testing.T) {
 	do(t, ctx, "overview", browsertest.Navigate(th.URL+"/"), chromedp.WaitVisible(css("table.fleet")))
 	if n := eval[int](t, ctx, `document.querySelectorAll(".logout").length`); n != 0 {
 		t.Errorf("open-access overview shows %d sign-out button(s), want none", n)
+	}
+}
+
+// TestBrowserStates checks the one vocabulary of device states in Chromium:
+// a device in each api.State, each state a chip with its label and count,
+// the table saying the same word, and each chip filtering to its device.
+func TestBrowserStates(t *testing.T) {
+	ctx := browser(t, 1280, 900)
+	th := startHub(t, openSQLite(t), web.Options{OpenAccess: true}, &verdicts{m: map[string]api.AttestResult{}})
+	for _, st := range api.States {
+		cl := th.enrol(t, "dev-"+string(st))
+		s := api.Status{Seq: 1, State: st}
+		switch st {
+		case api.StateStalled:
+			s.Problem = &api.Problem{Kind: "stalled", Reason: "spec-invalid", Message: "apps/web.yaml:3:1: bad"}
+		case api.StateWaiting:
+			s.Problem = &api.Problem{Kind: "waiting", Reason: "fetch-failed", Message: "dial tcp: refused"}
+		}
+		send(t, cl, s)
+	}
+	do(t, ctx, "open the overview", browsertest.Navigate(th.URL+"/"), chromedp.WaitVisible(css("table.fleet")))
+	for _, st := range api.States {
+		chip := `.chips a[data-filter="` + string(st) + `"]`
+		if got, want := textOf(t, ctx, chip), "1 "+st.Label(); got != want {
+			t.Errorf("chip %s = %q, want %q", st, got, want)
+		}
+		if got := textOf(t, ctx, `tr[data-device="dev-`+string(st)+`"] .state`); got != string(st) {
+			t.Errorf("table says %q for a device that reported %q", got, st)
+		}
+		do(t, ctx, "filter "+string(st), chromedp.Click(css(chip)), chromedp.WaitVisible(css(chip+`.active`)))
+		rows := eval[[]string](t, ctx, `[...document.querySelectorAll("tbody tr[data-device]")].map(r => r.dataset.device + ":" + r.querySelector(".state").textContent)`)
+		if want := "dev-" + string(st) + ":" + string(st); len(rows) != 1 || rows[0] != want {
+			t.Errorf("chip %s lists %q, want %q", st, rows, want)
+		}
+		do(t, ctx, "back to all", browsertest.Navigate(th.URL+"/"), chromedp.WaitVisible(css("table.fleet")))
 	}
 }

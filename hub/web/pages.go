@@ -190,9 +190,9 @@ func (s *server) apiLive(w http.ResponseWriter, r *http.Request) {
 // --- overview
 
 type chip struct {
-	Filter, Label, Href string
-	Count               int
-	Active, Bad         bool
+	Filter, Label, Href, Title string
+	Count                      int
+	Active, Bad                bool
 }
 
 type column struct {
@@ -212,16 +212,29 @@ type overview struct {
 	Filtered   bool
 }
 
-var filterLabels = map[string]string{
-	store.FilterAll: "All", store.FilterConverged: "Converged", store.FilterUpdating: "Updating", store.FilterTrial: "In trial",
-	store.FilterFailed: "Failed", store.FilterRolledBack: "Rolled back", store.FilterDrifted: "Drifted", store.FilterOffline: "Offline",
-	store.FilterAttestFailed: "Attestation failed", store.FilterClockSkewed: "Clock skewed", store.FilterWeakIdentity: "Software identity",
-	store.FilterWaiting: "Waiting", store.FilterNeverSeen: "Never reported",
-}
+// filterLabels name the chips: a device state by its api.State label, the
+// conditions by their own.
+var filterLabels = func() map[string]string {
+	m := map[string]string{store.FilterAll: "All", store.FilterTrial: "In trial", store.FilterRolledBack: "Rolled back",
+		store.FilterDrifted: "Drifted", store.FilterOffline: "Offline", store.FilterAttestFailed: "Attestation failed",
+		store.FilterClockSkewed: "Clock skewed", store.FilterWeakIdentity: "Software identity", store.FilterNeverSeen: "Never reported"}
+	for _, st := range api.States {
+		m[string(st)] = st.Label()
+	}
+	return m
+}()
 
 // badFilters are drawn in the warning colour when non-zero.
-var badFilters = map[string]bool{store.FilterFailed: true, store.FilterRolledBack: true, store.FilterDrifted: true, store.FilterOffline: true,
-	store.FilterAttestFailed: true, store.FilterClockSkewed: true}
+var badFilters = map[string]bool{store.FilterDegraded: true, store.FilterStalled: true, store.FilterRolledBack: true, store.FilterDrifted: true,
+	store.FilterOffline: true, store.FilterAttestFailed: true, store.FilterClockSkewed: true}
+
+// stateTitle is the tooltip of a state: what it means.
+func stateTitle(s string) string {
+	if st := api.State(s); st.Valid() {
+		return st.Meaning()
+	}
+	return "the device has not reported since it enrolled"
+}
 
 // link is the overview URL for q with one parameter changed.
 func link(v url.Values, set map[string]string) string {
@@ -263,14 +276,18 @@ func (s *server) handleOverview(w http.ResponseWriter, r *http.Request) {
 		Filtered: q.Group != "" || q.Label != "" || q.Search != ""}
 	for _, fl := range store.Filters {
 		n := f.Counts[fl]
-		if fl != store.FilterAll && n == 0 && fl != q.Filter && (fl == store.FilterNeverSeen || fl == store.FilterWaiting) {
+		if n == 0 && fl != q.Filter && fl == store.FilterNeverSeen {
 			continue
 		}
 		val := fl
 		if fl == store.FilterAll {
 			val = ""
 		}
-		ov.Chips = append(ov.Chips, chip{Filter: fl, Label: filterLabels[fl], Count: n, Active: fl == q.Filter,
+		title := ""
+		if api.State(fl).Valid() || fl == store.FilterNeverSeen {
+			title = stateTitle(fl)
+		}
+		ov.Chips = append(ov.Chips, chip{Filter: fl, Label: filterLabels[fl], Title: title, Count: n, Active: fl == q.Filter,
 			Bad: badFilters[fl] && n > 0, Href: link(v, map[string]string{"state": val, "page": ""})})
 	}
 	for _, c := range []struct{ key, label, class string }{
@@ -627,14 +644,15 @@ var funcs = template.FuncMap{
 		}
 		return s
 	},
-	"ago":   ago,
-	"ts":    func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05Z") },
-	"skew":  fmtSkew,
-	"join":  strings.Join,
-	"label": func(f string) string { return filterLabels[f] },
-	"pct":   func(f float64) string { return strconv.Itoa(int(f*100)) + "%" },
-	"add":   func(a, b int) int { return a + b },
-	"deref": func(b *bool) bool { return b != nil && *b },
+	"ago":     ago,
+	"ts":      func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05Z") },
+	"skew":    fmtSkew,
+	"join":    strings.Join,
+	"label":   func(f string) string { return filterLabels[f] },
+	"meaning": stateTitle,
+	"pct":     func(f float64) string { return strconv.Itoa(int(f*100)) + "%" },
+	"add":     func(a, b int) int { return a + b },
+	"deref":   func(b *bool) bool { return b != nil && *b },
 	"labels": func(m map[string]string) string {
 		keys := make([]string, 0, len(m))
 		for k := range m {

@@ -155,7 +155,8 @@ func testViewFilters(t *testing.T, s store.Store) {
 		{"converged", store.FleetQuery{Filter: store.FilterConverged}, []string{"attest-1", "conv-1", "drift-1", "odd_%!-1", "skew-1", "untrusted-1"}},
 		{"updating", store.FleetQuery{Filter: store.FilterUpdating}, []string{"trial-1", "upd-1"}},
 		{"trial", store.FleetQuery{Filter: store.FilterTrial}, []string{"trial-1"}},
-		{"failed", store.FleetQuery{Filter: store.FilterFailed}, []string{"rb-1", "stall-1"}},
+		{"degraded", store.FleetQuery{Filter: store.FilterDegraded}, []string{"rb-1"}},
+		{"stalled", store.FleetQuery{Filter: store.FilterStalled}, []string{"stall-1"}},
 		{"rolled back", store.FleetQuery{Filter: store.FilterRolledBack}, []string{"rb-1"}},
 		{"drifted", store.FleetQuery{Filter: store.FilterDrifted}, []string{"drift-1"}},
 		{"clock skewed", store.FleetQuery{Filter: store.FilterClockSkewed}, []string{"skew-1", "untrusted-1"}},
@@ -524,10 +525,10 @@ func testViewCountsMatchSQL(t *testing.T, hub1, hub2 store.Store) {
 		t.Fatal(err)
 	}
 	c = check("revoked", time.Now())
-	expect("revoked", c, map[string]int{store.FilterAll: 11, store.FilterFailed: 2})
+	expect("revoked", c, map[string]int{store.FilterAll: 11, store.FilterStalled: 2})
 	enrolAt(t, hub1, "dev-02", "tpm", time.Now())
 	c = check("re-enrolled", time.Now())
-	expect("re-enrolled", c, map[string]int{store.FilterAll: 12, store.FilterFailed: 3})
+	expect("re-enrolled", c, map[string]int{store.FilterAll: 12, store.FilterStalled: 3})
 
 	// Devices go offline as time passes, with no write at all.
 	c = check("two hours later", time.Now().Add(2*time.Hour))
