@@ -70,6 +70,11 @@ type TokenRequest struct {
 	DeviceID   string        `json:"deviceID"`
 	TTL        time.Duration `json:"ttl,omitempty"` // nanoseconds; 0 = 24h
 	Groups     []string      `json:"groups,omitempty"`
+	// Relay makes a token for a site relay (shoal relay) named DeviceID:
+	// it enrols a relay, never a device, and the relay's server
+	// certificate names Hosts (its DNS names or IPs, as devices dial it).
+	Relay bool     `json:"relay,omitempty"`
+	Hosts []string `json:"hosts,omitempty"`
 }
 
 // Validate checks a token request.
@@ -86,6 +91,25 @@ func (r *TokenRequest) Validate() error {
 	if r.TTL < 0 || r.TTL > 365*24*time.Hour {
 		return invalid("ttl %v: want 0..8760h", r.TTL)
 	}
+	return validHosts(r.Relay, r.Hosts)
+}
+
+// validHosts checks a relay token's host names: one to 16 for a relay, none otherwise.
+func validHosts(relay bool, hosts []string) error {
+	if !relay {
+		if len(hosts) > 0 {
+			return invalid("hosts: only for a relay token")
+		}
+		return nil
+	}
+	if len(hosts) == 0 || len(hosts) > 16 {
+		return invalid("hosts: a relay needs 1 to 16 host names or IPs, got %d", len(hosts))
+	}
+	for _, h := range hosts {
+		if !ValidHost(h) {
+			return invalid("hosts: %q is not an IP or a lowercase DNS name", h)
+		}
+	}
 	return nil
 }
 
@@ -98,6 +122,9 @@ type TokenResponse struct {
 	// CAFingerprint is the hex sha256 of the hub CA certificate (DER): with
 	// the token, all a device needs to trust the hub on first contact.
 	CAFingerprint string `json:"caFingerprint"`
+	// Relay is set on a relay's token, with the hosts its certificate names.
+	Relay bool     `json:"relay,omitempty"`
+	Hosts []string `json:"hosts,omitempty"`
 }
 
 // TokenRevokeRequest revokes an unused enrolment token (operator API).

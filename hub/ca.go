@@ -17,6 +17,8 @@ import (
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/shoalfleet/shoal/api"
 )
 
 // certSkew backdates certificates so a device whose clock is a little behind
@@ -127,7 +129,7 @@ func (a *authority) issueClient(deviceID string, enrolled time.Time, csr *x509.C
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: deviceID, Organization: []string{"Shoal device"}, SerialNumber: enrolStamp(enrolled)},
+		Subject:      pkix.Name{CommonName: deviceID, Organization: []string{api.OrgDevice}, SerialNumber: enrolStamp(enrolled)},
 		NotBefore:    now.Add(-certSkew),
 		NotAfter:     now.Add(ttl),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -142,6 +144,52 @@ func (a *authority) issueClient(deviceID string, enrolled time.Time, csr *x509.C
 		return nil, nil, fmt.Errorf("issue certificate for device %q: %w", deviceID, err)
 	}
 	return cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+}
+
+// issueRelay signs a site relay's certificate over the CSR's key: a client
+// certificate toward the hub and the server certificate its devices dial,
+// for hosts (fixed by the operator in the relay's token, never taken from
+// the CSR). Its Organization marks the relay role; like a device's, its
+// serialNumber carries the enrolment stamp. The relay holds no CA key: it
+// can present this certificate, never mint a device's.
+func (a *authority) issueRelay(relayID string, enrolled time.Time, hosts []string, csr *x509.CertificateRequest, now time.Time, ttl time.Duration) (*x509.Certificate, []byte, error) {
+	serial, err := randSerial()
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: relayID, Organization: []string{api.OrgRelay}, SerialNumber: enrolStamp(enrolled)},
+		NotBefore:    now.Add(-certSkew),
+		NotAfter:     now.Add(ttl),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, csr.PublicKey, a.key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("issue certificate for relay %q: %w", relayID, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, fmt.Errorf("issue certificate for relay %q: %w", relayID, err)
+	}
+	return cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+}
+
+// certRole is the role a certificate the CA issued carries: api.OrgRelay
+// or api.OrgDevice (certificates from before roles carry the latter).
+func certRole(c *x509.Certificate) string {
+	if len(c.Subject.Organization) == 1 && c.Subject.Organization[0] == api.OrgRelay {
+		return api.OrgRelay
+	}
+	return api.OrgDevice
 }
 
 // serverCert issues the hub's TLS server certificate for hosts (DNS names or

@@ -42,6 +42,13 @@ func (h *Hub) handleEnrol(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	now := h.o.Now()
 	th := hashToken(req.Token)
+	if tk, err := h.st.PeekRelayToken(ctx, th, now); err == nil {
+		h.enrolRelay(w, r, &req, tk)
+		return
+	} else if !errors.Is(err, store.ErrNotFound) {
+		h.internal(w, r, err)
+		return
+	}
 	id, ok := h.enrolToken(w, r, req.Token, now)
 	if !ok {
 		return
@@ -231,6 +238,14 @@ func (h *Hub) handleStatus(w http.ResponseWriter, r *http.Request, d store.Devic
 		return
 	}
 	s.DeviceID = d.ID
+	if via := viaRelay(r); via != d.Relay {
+		if err := h.st.SetDeviceRelay(r.Context(), d.ID, via); err != nil {
+			h.internal(w, r, err)
+			return
+		}
+		h.devs.drop(d.ID)
+		h.log.Info("device reports through a new path", "device", d.ID, "relay", via, "was", d.Relay)
+	}
 	body, err := json.Marshal(&s) // normalised: exactly what was validated
 	if err != nil {
 		h.internal(w, r, err)
@@ -263,7 +278,9 @@ func (h *Hub) handleStatus(w http.ResponseWriter, r *http.Request, d store.Devic
 // handleNonce issues an attestation nonce to an enrolled device (mutual TLS)
 // or, before enrolment, to the holder of a live enrolment token (Bearer).
 func (h *Hub) handleNonce(w http.ResponseWriter, r *http.Request) {
-	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+	// A relay forwarding an enrolment's nonce request presents its own
+	// certificate and no device's: that one goes by the token.
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && (r.Header.Get(api.HeaderDeviceCert) != "" || certRole(r.TLS.PeerCertificates[0]) != api.OrgRelay) {
 		h.device(func(w http.ResponseWriter, r *http.Request, d store.Device) { h.issueNonce(w, r, d.ID) })(w, r)
 		return
 	}
@@ -453,9 +470,15 @@ func (h *Hub) handlePoll(w http.ResponseWriter, r *http.Request, d store.Device)
 }
 
 // own refuses a device reading another device's records.
+// Through a relay, a device's records are read only through the relay its
+// latest report came through: a relay reads its own site's records alone.
 func own(w http.ResponseWriter, r *http.Request, d store.Device) bool {
 	if id := r.PathValue("id"); id != d.ID {
 		writeError(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("device %q may not read device %q", d.ID, id))
+		return false
+	}
+	if via := viaRelay(r); via != "" && via != d.Relay {
+		writeError(w, http.StatusForbidden, api.ReasonForbidden, fmt.Sprintf("relay %q may not read device %q, which reports through %q", via, d.ID, d.Relay))
 		return false
 	}
 	return true

@@ -51,6 +51,10 @@ func (h *Hub) Handler() http.Handler {
 	route("/v1/poke", map[string]http.HandlerFunc{"GET": h.device(h.handlePoll)})
 	route("/v1/devices/{id}", map[string]http.HandlerFunc{"GET": h.device(h.handleOwnDevice)})
 	route("/v1/devices/{id}/reports", map[string]http.HandlerFunc{"GET": h.device(h.handleOwnReports)})
+	// Relay API: a relay's own certificate, nothing forwarded.
+	route("/v1/relay/renew", map[string]http.HandlerFunc{"POST": h.relay(h.handleRelayRenew)})
+	route("/v1/relay/status", map[string]http.HandlerFunc{"POST": h.relay(h.handleRelayStatus)})
+	route("/v1/relay/poke", map[string]http.HandlerFunc{"GET": h.relay(h.handleRelayPoll)})
 	// Operator API: bearer operator token.
 	route("/v1/admin/tokens", map[string]http.HandlerFunc{"POST": h.operator(h.handleTokenCreate)})
 	route("/v1/admin/tokens/revoke", map[string]http.HandlerFunc{"POST": h.operator(h.handleTokenRevoke)})
@@ -61,6 +65,8 @@ func (h *Hub) Handler() http.Handler {
 	route("/v1/admin/devices/{id}/revoke", map[string]http.HandlerFunc{"POST": h.operator(h.handleRevoke)})
 	route("/v1/admin/devices/{id}/receipts", map[string]http.HandlerFunc{"GET": h.operator(h.handleDeviceReceipts)})
 	route("/v1/admin/receipts", map[string]http.HandlerFunc{"POST": h.operator(h.handleReceipts)})
+	route("/v1/admin/relays", map[string]http.HandlerFunc{"GET": h.operator(h.handleRelays)})
+	route("/v1/admin/relays/{id}/revoke", map[string]http.HandlerFunc{"POST": h.operator(h.handleRelayRevoke)})
 	route("/v1/hooks/git", map[string]http.HandlerFunc{"POST": h.operator(h.handleWebhook)})
 	// Plumbing.
 	route("/healthz", map[string]http.HandlerFunc{"GET": h.handleHealth})
@@ -182,12 +188,44 @@ type deviceHandler func(w http.ResponseWriter, r *http.Request, d store.Device)
 // device authenticates a device by its client certificate and refuses
 // revoked devices and certificates issued before the device's latest
 // enrolment. The certificate's identity is the only identity.
+//
+// A relay's certificate is accepted only forwarding a device's certificate
+// (api.HeaderDeviceCert), which is then checked exactly as if the device had
+// connected itself; the relay's ID rides in the request's context (viaRelay).
 func (h *Hub) device(next deviceHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		leaf, err := h.clientCert(r)
 		if err != nil {
 			h.m.authFailures.WithLabelValues("certificate").Inc()
 			writeError(w, http.StatusUnauthorized, api.ReasonUnauthorized, err.Error())
+			return
+		}
+		fwd := r.Header.Get(api.HeaderDeviceCert)
+		switch {
+		case certRole(leaf) == api.OrgRelay:
+			rl, ok := h.relayAuth(w, r, leaf)
+			if !ok {
+				return
+			}
+			if fwd == "" {
+				h.m.authFailures.WithLabelValues("relay-not-device").Inc()
+				writeError(w, http.StatusForbidden, api.ReasonRelayNotDevice, fmt.Sprintf("relay %q cannot act as a device: forward a device's certificate", rl.ID))
+				return
+			}
+			if leaf, err = h.forwardedCert(fwd); err != nil {
+				h.m.authFailures.WithLabelValues("certificate").Inc()
+				writeError(w, http.StatusUnauthorized, api.ReasonUnauthorized, "forwarded "+err.Error())
+				return
+			}
+			if certRole(leaf) != api.OrgDevice {
+				h.m.authFailures.WithLabelValues("device-not-relay").Inc()
+				writeError(w, http.StatusForbidden, api.ReasonDeviceNotRelay, "only a device's certificate may be forwarded")
+				return
+			}
+			r = r.WithContext(context.WithValue(r.Context(), viaRelayKey{}, rl.ID))
+		case fwd != "":
+			h.m.authFailures.WithLabelValues("device-not-relay").Inc()
+			writeError(w, http.StatusForbidden, api.ReasonDeviceNotRelay, fmt.Sprintf("device %q cannot forward for another device", leaf.Subject.CommonName))
 			return
 		}
 		id := leaf.Subject.CommonName

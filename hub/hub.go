@@ -85,6 +85,9 @@ type Hub struct {
 	pokes *broadcaster
 	devs  *devCache // nil for a shared store that does not announce device changes
 	watch deviceWatcher
+	// relays caches relay rows for relayAuth, fwd verified forwarded certificates.
+	relays relayCache
+	fwd    fwdCache
 
 	stopping chan struct{}
 	stopOnce sync.Once

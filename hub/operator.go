@@ -49,6 +49,28 @@ func CreateEnrolToken(ctx context.Context, st store.Store, deviceID string, ttl 
 	return api.TokenResponse{APIVersion: api.Version, DeviceID: deviceID, Token: tok, Expires: exp}, nil
 }
 
+// CreateRelayToken makes a one-time enrolment token for the site relay
+// relayID, whose server certificate will name hosts, and stores its hash.
+// ttl 0 means 24 hours.
+func CreateRelayToken(ctx context.Context, st store.Store, relayID string, hosts []string, ttl time.Duration, now time.Time) (api.TokenResponse, error) {
+	req := api.TokenRequest{APIVersion: api.Version, DeviceID: relayID, TTL: ttl, Relay: true, Hosts: hosts}
+	if err := req.Validate(); err != nil {
+		return api.TokenResponse{}, fmt.Errorf("create relay token: %w", err)
+	}
+	if ttl <= 0 {
+		ttl = 24 * time.Hour
+	}
+	tok, err := newSecret(enrolPrefix)
+	if err != nil {
+		return api.TokenResponse{}, err
+	}
+	exp := now.Add(ttl)
+	if err := st.CreateToken(ctx, store.Token{Hash: hashToken(tok), Kind: store.TokenRelay, DeviceID: relayID, Hosts: hosts, Created: now, Expires: exp}); err != nil {
+		return api.TokenResponse{}, err
+	}
+	return api.TokenResponse{APIVersion: api.Version, DeviceID: relayID, Token: tok, Expires: exp, Relay: true, Hosts: hosts}, nil
+}
+
 // CreateOperatorToken makes an operator token and stores its hash; ttl 0
 // means it does not expire (revoke it instead).
 func CreateOperatorToken(ctx context.Context, st store.Store, ttl time.Duration, now time.Time) (string, error) {
@@ -76,13 +98,19 @@ func (h *Hub) handleTokenCreate(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, api.MaxPokeBytes, &req) {
 		return
 	}
-	resp, err := CreateEnrolToken(r.Context(), h.st, req.DeviceID, req.TTL, h.o.Now())
+	create := func() (api.TokenResponse, error) {
+		if req.Relay {
+			return CreateRelayToken(r.Context(), h.st, req.DeviceID, req.Hosts, req.TTL, h.o.Now())
+		}
+		return CreateEnrolToken(r.Context(), h.st, req.DeviceID, req.TTL, h.o.Now())
+	}
+	resp, err := create()
 	if err != nil {
 		h.internal(w, r, err)
 		return
 	}
 	resp.CAFingerprint = h.ca.fingerprint
-	h.log.Info("enrolment token created", "device", req.DeviceID, "expires", resp.Expires)
+	h.log.Info("enrolment token created", "device", req.DeviceID, "relay", req.Relay, "expires", resp.Expires)
 	writeJSON(w, http.StatusOK, &resp)
 }
 

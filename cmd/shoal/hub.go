@@ -365,33 +365,49 @@ func hubLogger(w io.Writer, level string) (*slog.Logger, error) {
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
 
-// newTokenCmd is `shoal token create --device ID [--ttl 24h]`: a one-time
-// enrolment token from the hub's operator API.
+// newTokenCmd is `shoal token create --device ID [--ttl 24h]` (or `--relay
+// ID --host NAME…`): a one-time enrolment token from the hub's operator API.
 func newTokenCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "token", Short: "Enrolment tokens for devices"}
 	var (
-		oc     opConn
-		device string
-		ttl    time.Duration
-		asJSON bool
+		oc      opConn
+		device  string
+		relayID string
+		hosts   []string
+		ttl     time.Duration
+		asJSON  bool
 	)
 	create := &cobra.Command{
-		Use:   "create --device ID",
-		Short: "Create a one-time enrolment token for a device",
+		Use:   "create --device ID | --relay ID --host NAME...",
+		Short: "Create a one-time enrolment token for a device or a site relay",
 		Long: `Create a one-time enrolment token for a device. Give the token and the CA
 fingerprint to the device (provisioning does):
 
-  shoal-agent enrol --hub URL --token TOKEN --ca-fingerprint FP`,
+  shoal-agent enrol --hub URL --token TOKEN --ca-fingerprint FP
+
+With --relay, the token enrols a site relay (shoal relay) instead, never a
+device; its server certificate names each --host (the DNS names or IPs its
+devices dial):
+
+  shoal relay enrol --hub URL --token TOKEN --ca-fingerprint FP --state DIR`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if device == "" {
-				return usageError{errors.New("--device is required")}
+			id, flag := device, "--device"
+			if relayID != "" {
+				id, flag = relayID, "--relay"
 			}
-			if !api.ValidDeviceID(device) {
-				return usageError{fmt.Errorf("--device %q: lowercase letters, digits, '.', '_', '-'; at most 64", device)}
+			if (device == "") == (relayID == "") {
+				return usageError{errors.New("--device is required (or --relay for a site relay), not both")}
+			}
+			if !api.ValidDeviceID(id) {
+				return usageError{fmt.Errorf("%s %q: lowercase letters, digits, '.', '_', '-'; at most 64", flag, id)}
+			}
+			req := &api.TokenRequest{APIVersion: api.Version, DeviceID: id, TTL: ttl, Relay: relayID != "", Hosts: hosts}
+			if err := req.Validate(); err != nil {
+				return usageError{fmt.Errorf("--host: %w", err)}
 			}
 			var tr api.TokenResponse
-			if err := oc.do(cmd.Context(), "POST", "/v1/admin/tokens", &api.TokenRequest{APIVersion: api.Version, DeviceID: device, TTL: ttl}, &tr); err != nil {
+			if err := oc.do(cmd.Context(), "POST", "/v1/admin/tokens", req, &tr); err != nil {
 				return err
 			}
 			w := cmd.OutOrStdout()
@@ -404,6 +420,8 @@ fingerprint to the device (provisioning does):
 	}
 	oc.flags(create)
 	create.Flags().StringVar(&device, "device", "", "device ID the token enrols")
+	create.Flags().StringVar(&relayID, "relay", "", "site relay ID the token enrols (instead of a device)")
+	create.Flags().StringSliceVar(&hosts, "host", nil, "with --relay: a DNS name or IP its server certificate names (repeatable)")
 	create.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token stays usable")
 	create.Flags().BoolVar(&asJSON, "json", false, "print the token response as JSON")
 	var oc2 opConn

@@ -133,6 +133,22 @@ var sqliteSchema = []string{
 	CREATE INDEX IF NOT EXISTS device_view_commit ON device_view (commit_seen);
 	CREATE INDEX IF NOT EXISTS devices_enrolled ON devices (enrolled);
 	CREATE INDEX IF NOT EXISTS devices_revoked ON devices (revoked)`,
+	// 5: site relays (shoal relay): their enrolment tokens name the hosts
+	// their server certificate covers; each device remembers the relay its
+	// latest report came through ('' straight to the hub).
+	`ALTER TABLE tokens ADD COLUMN hosts TEXT NOT NULL DEFAULT '[]';
+	CREATE TABLE relays (
+		id TEXT PRIMARY KEY,
+		hosts TEXT NOT NULL,
+		cert_serial TEXT NOT NULL,
+		cert_not_after INTEGER NOT NULL,
+		enrolled INTEGER NOT NULL,
+		revoked INTEGER NOT NULL,
+		last_seen INTEGER NOT NULL,
+		status BLOB
+	);
+	ALTER TABLE devices ADD COLUMN relay TEXT NOT NULL DEFAULT '';
+	CREATE INDEX devices_relay ON devices (relay)`,
 }
 
 var postgresSchema = []string{
@@ -263,4 +279,20 @@ var postgresSchema = []string{
 	CREATE INDEX IF NOT EXISTS device_view_commit ON device_view (commit_seen);
 	CREATE INDEX IF NOT EXISTS devices_enrolled ON devices (enrolled);
 	CREATE INDEX IF NOT EXISTS devices_revoked ON devices (revoked)`,
+	// 5: site relays (shoal relay): their enrolment tokens name the hosts
+	// their server certificate covers; each device remembers the relay its
+	// latest report came through ('' straight to the hub).
+	`ALTER TABLE tokens ADD COLUMN hosts TEXT NOT NULL DEFAULT '[]';
+	CREATE TABLE relays (
+		id TEXT PRIMARY KEY,
+		hosts TEXT NOT NULL,
+		cert_serial TEXT NOT NULL,
+		cert_not_after BIGINT NOT NULL,
+		enrolled BIGINT NOT NULL,
+		revoked BIGINT NOT NULL,
+		last_seen BIGINT NOT NULL,
+		status BYTEA
+	);
+	ALTER TABLE devices ADD COLUMN relay TEXT NOT NULL DEFAULT '';
+	CREATE INDEX devices_relay ON devices (relay)`,
 }

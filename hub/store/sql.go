@@ -198,11 +198,11 @@ func parseList(s string) []string {
 // --- tokens
 
 func (s *sqlStore) CreateToken(ctx context.Context, t Token) error {
-	if t.Kind != TokenEnrol && t.Kind != TokenOperator {
+	if t.Kind != TokenEnrol && t.Kind != TokenOperator && t.Kind != TokenRelay {
 		return fmt.Errorf("create token: kind %q", t.Kind)
 	}
-	_, err := s.w.ExecContext(ctx, s.q(`INSERT INTO tokens (hash, kind, device_id, created, expires, used, revoked) VALUES (?, ?, ?, ?, ?, 0, 0)`),
-		t.Hash, t.Kind, t.DeviceID, nanos(t.Created), nanos(t.Expires))
+	_, err := s.w.ExecContext(ctx, s.q(`INSERT INTO tokens (hash, kind, device_id, created, expires, used, revoked, hosts) VALUES (?, ?, ?, ?, ?, 0, 0, ?)`),
+		t.Hash, t.Kind, t.DeviceID, nanos(t.Created), nanos(t.Expires), jsonList(t.Hosts))
 	if err != nil {
 		return fmt.Errorf("create %s token: %w", t.Kind, err)
 	}
@@ -331,7 +331,7 @@ func (s *sqlStore) updateDevice(ctx context.Context, id, query string, args ...a
 	return n, tx.Commit()
 }
 
-const deviceCols = `id, key_kind, cert_serial, cert_not_after, enrolled, revoked, latest_seq, state, groups, last_seen, attest_ok, attest_time, ak`
+const deviceCols = `id, key_kind, cert_serial, cert_not_after, enrolled, revoked, latest_seq, state, groups, last_seen, attest_ok, attest_time, ak, relay`
 
 type scanner interface{ Scan(...any) error }
 
@@ -341,7 +341,7 @@ func scanDevice(r scanner) (Device, error) {
 	var latest int64
 	var groups string
 	var attestOK sql.NullInt64
-	if err := r.Scan(&d.ID, &d.KeyKind, &d.CertSerial, &notAfter, &enrolled, &revoked, &latest, &d.State, &groups, &lastSeen, &attestOK, &attestTime, &d.AK); err != nil {
+	if err := r.Scan(&d.ID, &d.KeyKind, &d.CertSerial, &notAfter, &enrolled, &revoked, &latest, &d.State, &groups, &lastSeen, &attestOK, &attestTime, &d.AK, &d.Relay); err != nil {
 		return Device{}, err
 	}
 	d.CertNotAfter, d.Enrolled, d.Revoked, d.LastSeen, d.AttestTime = fromNanos(notAfter), fromNanos(enrolled), fromNanos(revoked), fromNanos(lastSeen), fromNanos(attestTime)

@@ -27,13 +27,15 @@ var (
 const (
 	TokenEnrol    = "enrol"
 	TokenOperator = "operator"
+	TokenRelay    = "relay" // enrols a site relay named by DeviceID
 )
 
 // Token is a one-time enrolment token or an operator token, stored by hash.
 type Token struct {
-	Hash     []byte // sha256 of the secret
-	Kind     string // TokenEnrol or TokenOperator
-	DeviceID string // enrol tokens only
+	Hash     []byte   // sha256 of the secret
+	Kind     string   // TokenEnrol or TokenOperator
+	DeviceID string   // enrol tokens only (the relay's ID for relay tokens)
+	Hosts    []string // relay tokens: the names the relay's server certificate covers
 	Created  time.Time
 	Expires  time.Time
 	Used     time.Time // zero while unused
@@ -55,6 +57,7 @@ type Device struct {
 	AttestOK     *bool // nil until the first attestation
 	AttestTime   time.Time
 	AK           []byte // attestation key registered at enrolment or first attestation; nil if none
+	Relay        string // the relay the latest report came through; "" straight to the hub
 }
 
 // Report is one stored status report.
@@ -128,6 +131,7 @@ type Store interface {
 	Counters
 	Pokes
 	ReceiptStore
+	Relays
 	// CA returns the stored CA, or ErrNotFound.
 	CA(ctx context.Context) (CA, error)
 	// InitCA stores ca unless one exists, and returns the one stored, so

@@ -413,7 +413,7 @@ func scanFleetRow(r scanner, q FleetQuery) (FleetRow, error) {
 	var attestOK, clockTrusted, reportAttest sql.NullInt64
 	var reported bool
 	var drifted, weak int
-	err := r.Scan(&d.ID, &d.KeyKind, &d.CertSerial, &notAfter, &enrolled, &revoked, &latest, &d.State, &groups, &lastSeen, &attestOK, &attestTime, &d.AK,
+	err := r.Scan(&d.ID, &d.KeyKind, &d.CertSerial, &notAfter, &enrolled, &revoked, &latest, &d.State, &groups, &lastSeen, &attestOK, &attestTime, &d.AK, &d.Relay,
 		&reported, &fr.Attempted, &fr.Commit, &fr.SpecHash, &fr.Release, &fr.Target, &fr.Slot, &fr.UpdateState, &since,
 		&fr.AppsTotal, &fr.AppsHealthy, &drifted, &clockTrusted, &skew, &reportAttest, &weak, &fr.ProblemReason, &fr.ProblemMessage, &labels)
 	if err != nil {

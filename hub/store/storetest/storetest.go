@@ -59,6 +59,7 @@ func Run(t *testing.T, open Open) {
 	t.Run("Pokes", func(t *testing.T) { testPokes(t, open(t)) })
 	t.Run("Receipts", func(t *testing.T) { testReceipts(t, open(t)) })
 	t.Run("CA", func(t *testing.T) { testCA(t, open(t)) })
+	t.Run("Relays", func(t *testing.T) { testRelays(t, open(t)) })
 }
 
 func testTokens(t *testing.T, s store.Store) {
