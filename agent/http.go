@@ -7,10 +7,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/shoalfleet/shoal/internal/pprofhttp"
 )
 
 // Handler serves /metrics, /healthz and, when pprof is on and the listen
@@ -19,12 +20,8 @@ func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", a.healthz)
-	if a.cfg.Pprof && loopbackAddr(a.cfg.MetricsAddr) {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if a.cfg.Pprof && pprofhttp.Loopback(a.cfg.MetricsAddr) {
+		pprofhttp.Register(mux)
 	}
 	return mux
 }
@@ -50,25 +47,13 @@ func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
 	_ = json.NewEncoder(w).Encode(body)
 }
 
-func loopbackAddr(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
 // Serve listens on the config's metrics address and serves Handler until ctx
 // is done. An empty address serves nothing and returns at once.
 func (a *Agent) Serve(ctx context.Context) error {
 	if a.cfg.MetricsAddr == "" {
 		return nil
 	}
-	if a.cfg.Pprof && !loopbackAddr(a.cfg.MetricsAddr) {
+	if a.cfg.Pprof && !pprofhttp.Loopback(a.cfg.MetricsAddr) {
 		a.log.Warn("pprof is only served on a loopback metrics_addr; not serving it", "addr", a.cfg.MetricsAddr)
 	}
 	l, err := net.Listen("tcp", a.cfg.MetricsAddr)

@@ -29,6 +29,7 @@ import (
 	"github.com/shoalfleet/shoal/hub"
 	"github.com/shoalfleet/shoal/hub/store"
 	"github.com/shoalfleet/shoal/hub/web"
+	"github.com/shoalfleet/shoal/internal/pprofhttp"
 	"github.com/shoalfleet/shoal/source"
 )
 
@@ -44,6 +45,7 @@ func newHubCmd() *cobra.Command {
 		hosts                                                []string
 		certTTL, retention, pollWait, offlineAfter           time.Duration
 		fleetRefresh                                         time.Duration
+		pprofAddr                                            string
 		openAccess                                           bool
 	)
 	cmd := &cobra.Command{
@@ -93,6 +95,9 @@ whether its EK had a certificate and its issuer.`,
 			log, err := hubLogger(cmd.ErrOrStderr(), logLevel)
 			if err != nil {
 				return usageError{err}
+			}
+			if pprofAddr != "" && !pprofhttp.Loopback(pprofAddr) {
+				return usageError{fmt.Errorf("--pprof %q: the profiler is served on a loopback address only (127.0.0.1:PORT or [::1]:PORT); reach it from elsewhere through ssh -L", pprofAddr)}
 			}
 			ctx := cmd.Context()
 			o := hub.Options{Hosts: hosts, CertTTL: certTTL, Retention: retention, PollWait: pollWait, Logger: log}
@@ -157,7 +162,7 @@ whether its EK had a certificate and its issuer.`,
 				go func() { defer close(done); fp.Run(fctx, st, fleetRefresh, 2*time.Second) }()
 				defer func() { stop(); <-done }()
 			}
-			if openAccess && !loopbackListen(listen) {
+			if openAccess && !pprofhttp.Loopback(listen) {
 				return usageError{fmt.Errorf("--open-access needs --listen on a loopback address (127.0.0.1:PORT or [::1]:PORT), not %q", listen)}
 			}
 			if o.Web, err = web.New(web.Options{Store: st, OpenAccess: openAccess, OfflineAfter: offlineAfter, Logger: log}); err != nil {
@@ -170,6 +175,23 @@ whether its EK had a certificate and its issuer.`,
 			l, err := net.Listen("tcp", listen)
 			if err != nil {
 				return fmt.Errorf("listen: %w", err)
+			}
+			if pprofAddr != "" {
+				pl, err := net.Listen("tcp", pprofAddr)
+				if err != nil {
+					l.Close()
+					return fmt.Errorf("--pprof: %w", err)
+				}
+				log.Warn("Go profiler served on loopback", "addr", "http://"+pl.Addr().String()+"/debug/pprof/")
+				pctx, stop := context.WithCancel(ctx)
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					if err := pprofhttp.Serve(pctx, pl); err != nil {
+						log.Error("pprof server stopped", "err", err)
+					}
+				}()
+				defer func() { stop(); <-done }()
 			}
 			return h.Run(ctx, l)
 		},
@@ -192,6 +214,7 @@ whether its EK had a certificate and its issuer.`,
 	f.StringVar(&fleetBranch, "fleet-branch", "main", "branch of a --fleet Git URL to follow")
 	f.DurationVar(&fleetRefresh, "fleet-refresh", 5*time.Minute, "read --fleet again this often (and after every poke)")
 	fleetAuth.flags(cmd)
+	f.StringVar(&pprofAddr, "pprof", "", "serve Go's profiler (/debug/pprof/) over plain HTTP on this loopback address, e.g. 127.0.0.1:6060")
 	f.StringVar(&ekRoots, "ek-roots", "", "TPM makers' CA certificates (a PEM file or a directory of PEM/DER files): a TPM enrolment needs an EK certificate chaining to them")
 
 	tok := &cobra.Command{Use: "token", Short: "Operator tokens for the hub's operator API"}
@@ -579,17 +602,4 @@ func (o *opConn) do(ctx context.Context, method, path string, in, out any) error
 		}
 	}
 	return nil
-}
-
-// loopbackListen reports whether a --listen address binds a loopback address only.
-func loopbackListen(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

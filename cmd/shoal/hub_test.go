@@ -174,7 +174,8 @@ func hubFlow(t *testing.T, c cli) {
 	}
 	addr := freeAddr(t)
 	hubURL := "https://" + addr
-	stop := c.serve(t, "hub", "--listen", addr, "--db", db, "--host", "127.0.0.1")
+	pprofAddr := freeAddr(t)
+	stop := c.serve(t, "hub", "--listen", addr, "--db", db, "--host", "127.0.0.1", "--pprof", pprofAddr)
 
 	// The CA is in the database once the hub has started.
 	var ca store.CA
@@ -203,6 +204,12 @@ func hubFlow(t *testing.T, c cli) {
 			t.Fatal("hub not healthy within 60s")
 		}
 		<-tick.C // another process: no event to wait on, so poll the condition
+	}
+	// The profiler, on its own loopback listener.
+	if resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/cmdline"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("--pprof %s: %v %v", pprofAddr, resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	caFile := filepath.Join(dir, "ca.pem")
 	if err := os.WriteFile(caFile, ca.CertPEM, 0o600); err != nil {
