@@ -62,7 +62,7 @@ type ProvisionConfig struct {
 type ContainersConfig struct {
 	// Enabled runs the container stage (the Docker Engine from DOCKER_HOST, or its socket).
 	Enabled bool `json:"enabled"`
-	// Prefix starts the name of every container the agent creates.
+	// Prefix starts the name of every container and named volume the agent creates.
 	Prefix string `json:"prefix"`
 	// Parallel bounds the independent container actions run at once.
 	Parallel int `json:"parallel"`
@@ -233,7 +233,8 @@ hub_url: ""
 # Containers, through the Docker Engine (DOCKER_HOST, or /var/run/docker.sock).
 containers:
   enabled: true
-  # Every container the agent creates is named prefix + app name.
+  # Every container the agent creates is named prefix + app name, every named
+  # volume prefix + its source, so devices sharing one Engine share nothing.
   prefix: shoal-
   # Independent container actions run at once.
   parallel: 8

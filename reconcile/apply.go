@@ -15,6 +15,7 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
@@ -424,6 +425,9 @@ func (r *Reconciler) createContainer(ctx context.Context, dev *spec.Device, app 
 		}
 		return "", &AppError{App: app.Name, Code: "spec-invalid", Err: err}
 	}
+	if err := r.keepLegacyVolumes(ctx, host.Mounts); err != nil {
+		return "", &AppError{App: app.Name, Field: "volumes", Code: "engine-unavailable", Err: fmt.Errorf("%w: %w", ErrEngine, err)}
+	}
 	resp, err := r.eng.ContainerCreate(ctx, cfg, host, netCfg, nil, name)
 	if err != nil {
 		return "", r.engineError(app, "create", err)
@@ -435,6 +439,39 @@ func (r *Reconciler) createContainer(ctx context.Context, dev *spec.Device, app 
 		}
 	}
 	return resp.ID, nil
+}
+
+// keepLegacyVolumes points each named-volume mount at the unprefixed volume
+// an agent made before volumes were prefixed, when that volume is this
+// reconciler's (its prefix label) and the prefixed one does not exist yet:
+// an upgrade must not leave an app's data behind in a volume nobody mounts.
+func (r *Reconciler) keepLegacyVolumes(ctx context.Context, mounts []mount.Mount) error {
+	for i := range mounts {
+		m := &mounts[i]
+		if m.Type != mount.TypeVolume || !strings.HasPrefix(m.Source, r.o.Prefix) {
+			continue
+		}
+		legacy := strings.TrimPrefix(m.Source, r.o.Prefix)
+		_, err := r.eng.VolumeInspect(ctx, m.Source)
+		if err == nil {
+			continue
+		}
+		if !cerrdefs.IsNotFound(err) {
+			return fmt.Errorf("inspect volume %q: %w", m.Source, err)
+		}
+		old, err := r.eng.VolumeInspect(ctx, legacy)
+		if cerrdefs.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("inspect volume %q: %w", legacy, err)
+		}
+		if old.Labels[LabelManagedBy] == managedByValue && old.Labels[LabelPrefix] == r.o.Prefix {
+			r.log.Info("keeping a volume named before volumes were prefixed", "volume", legacy, "new_name", m.Source)
+			m.Source = legacy
+		}
+	}
+	return nil
 }
 
 // engineError turns an Engine error from creating or starting a container into

@@ -144,6 +144,7 @@ func (r *Reconciler) containerConfig(dev *spec.Device, app *spec.App) (*containe
 			}
 		case "volume", "":
 			m.Type = mount.TypeVolume
+			m.Source = r.volumeName(v.Source)
 			m.VolumeOptions = &mount.VolumeOptions{Labels: r.ownLabels()}
 		default:
 			return nil, nil, nil, &fieldError{fmt.Sprintf("volumes[%d].type", i), fmt.Sprintf("%q is not volume or bind", v.Type)}

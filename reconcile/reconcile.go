@@ -27,6 +27,7 @@ import (
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus"
@@ -85,6 +86,7 @@ type Engine interface {
 	NetworkCreate(ctx context.Context, name string, options network.CreateOptions) (network.CreateResponse, error)
 	NetworkConnect(ctx context.Context, networkID, containerID string, config *network.EndpointSettings) error
 	NetworkRemove(ctx context.Context, networkID string) error
+	VolumeInspect(ctx context.Context, volumeID string) (volume.Volume, error)
 	Events(ctx context.Context, options events.ListOptions) (<-chan events.Message, <-chan error)
 }
 
@@ -101,8 +103,8 @@ func NewClient() (*client.Client, error) {
 // Options configure a Reconciler. The zero value works but for Prefix, which
 // defaults to "shoal-".
 type Options struct {
-	// Prefix starts every container name and scopes ownership, so several
-	// simulated devices can share one Engine.
+	// Prefix starts every container and named volume name and scopes
+	// ownership, so several simulated devices can share one Engine.
 	Prefix string
 	// RepoRoot is the fleet repo checkout that image tar paths are relative to.
 	RepoRoot fs.FS
@@ -269,6 +271,11 @@ func (r *Reconciler) remember(f func(applied, failed map[string]string)) {
 
 // containerName is the Docker name of app's container.
 func (r *Reconciler) containerName(app string) string { return r.o.Prefix + app }
+
+// volumeName is the Docker name of a named volume the spec calls source:
+// prefixed like the containers, so two devices sharing one Engine never
+// share a volume.
+func (r *Reconciler) volumeName(source string) string { return r.o.Prefix + source }
 
 // asideName is where the running version waits while its replacement proves healthy.
 func (r *Reconciler) asideName(app string) string { return r.o.Prefix + app + "--prev" }

@@ -25,7 +25,7 @@ func TestAppSurface(t *testing.T) {
 	app.Command = []string{"-listen", ":8080"}
 	app.Env["EXTRA"] = "x=y"
 	app.Volumes = []spec.Volume{
-		{Type: "volume", Source: e.prefix + "data", Target: "/data"},
+		{Type: "volume", Source: "data", Target: "/data"},
 		{Type: "bind", Source: bindDir, Target: "/config", ReadOnly: true},
 	}
 	app.Networks = []string{e.prefix + "front", e.prefix + "back"}
