@@ -397,7 +397,7 @@ func (a *Agent) converge(ctx context.Context, dev *spec.Device, work *source.Rev
 			}
 			a.log.Warn("stage failed", "stage", s.Name(), "commit", work.Commit, "err", err)
 		} else if !res.Converged && problem == nil {
-			problem = &api.Problem{Kind: "waiting", Reason: s.Name() + "-not-converged", Message: s.Name() + ": " + res.Summary}
+			problem = &api.Problem{Kind: "waiting", Reason: stageReason(s.Name(), false), Message: s.Name() + ": " + res.Summary}
 		}
 		ok = ok && sr.Converged
 		rep.Stages[s.Name()] = sr
@@ -519,14 +519,14 @@ func renderProblem(commit string, err error) (*api.Problem, []string) {
 	default:
 		lines = []string{err.Error()}
 	}
-	reason := "spec-invalid"
+	reason := ReasonSpecInvalid
 	if errors.Is(err, spec.ErrUnknownDevice) {
-		reason = "device-unknown"
+		reason = ReasonDeviceUnknown
 	}
 	kind := "stalled"
 	if !errors.Is(err, spec.ErrInvalid) && !errors.Is(err, spec.ErrUnknownDevice) {
 		kind = "waiting" // e.g. a read error: may pass on retry
-		reason = "render-failed"
+		reason = ReasonRenderFailed
 	}
 	return &api.Problem{Kind: kind, Reason: reason,
 		Message: fmt.Sprintf("commit %s: %s", short(commit), strings.Join(lines, "; "))}, lines
@@ -535,7 +535,45 @@ func renderProblem(commit string, err error) (*api.Problem, []string) {
 // renderStalled reports whether p says the commit itself does not render:
 // the same commit will never render, so it is not tried again.
 func renderStalled(p *api.Problem) bool {
-	return p != nil && p.Kind == "stalled" && (p.Reason == "spec-invalid" || p.Reason == "device-unknown")
+	return p != nil && p.Kind == "stalled" && (p.Reason == ReasonSpecInvalid || p.Reason == ReasonDeviceUnknown)
+}
+
+// Machine reasons of the problems the agent reports itself (api.Problem.Reason
+// and api.AttestStatus.Reasons); a stage's error may carry its own reason
+// instead (reconcile's, source's). Each is explained in
+// docs/guide/troubleshooting.md.
+const (
+	ReasonSpecInvalid            = "spec-invalid"   // the commit does not validate or render for this device
+	ReasonDeviceUnknown          = "device-unknown" // the fleet repo has no devices/<id> file for this device
+	ReasonRenderFailed           = "render-failed"  // rendering failed for another cause (a read error): retried
+	ReasonContainersFailed       = "containers-failed"
+	ReasonContainersNotConverged = "containers-not-converged"
+	ReasonUpdateFailed           = "update-failed"
+	ReasonUpdateNotConverged     = "update-not-converged"
+	ReasonTrustFailed            = "trust-failed"
+	ReasonTrustNotConverged      = "trust-not-converged"
+	ReasonStageFailed            = "stage-failed"        // a stage not of this package failed
+	ReasonStageNotConverged      = "stage-not-converged" // a stage not of this package did not converge
+	ReasonExtendAppPCR           = "extend-app-pcr"      // the TPM refused to extend the application PCR
+	ReasonHubUnreachable         = "hub-unreachable"     // no quote was sent: the hub did not answer
+)
+
+// stageReason is the reason of a stage's error that has none of its own
+// (failed) or of a stage that did not converge.
+func stageReason(stage string, failed bool) string {
+	reasons := map[string][2]string{
+		"containers": {ReasonContainersFailed, ReasonContainersNotConverged},
+		"update":     {ReasonUpdateFailed, ReasonUpdateNotConverged},
+		"trust":      {ReasonTrustFailed, ReasonTrustNotConverged},
+	}
+	r, ok := reasons[stage]
+	if !ok {
+		r = [2]string{ReasonStageFailed, ReasonStageNotConverged}
+	}
+	if failed {
+		return r[0]
+	}
+	return r[1]
 }
 
 func stageProblem(name string, err error) *api.Problem {
@@ -544,7 +582,7 @@ func stageProblem(name string, err error) *api.Problem {
 	if errors.As(err, &st) && st.Stalled() {
 		kind = "stalled"
 	}
-	reason := name + "-failed"
+	reason := stageReason(name, true)
 	var r interface{ Reason() string }
 	if errors.As(err, &r) {
 		reason = r.Reason()

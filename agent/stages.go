@@ -198,7 +198,7 @@ func (s *TrustStage) Converge(ctx context.Context, t Target) (StageResult, error
 	as := &api.AttestStatus{Weak: s.Attester.Identity().Weak, Time: s.Clock.Now()}
 	out.Attest = as
 	if err := s.Attester.ExtendApp(ctx, d.Hash(), version); err != nil {
-		as.Reasons = []string{"extend-app-pcr"}
+		as.Reasons = []string{ReasonExtendAppPCR}
 		return out, fmt.Errorf("extend application PCR: %w", err)
 	}
 	if s.Hub == nil {
@@ -207,7 +207,7 @@ func (s *TrustStage) Converge(ctx context.Context, t Target) (StageResult, error
 	}
 	res, err := s.attest(ctx, d, version)
 	if err != nil {
-		as.Reasons = []string{"hub-unreachable"}
+		as.Reasons = []string{ReasonHubUnreachable}
 		out.Converged = out.Converged && !d.Attestation.Required
 		return out, nil // the hub being away is reported, not a failure of the device
 	}

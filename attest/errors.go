@@ -47,25 +47,46 @@ func (e *PCRMismatchError) Error() string {
 // Is makes errors.Is(err, ErrPCRMismatch) true.
 func (e *PCRMismatchError) Is(target error) bool { return target == ErrPCRMismatch }
 
+// Machine reasons Reason returns, one per verification failure (each is
+// explained in docs/guide/troubleshooting.md).
+const (
+	ReasonMalformed         = "malformed"
+	ReasonNotQuote          = "not-quote"
+	ReasonUnknownKey        = "unknown-key"
+	ReasonBadSignature      = "bad-signature"
+	ReasonShortNonce        = "short-nonce"
+	ReasonWrongNonce        = "wrong-nonce"
+	ReasonStaleNonce        = "stale-nonce"
+	ReasonReplay            = "replay"
+	ReasonHashBank          = "hash-bank"
+	ReasonPCRSelection      = "pcr-selection"
+	ReasonPCRDigest         = "pcr-digest"
+	ReasonPCRMismatch       = "pcr-mismatch"
+	ReasonCountersBackwards = "counters-backwards"
+	ReasonClockUnsafe       = "clock-unsafe"
+	ReasonPolicy            = "policy-invalid"
+	ReasonError             = "error" // not a verification failure: a store error, a cancelled request
+)
+
 var reasons = []struct {
 	err    error
 	reason string
 }{
-	{ErrMalformed, "malformed"},
-	{ErrNotQuote, "not-quote"},
-	{ErrUnknownKey, "unknown-key"},
-	{ErrBadSignature, "bad-signature"},
-	{ErrShortNonce, "short-nonce"},
-	{ErrWrongNonce, "wrong-nonce"},
-	{ErrStaleNonce, "stale-nonce"},
-	{ErrReplay, "replay"},
-	{ErrHashBank, "hash-bank"},
-	{ErrPCRSelection, "pcr-selection"},
-	{ErrPCRDigest, "pcr-digest"},
-	{ErrPCRMismatch, "pcr-mismatch"},
-	{ErrCountersBackwards, "counters-backwards"},
-	{ErrClockUnsafe, "clock-unsafe"},
-	{ErrPolicy, "policy-invalid"},
+	{ErrMalformed, ReasonMalformed},
+	{ErrNotQuote, ReasonNotQuote},
+	{ErrUnknownKey, ReasonUnknownKey},
+	{ErrBadSignature, ReasonBadSignature},
+	{ErrShortNonce, ReasonShortNonce},
+	{ErrWrongNonce, ReasonWrongNonce},
+	{ErrStaleNonce, ReasonStaleNonce},
+	{ErrReplay, ReasonReplay},
+	{ErrHashBank, ReasonHashBank},
+	{ErrPCRSelection, ReasonPCRSelection},
+	{ErrPCRDigest, ReasonPCRDigest},
+	{ErrPCRMismatch, ReasonPCRMismatch},
+	{ErrCountersBackwards, ReasonCountersBackwards},
+	{ErrClockUnsafe, ReasonClockUnsafe},
+	{ErrPolicy, ReasonPolicy},
 }
 
 // Reason returns the stable machine reason for a verification error
@@ -80,5 +101,5 @@ func Reason(err error) string {
 			return r.reason
 		}
 	}
-	return "error"
+	return ReasonError
 }

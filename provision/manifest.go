@@ -43,23 +43,34 @@ var (
 	ErrReceipt = api.ErrReceipt
 )
 
+// Machine reasons Reason returns, stable for receipts and status reports
+// (each is explained in docs/guide/troubleshooting.md).
+const (
+	ReasonSignatureUntrusted = "bundle-signature-untrusted"
+	ReasonVerifyFailed       = "bundle-verify-failed"
+	ReasonReplayed           = "bundle-replayed"
+	ReasonWrongDevice        = "bundle-wrong-device"
+	ReasonInvalid            = "bundle-invalid"
+	ReasonApplyFailed        = "bundle-apply-failed" // anything else: a full disk, the Engine refusing an image
+)
+
 // Reason returns a stable machine reason for err.
 func Reason(err error) string {
 	switch {
 	case err == nil:
 		return ""
 	case errors.Is(err, ErrSignature):
-		return "bundle-signature-untrusted"
+		return ReasonSignatureUntrusted
 	case errors.Is(err, ErrHash):
-		return "bundle-verify-failed"
+		return ReasonVerifyFailed
 	case errors.Is(err, ErrReplay):
-		return "bundle-replayed"
+		return ReasonReplayed
 	case errors.Is(err, ErrWrongDevice):
-		return "bundle-wrong-device"
+		return ReasonWrongDevice
 	case errors.Is(err, ErrInvalid):
-		return "bundle-invalid"
+		return ReasonInvalid
 	}
-	return "bundle-apply-failed"
+	return ReasonApplyFailed
 }
 
 // Member kinds.

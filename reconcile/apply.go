@@ -47,10 +47,38 @@ func (e *AppError) Unwrap() error { return e.Err }
 // Reason is the stable machine reason for status reports.
 func (e *AppError) Reason() string { return e.Code }
 
+// Machine reasons an AppError carries (its Code), stable for status reports;
+// each is explained in docs/guide/troubleshooting.md.
+const (
+	ReasonSpecInvalid          = "spec-invalid"           // the spec cannot be turned into a container (the Engine refused an argument, a bad image source)
+	ReasonImageVerifyFailed    = "image-verify-failed"    // an image tar's sha256 differs from image.source.sha256
+	ReasonImagePullFailed      = "image-pull-failed"      // pulling image.ref from its registry failed
+	ReasonImageDownloadFailed  = "image-download-failed"  // fetching image.source.url failed
+	ReasonImageLoadFailed      = "image-load-failed"      // the Engine refused the image tar
+	ReasonImageMissing         = "image-missing"          // the image tar or the image it should provide is not there
+	ReasonHealthFailed         = "health-failed"          // the new version did not become healthy in time and was rolled back
+	ReasonDependencyFailed     = "dependency-failed"      // an app in depends_on is not healthy, or cannot be planned
+	ReasonCreateFailed         = "create-failed"          // the Engine refused to create the container
+	ReasonStartFailed          = "start-failed"           // the Engine refused to start the container
+	ReasonNameConflict         = "name-conflict"          // a container Shoal does not own holds the name
+	ReasonPortConflict         = "port-conflict"          // a host port is taken
+	ReasonMountFailed          = "mount-failed"           // a bind source does not exist or a mount is invalid
+	ReasonDeviceMissing        = "device-missing"         // a host device in devices is not there
+	ReasonNetworkMissing       = "network-missing"        // a network the app joins does not exist
+	ReasonNetworkCreateFailed  = "network-create-failed"  // a network could not be created
+	ReasonNetworkConnectFailed = "network-connect-failed" // the container could not join a network
+	ReasonUserInvalid          = "user-invalid"           // the image has no such user
+	ReasonRemoveFailed         = "remove-failed"          // a container no longer wanted could not be removed
+	ReasonEngineUnavailable    = "engine-unavailable"     // the Docker Engine did not answer
+	ReasonEngineError          = "engine-error"           // the Engine answered an error while inspecting, renaming or stopping
+	ReasonStateWriteFailed     = "state-write-failed"     // the reconciler's state file could not be written
+	ReasonCanceled             = "canceled"               // the pass was cancelled (the agent is stopping)
+)
+
 // stalledCodes need a change to the spec (or a person) before a retry can help.
 var stalledCodes = map[string]bool{
-	"spec-invalid": true, "image-verify-failed": true, "health-failed": true,
-	"name-conflict": true, "dependency-failed": false,
+	ReasonSpecInvalid: true, ReasonImageVerifyFailed: true, ReasonHealthFailed: true,
+	ReasonNameConflict: true, ReasonDependencyFailed: false,
 }
 
 // Stalled reports whether retrying the same spec cannot help.
@@ -200,7 +228,7 @@ func (r *Reconciler) apply(ctx context.Context, dev *spec.Device, p *Plan, repo 
 	for _, a := range p.Actions {
 		if a.Kind == KindNetwork {
 			if err := r.createNetwork(ctx, a.Target); err != nil {
-				addErr(&AppError{App: "", Field: "network", Code: "network-create-failed", Err: err})
+				addErr(&AppError{App: "", Field: "network", Code: ReasonNetworkCreateFailed, Err: err})
 			}
 		}
 	}
@@ -215,7 +243,7 @@ func (r *Reconciler) apply(ctx context.Context, dev *spec.Device, p *Plan, repo 
 			ar := AppResult{App: a.App, Action: a.Kind, Reason: a.Reason, Outcome: OutcomeRemoved}
 			if err := r.removeContainer(ctx, a.ContainerID); err != nil {
 				ar.Outcome = OutcomeFailed
-				ar.Error = &AppError{App: a.App, Code: "remove-failed", Err: err}
+				ar.Error = &AppError{App: a.App, Code: ReasonRemoveFailed, Err: err}
 			} else {
 				r.remember(func(applied, failed map[string]string) {
 					delete(applied, a.App)
@@ -302,7 +330,7 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, repo fs.FS,
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			ar.Outcome, ar.Error = OutcomeFailed, &AppError{App: app.Name, Code: "canceled", Err: ctx.Err()}
+			ar.Outcome, ar.Error = OutcomeFailed, &AppError{App: app.Name, Code: ReasonCanceled, Err: ctx.Err()}
 			return ar
 		}
 		mu.Lock()
@@ -310,7 +338,7 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, repo fs.FS,
 		mu.Unlock()
 		if !depOK {
 			ar.Outcome = OutcomeFailed
-			ar.Error = &AppError{App: app.Name, Field: "depends_on", Code: "dependency-failed", Err: fmt.Errorf("dependency %q is not healthy", d)}
+			ar.Error = &AppError{App: app.Name, Field: "depends_on", Code: ReasonDependencyFailed, Err: fmt.Errorf("dependency %q is not healthy", d)}
 			return ar
 		}
 	}
@@ -322,7 +350,7 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, repo fs.FS,
 		case main.Reason == reasonFailedBefore:
 			// The spec's version is not running: say so on every pass until the spec changes.
 			ar.Outcome = OutcomeRolledBack
-			ar.Error = &AppError{App: app.Name, Field: "healthcheck", Code: "health-failed",
+			ar.Error = &AppError{App: app.Name, Field: "healthcheck", Code: ReasonHealthFailed,
 				Err: fmt.Errorf("%w: this version was rolled back earlier; the previous one keeps running until the spec changes", ErrUnhealthy)}
 		}
 		if len(acts) == 1 {
@@ -336,7 +364,7 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, repo fs.FS,
 	select {
 	case sem <- struct{}{}:
 	case <-ctx.Done():
-		ar.Outcome, ar.Error = OutcomeFailed, &AppError{App: app.Name, Code: "canceled", Err: ctx.Err()}
+		ar.Outcome, ar.Error = OutcomeFailed, &AppError{App: app.Name, Code: ReasonCanceled, Err: ctx.Err()}
 		return ar
 	}
 	// The slot bounds concurrent Engine work; it is given back while waiting for health.
@@ -376,7 +404,7 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, repo fs.FS,
 		if err != nil {
 			var ae *AppError
 			if !errors.As(err, &ae) {
-				ae = &AppError{App: app.Name, Code: "engine-error", Err: err}
+				ae = &AppError{App: app.Name, Code: ReasonEngineError, Err: err}
 			}
 			ar.Error = ae
 			if ar.Outcome != OutcomeRolledBack {
@@ -421,9 +449,9 @@ func (r *Reconciler) createContainer(ctx context.Context, dev *spec.Device, app 
 	if err != nil {
 		var fe *fieldError
 		if errors.As(err, &fe) {
-			return "", &AppError{App: app.Name, Field: fe.field, Code: "spec-invalid", Err: errors.New(fe.msg)}
+			return "", &AppError{App: app.Name, Field: fe.field, Code: ReasonSpecInvalid, Err: errors.New(fe.msg)}
 		}
-		return "", &AppError{App: app.Name, Code: "spec-invalid", Err: err}
+		return "", &AppError{App: app.Name, Code: ReasonSpecInvalid, Err: err}
 	}
 	if err := r.keepLegacyVolumes(ctx, host.Mounts); err != nil {
 		return "", &AppError{App: app.Name, Field: "volumes", Code: "engine-unavailable", Err: fmt.Errorf("%w: %w", ErrEngine, err)}
@@ -435,7 +463,7 @@ func (r *Reconciler) createContainer(ctx context.Context, dev *spec.Device, app 
 	for _, n := range networksOf(dev, app)[1:] {
 		if err := r.eng.NetworkConnect(ctx, n, resp.ID, endpoint(n, app.Name)); err != nil {
 			r.removeContainer(ctx, resp.ID)
-			return "", &AppError{App: app.Name, Field: "networks", Code: "network-connect-failed", Err: fmt.Errorf("connect to %q: %w", n, err)}
+			return "", &AppError{App: app.Name, Field: "networks", Code: ReasonNetworkConnectFailed, Err: fmt.Errorf("connect to %q: %w", n, err)}
 		}
 	}
 	return resp.ID, nil
@@ -478,37 +506,41 @@ func (r *Reconciler) keepLegacyVolumes(ctx context.Context, mounts []mount.Mount
 // an AppError naming the spec field it points at.
 func (r *Reconciler) engineError(app *spec.App, op string, err error) *AppError {
 	msg := err.Error()
-	ae := &AppError{App: app.Name, Code: op + "-failed", Err: fmt.Errorf("%s: %w", op, err)}
+	code := ReasonStartFailed
+	if op == "create" {
+		code = ReasonCreateFailed
+	}
+	ae := &AppError{App: app.Name, Code: code, Err: fmt.Errorf("%s: %w", op, err)}
 	switch {
 	case client.IsErrConnectionFailed(err) || cerrdefs.IsUnavailable(err):
-		ae.Code, ae.Err = "engine-unavailable", fmt.Errorf("%s: %w: %w", op, ErrEngine, err)
+		ae.Code, ae.Err = ReasonEngineUnavailable, fmt.Errorf("%s: %w: %w", op, ErrEngine, err)
 	case cerrdefs.IsConflict(err) && strings.Contains(msg, "is already in use"):
-		ae.Field, ae.Code = "name", "name-conflict"
+		ae.Field, ae.Code = "name", ReasonNameConflict
 		ae.Err = fmt.Errorf("%w: container name %q is taken: %w", ErrNotOwned, r.containerName(app.Name), err)
 	case strings.Contains(msg, "port is already allocated") || strings.Contains(msg, "address already in use"):
-		ae.Field, ae.Code = "ports", "port-conflict"
+		ae.Field, ae.Code = "ports", ReasonPortConflict
 		for i, p := range app.Ports {
 			if strings.Contains(msg, fmt.Sprintf(":%d", p.Host)) {
 				ae.Field = fmt.Sprintf("ports[%d].host", i)
 			}
 		}
 	case strings.Contains(msg, "bind source path does not exist") || strings.Contains(msg, "invalid mount config"):
-		ae.Field, ae.Code = "volumes", "mount-failed"
+		ae.Field, ae.Code = "volumes", ReasonMountFailed
 		for i, v := range app.Volumes {
 			if v.Source != "" && strings.Contains(msg, v.Source) {
 				ae.Field = fmt.Sprintf("volumes[%d].source", i)
 			}
 		}
 	case strings.Contains(msg, "No such image") || cerrdefs.IsNotFound(err) && strings.Contains(msg, "image"):
-		ae.Field, ae.Code = "image.ref", "image-missing"
+		ae.Field, ae.Code = "image.ref", ReasonImageMissing
 	case strings.Contains(msg, "error gathering device information") || strings.Contains(msg, "no such file or directory") && len(app.Devices) > 0:
-		ae.Field, ae.Code = "devices", "device-missing"
+		ae.Field, ae.Code = "devices", ReasonDeviceMissing
 	case strings.Contains(msg, "network") && cerrdefs.IsNotFound(err):
-		ae.Field, ae.Code = "networks", "network-missing"
+		ae.Field, ae.Code = "networks", ReasonNetworkMissing
 	case strings.Contains(msg, "unable to find user") || strings.Contains(msg, "no matching entries in passwd"):
-		ae.Field, ae.Code = "user", "user-invalid"
+		ae.Field, ae.Code = "user", ReasonUserInvalid
 	case cerrdefs.IsInvalidArgument(err):
-		ae.Code = "spec-invalid"
+		ae.Code = ReasonSpecInvalid
 	}
 	return ae
 }
@@ -542,11 +574,11 @@ func (r *Reconciler) recreate(ctx context.Context, dev *spec.Device, app *spec.A
 	name, aside := r.containerName(app.Name), r.asideName(app.Name)
 	old, err := r.eng.ContainerInspect(ctx, oldID)
 	if err != nil {
-		return "", &AppError{App: app.Name, Code: "engine-error", Err: fmt.Errorf("inspect current container: %w", err)}
+		return "", &AppError{App: app.Name, Code: ReasonEngineError, Err: fmt.Errorf("inspect current container: %w", err)}
 	}
 	wasRunning := old.State != nil && (old.State.Running || old.State.Restarting)
 	if err := r.eng.ContainerRename(ctx, oldID, aside); err != nil {
-		return "", &AppError{App: app.Name, Code: "engine-error", Err: fmt.Errorf("rename current container aside: %w", err)}
+		return "", &AppError{App: app.Name, Code: ReasonEngineError, Err: fmt.Errorf("rename current container aside: %w", err)}
 	}
 	putBack := func() {
 		// A fresh context: a canceled pass must still leave the last good version running.
@@ -590,7 +622,7 @@ func (r *Reconciler) recreate(ctx context.Context, dev *spec.Device, app *spec.A
 	}
 	if wasRunning {
 		if err := r.stop(ctx, oldID); err != nil {
-			return "", rollback(&AppError{App: app.Name, Code: "engine-error", Err: fmt.Errorf("stop previous version: %w", err)})
+			return "", rollback(&AppError{App: app.Name, Code: ReasonEngineError, Err: fmt.Errorf("stop previous version: %w", err)})
 		}
 	}
 	if err := r.eng.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
@@ -615,7 +647,7 @@ func (r *Reconciler) markFailed(app *spec.App, dev *spec.Device) {
 func (r *Reconciler) start(ctx context.Context, app *spec.App, id string, ar *AppResult, release func()) error {
 	ins, err := r.eng.ContainerInspect(ctx, id)
 	if err != nil {
-		return &AppError{App: app.Name, Code: "engine-error", Err: err}
+		return &AppError{App: app.Name, Code: ReasonEngineError, Err: err}
 	}
 	if ins.State != nil && ins.State.Paused {
 		err = r.eng.ContainerUnpause(ctx, id)
@@ -637,7 +669,7 @@ func (r *Reconciler) start(ctx context.Context, app *spec.App, id string, ar *Ap
 // restore puts a container left aside by an interrupted rollout back under its name.
 func (r *Reconciler) restore(ctx context.Context, app *spec.App, id string) error {
 	if err := r.eng.ContainerRename(ctx, id, r.containerName(app.Name)); err != nil {
-		return &AppError{App: app.Name, Code: "engine-error", Err: fmt.Errorf("rename back: %w", err)}
+		return &AppError{App: app.Name, Code: ReasonEngineError, Err: fmt.Errorf("rename back: %w", err)}
 	}
 	if err := r.eng.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
 		return r.engineError(app, "start", err)
@@ -728,13 +760,13 @@ func (r *Reconciler) waitHealthy(ctx context.Context, id string, app *spec.App) 
 			}
 			// A container that exited and will not be restarted cannot become healthy.
 			if (st.Status == "exited" || st.Status == "dead") && (app.Restart == "" || app.Restart == "no") {
-				return &AppError{App: app.Name, Field: "healthcheck", Code: "health-failed",
+				return &AppError{App: app.Name, Field: "healthcheck", Code: ReasonHealthFailed,
 					Err: fmt.Errorf("%w: exited with code %d", ErrUnhealthy, st.ExitCode)}
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return &AppError{App: app.Name, Field: "healthcheck", Code: "health-failed",
+			return &AppError{App: app.Name, Field: "healthcheck", Code: ReasonHealthFailed,
 				Err: fmt.Errorf("%w: not healthy after %s: %s", ErrUnhealthy, limit, last)}
 		case <-tick.C:
 		}

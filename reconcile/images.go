@@ -112,7 +112,7 @@ func (r *Reconciler) ensureImage(ctx context.Context, app *spec.App, kind Kind, 
 	switch kind {
 	case KindPull:
 		if err := r.pull(ctx, ref); err != nil {
-			return &AppError{App: app.Name, Field: "image.ref", Code: "image-pull-failed", Err: err}
+			return &AppError{App: app.Name, Field: "image.ref", Code: ReasonImagePullFailed, Err: err}
 		}
 		return nil
 	case KindLoad:
@@ -145,61 +145,61 @@ func (r *Reconciler) load(ctx context.Context, app *spec.App, repo fs.FS) error 
 		return &AppError{App: app.Name, Field: field, Code: reason, Err: err}
 	}
 	if !validSHA256(src.SHA256) {
-		return fail("image.source.sha256", "spec-invalid", fmt.Errorf("%q is not 64 lowercase hex digits", src.SHA256))
+		return fail("image.source.sha256", ReasonSpecInvalid, fmt.Errorf("%q is not 64 lowercase hex digits", src.SHA256))
 	}
 	var open func() (io.ReadCloser, error)
 	field := "image.source.path"
 	switch {
 	case src.Path != "":
 		if repo == nil {
-			return fail(field, "image-missing", errors.New("no fleet repo to load the image tar from"))
+			return fail(field, ReasonImageMissing, errors.New("no fleet repo to load the image tar from"))
 		}
 		p := path.Clean(strings.TrimPrefix(src.Path, "/"))
 		if !fs.ValidPath(p) {
-			return fail(field, "spec-invalid", fmt.Errorf("%q is not a path inside the fleet repo", src.Path))
+			return fail(field, ReasonSpecInvalid, fmt.Errorf("%q is not a path inside the fleet repo", src.Path))
 		}
 		open = func() (io.ReadCloser, error) { return repo.Open(p) }
 		sum, err := hashOf(open)
 		if err != nil {
-			return fail(field, "image-missing", err)
+			return fail(field, ReasonImageMissing, err)
 		}
 		if sum != src.SHA256 {
-			return fail("image.source.sha256", "image-verify-failed", fmt.Errorf("%w: %s has sha256 %s, spec says %s", ErrImageVerify, src.Path, sum, src.SHA256))
+			return fail("image.source.sha256", ReasonImageVerifyFailed, fmt.Errorf("%w: %s has sha256 %s, spec says %s", ErrImageVerify, src.Path, sum, src.SHA256))
 		}
 	case src.URL != "":
 		field = "image.source.url"
 		p, err := r.download(ctx, src.URL, src.SHA256)
 		if err != nil {
-			reason := "image-download-failed"
+			reason := ReasonImageDownloadFailed
 			if errors.Is(err, ErrImageVerify) {
-				reason, field = "image-verify-failed", "image.source.sha256"
+				reason, field = ReasonImageVerifyFailed, "image.source.sha256"
 			}
 			return fail(field, reason, err)
 		}
 		open = func() (io.ReadCloser, error) { return os.Open(p) }
 	default:
-		return fail("image.source", "spec-invalid", errors.New("neither path nor url"))
+		return fail("image.source", ReasonSpecInvalid, errors.New("neither path nor url"))
 	}
 	f, err := open()
 	if err != nil {
-		return fail(field, "image-missing", err)
+		return fail(field, ReasonImageMissing, err)
 	}
 	defer f.Close()
 	resp, err := r.eng.ImageLoad(ctx, f, client.ImageLoadWithQuiet(true))
 	if err != nil {
-		return fail(field, "image-load-failed", fmt.Errorf("load: %w", err))
+		return fail(field, ReasonImageLoadFailed, fmt.Errorf("load: %w", err))
 	}
 	err = jsonStreamErr(resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		return fail(field, "image-load-failed", fmt.Errorf("load: %w", err))
+		return fail(field, ReasonImageLoadFailed, fmt.Errorf("load: %w", err))
 	}
 	ins, err := r.eng.ImageInspect(ctx, ref)
 	if err != nil {
-		return fail("image.ref", "image-missing", fmt.Errorf("the tar did not provide %q: %w", ref, err))
+		return fail("image.ref", ReasonImageMissing, fmt.Errorf("the tar did not provide %q: %w", ref, err))
 	}
 	if err := r.images.update(func(m map[string]loadedImage) { m[ref] = loadedImage{SHA256: src.SHA256, ID: ins.ID} }); err != nil {
-		return fail(field, "state-write-failed", err)
+		return fail(field, ReasonStateWriteFailed, err)
 	}
 	return nil
 }

@@ -389,7 +389,7 @@ func dependencyOrder(apps []spec.App) ([]*spec.App, []*AppError) {
 	for i := range apps {
 		for j, d := range apps[i].DependsOn {
 			if byName[d] == nil {
-				problems = append(problems, &AppError{App: apps[i].Name, Field: fmt.Sprintf("depends_on[%d]", j), Code: "spec-invalid", Err: fmt.Errorf("unknown app %q", d)})
+				problems = append(problems, &AppError{App: apps[i].Name, Field: fmt.Sprintf("depends_on[%d]", j), Code: ReasonSpecInvalid, Err: fmt.Errorf("unknown app %q", d)})
 				bad[apps[i].Name] = true
 			}
 		}
@@ -418,7 +418,7 @@ func dependencyOrder(apps []spec.App) ([]*spec.App, []*AppError) {
 			for _, n := range cycle {
 				bad[n] = true
 			}
-			problems = append(problems, &AppError{App: name, Field: "depends_on", Code: "spec-invalid", Err: fmt.Errorf("dependency cycle %s", strings.Join(cycle, " -> "))})
+			problems = append(problems, &AppError{App: name, Field: "depends_on", Code: ReasonSpecInvalid, Err: fmt.Errorf("dependency cycle %s", strings.Join(cycle, " -> "))})
 			return false
 		}
 		state[name] = visiting
@@ -437,7 +437,7 @@ func dependencyOrder(apps []spec.App) ([]*spec.App, []*AppError) {
 		state[name] = done
 		if !ok {
 			if !bad[name] {
-				problems = append(problems, &AppError{App: name, Field: "depends_on", Code: "dependency-failed", Err: fmt.Errorf("a dependency cannot be planned")})
+				problems = append(problems, &AppError{App: name, Field: "depends_on", Code: ReasonDependencyFailed, Err: fmt.Errorf("a dependency cannot be planned")})
 			}
 			bad[name] = true
 			return false

@@ -50,7 +50,7 @@ const (
 var (
 	// ErrEngine means the Docker Engine was unreachable or answered errors: retry
 	// later. Its Reason is "engine-unavailable".
-	ErrEngine error = &reasonError{"docker engine unavailable", "engine-unavailable"}
+	ErrEngine error = &reasonError{"docker engine unavailable", ReasonEngineUnavailable}
 	// ErrImageVerify means an image tar did not match its sha256: stalled until the spec changes.
 	ErrImageVerify = errors.New("image verification failed")
 	// ErrUnhealthy means a new version did not become healthy in time and was rolled back.

@@ -67,25 +67,38 @@ func Stalled(err error) bool {
 	return false
 }
 
+// Machine reasons Reason returns, stable for status reports (each is
+// explained in docs/guide/troubleshooting.md).
+const (
+	ReasonCommitUnsigned     = "commit-unsigned"
+	ReasonSignatureUntrusted = "signature-untrusted"
+	ReasonHistoryRewritten   = "history-rewritten"
+	ReasonRefNotFound        = "ref-not-found"
+	ReasonBundleInvalid      = "bundle-invalid"
+	ReasonGitAuth            = "git-auth"
+	ReasonGitUnreachable     = "git-unreachable"
+	ReasonGitError           = "git-error" // anything else, e.g. a corrupt local repo
+)
+
 // Reason returns a stable machine reason for err, for status reports.
 func Reason(err error) string {
 	switch {
 	case errors.Is(err, ErrUnsigned):
-		return "commit-unsigned"
+		return ReasonCommitUnsigned
 	case errors.Is(err, ErrBadSignature):
-		return "signature-untrusted"
+		return ReasonSignatureUntrusted
 	case errors.Is(err, ErrRewritten):
-		return "history-rewritten"
+		return ReasonHistoryRewritten
 	case errors.Is(err, ErrRefNotFound):
-		return "ref-not-found"
+		return ReasonRefNotFound
 	case errors.Is(err, ErrBundle):
-		return "bundle-invalid"
+		return ReasonBundleInvalid
 	case errors.Is(err, ErrAuth):
-		return "git-auth"
+		return ReasonGitAuth
 	case errors.Is(err, ErrUnreachable):
-		return "git-unreachable"
+		return ReasonGitUnreachable
 	}
-	return "git-error"
+	return ReasonGitError
 }
 
 // Auth holds the credentials for the remote. They are never logged and are
