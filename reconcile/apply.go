@@ -454,7 +454,7 @@ func (r *Reconciler) createContainer(ctx context.Context, dev *spec.Device, app 
 		return "", &AppError{App: app.Name, Code: ReasonSpecInvalid, Err: err}
 	}
 	if err := r.keepLegacyVolumes(ctx, host.Mounts); err != nil {
-		return "", &AppError{App: app.Name, Field: "volumes", Code: "engine-unavailable", Err: fmt.Errorf("%w: %w", ErrEngine, err)}
+		return "", &AppError{App: app.Name, Field: "volumes", Code: ReasonEngineUnavailable, Err: fmt.Errorf("%w: %w", ErrEngine, err)}
 	}
 	resp, err := r.eng.ContainerCreate(ctx, cfg, host, netCfg, nil, name)
 	if err != nil {
