@@ -1,6 +1,7 @@
 package spec
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"sort"
@@ -16,6 +17,10 @@ import (
 // the embedded schema are dropped in favour of those in the fleet repo;
 // fallback names the file when CUE gives no position at all.
 func toErrors(err error, fallback string) Errors {
+	var ours Errors
+	if errors.As(err, &ours) {
+		return ours
+	}
 	var out Errors
 	for _, ce := range cueerrors.Errors(err) {
 		format, args := ce.Msg()

@@ -286,7 +286,13 @@ func parse(ctx *cue.Context, fl *file) (cue.Value, error) {
 	}
 	af, err := yaml.Extract(fl.path, fl.data)
 	if err != nil {
+		if e := yamlSyntaxError(fl.path, fl.data); e != nil {
+			return cue.Value{}, Errors{e}
+		}
 		return cue.Value{}, err
+	}
+	if errs := duplicateKeys(af); len(errs) > 0 {
+		return cue.Value{}, errs
 	}
 	if len(af.Decls) == 0 {
 		// An empty YAML document is an empty struct, not null.

@@ -81,7 +81,7 @@ func TestBadInput(t *testing.T) {
 			name: "yaml syntax error",
 			file: "apps/web.yaml",
 			data: "image:\n  ref: [unclosed\n",
-			want: []string{"apps/web.yaml:1: did not find expected"},
+			want: []string{"apps/web.yaml:2:8: YAML syntax: did not find expected ',' or ']' (the '[' here is never closed)"},
 		},
 		{
 			name: "unknown field",

@@ -138,7 +138,10 @@ func TestValidateBadInput(t *testing.T) {
 		data  string
 		wants []string
 	}{
-		{"yaml syntax error", "apps/mqtt-broker.yaml", "image:\n  ref: [oops\n", []string{"apps/mqtt-broker.yaml:1:", "did not find expected"}},
+		{"yaml syntax error", "apps/mqtt-broker.yaml", "image:\n  ref: [oops\n", []string{"apps/mqtt-broker.yaml:2:8: YAML syntax:", "did not find expected"}},
+		{"yaml bad indentation", "apps/mqtt-broker.yaml", "image:\n  ref: x\nenv:\n  A: b\n B: c\nrestart: always\n", []string{"apps/mqtt-broker.yaml:5:2: YAML syntax:", "indentation"}},
+		{"unclosed bracket on the last line", "apps/mqtt-broker.yaml", "image:\n  ref: x\ncap_drop: [ALL", []string{"apps/mqtt-broker.yaml:3:11: YAML syntax:", "never closed"}},
+		{"duplicate key", "apps/mqtt-broker.yaml", "image:\n  ref: x\nrestart: always\nrestart: always\n", []string{`apps/mqtt-broker.yaml:4:1: duplicate key "restart" (first at line 3)`}},
 		{"unknown field", "apps/mqtt-broker.yaml", "image:\n  ref: x@sha256:" + sha + "\nportz: []\n", []string{"apps/mqtt-broker.yaml:3:1: portz: unknown field"}},
 		{"bad sha256", "apps/mqtt-broker.yaml", "image:\n  ref: x\n  source:\n    path: a.tar\n    sha256: xyz\n", []string{"apps/mqtt-broker.yaml:5:13: image.source.sha256"}},
 		{"port out of range", "apps/mqtt-broker.yaml", "image:\n  ref: x@sha256:" + sha + "\nports:\n  - host: 70000\n    container: 1\n", []string{"apps/mqtt-broker.yaml:4:11: ports[0].host"}},
