@@ -35,6 +35,11 @@ type Status struct {
 	Attest  *AttestStatus `json:"attest,omitempty"`
 	Problem *Problem      `json:"problem,omitempty"` // why the last pass did not converge
 	Offline bool          `json:"offline,omitempty"` // work done from a USB bundle, reported late
+	// Rollout is the device's standing on the newest commit it knows, while
+	// the fleet declares a rollout: waiting for a grant (and why), granted,
+	// or applied without one under the offline policy. A device holding a
+	// commit still reports the state of the commit it runs.
+	Rollout *RolloutStatus `json:"rollout,omitempty"`
 }
 
 // State is a device's summary state. It is the one vocabulary of device

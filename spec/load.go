@@ -59,6 +59,10 @@ type Fleet struct {
 	loadErrs Errors
 	warnings []string
 
+	fleetRollout map[string]any // the fleet file's rollout section, checked
+	rolloutMu    sync.Mutex
+	rollouts     map[string]*Rollout // by matched groups
+
 	mu   sync.Mutex
 	pool []*renderer // idle renderers; each owns a CUE context
 }
@@ -76,6 +80,7 @@ type group struct {
 	devices     map[string]bool
 	soft        map[string]any
 	hasSpec     bool
+	rollout     map[string]any // the group's rollout section, checked
 }
 
 func (g *group) matches(id string, labels map[string]string) bool {
@@ -347,6 +352,7 @@ func (l *loader) loadFleetFile() {
 		return
 	}
 	l.f.fleetSoft, _ = l.decodeSoft(v.LookupPath(cue.ParsePath("defaults")), fl.path)
+	l.f.fleetRollout = l.checkRollout(v.LookupPath(cue.ParsePath("rollout")), l.raw.LookupPath(cue.ParsePath("rollout")), fl.path)
 	l.refs = append(l.refs, l.raw.LookupPath(cue.ParsePath("defaults")), l.raw.LookupPath(cue.ParsePath("spec")))
 }
 
@@ -462,6 +468,7 @@ func (l *loader) loadGroups() {
 			continue
 		}
 		g.soft = soft
+		g.rollout = l.checkRollout(v.LookupPath(cue.ParsePath("rollout")), l.raw.LookupPath(cue.ParsePath("rollout")), g.file.path)
 		g.hasSpec = v.LookupPath(cue.ParsePath("spec")).Exists()
 		l.refs = append(l.refs, l.raw.LookupPath(cue.ParsePath("defaults")), l.raw.LookupPath(cue.ParsePath("spec")))
 		ok = append(ok, g)

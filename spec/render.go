@@ -390,6 +390,7 @@ func (f *Fleet) build(id string, labels map[string]string, groups []string, raw 
 		Update:      raw.Update,
 		Time:        raw.Time,
 		Attestation: raw.Attestation,
+		Rollout:     f.rolloutFor(groups),
 	}
 	var errs Errors
 	if raw.Release != "" {

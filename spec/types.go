@@ -22,6 +22,10 @@ type Device struct {
 	Update      UpdatePolicy      `json:"update"`
 	Time        TimePolicy        `json:"time"`
 	Attestation AttestationPolicy `json:"attestation"`
+	// Rollout is how a commit that changes this spec reaches the device; nil
+	// when the fleet declares no rollout for it. It is left out of the
+	// canonical JSON and the hash on purpose (see Rollout).
+	Rollout *Rollout `json:"-"`
 }
 
 // App is one container the device runs.
