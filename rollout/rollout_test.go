@@ -54,7 +54,9 @@ func waveSizes(p *spec.Rollout, a map[string]int) []int {
 }
 
 func TestAssign(t *testing.T) {
-	site := func(i int) map[string]string { return map[string]string{"site": fmt.Sprintf("s%d", i%3), "tier": map[bool]string{true: "canary"}[i == 7]} }
+	site := func(i int) map[string]string {
+		return map[string]string{"site": fmt.Sprintf("s%d", i%3), "tier": map[bool]string{true: "canary"}[i == 7]}
+	}
 	tests := []struct {
 		name   string
 		waves  string
