@@ -149,6 +149,68 @@ var sqliteSchema = []string{
 	);
 	ALTER TABLE devices ADD COLUMN relay TEXT NOT NULL DEFAULT '';
 	CREATE INDEX devices_relay ON devices (relay)`,
+	// 6: staged rollouts (rollouts.go): each rollout of a commit, its
+	// waves per track, its member devices with their grants, what happened
+	// (events), and the lease that lets one hub at a time decide.
+	`CREATE TABLE rollouts (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		commit_id TEXT NOT NULL,
+		status TEXT NOT NULL,
+		urgent INTEGER NOT NULL,
+		reason TEXT NOT NULL,
+		created INTEGER NOT NULL,
+		updated INTEGER NOT NULL,
+		policies BLOB NOT NULL,
+		paused INTEGER NOT NULL,
+		aborted INTEGER NOT NULL
+	);
+	CREATE INDEX rollouts_commit ON rollouts (commit_id);
+	CREATE TABLE rollout_waves (
+		rollout_id INTEGER NOT NULL,
+		track TEXT NOT NULL,
+		idx INTEGER NOT NULL,
+		name TEXT NOT NULL,
+		state TEXT NOT NULL,
+		opened INTEGER NOT NULL,
+		bake_start INTEGER NOT NULL,
+		ended INTEGER NOT NULL,
+		approved INTEGER NOT NULL,
+		note TEXT NOT NULL,
+		PRIMARY KEY (rollout_id, track, idx)
+	);
+	CREATE TABLE rollout_members (
+		rollout_id INTEGER NOT NULL,
+		device_id TEXT NOT NULL,
+		track TEXT NOT NULL,
+		wave INTEGER NOT NULL,
+		labels TEXT NOT NULL,
+		from_spec TEXT NOT NULL,
+		to_spec TEXT NOT NULL,
+		release TEXT NOT NULL,
+		why TEXT NOT NULL,
+		admitted INTEGER NOT NULL,
+		granted INTEGER NOT NULL,
+		grant_id TEXT NOT NULL,
+		verdict TEXT NOT NULL,
+		gates TEXT NOT NULL,
+		flag TEXT NOT NULL,
+		PRIMARY KEY (rollout_id, device_id)
+	);
+	CREATE INDEX rollout_members_device ON rollout_members (device_id);
+	CREATE TABLE rollout_events (
+		id INTEGER PRIMARY KEY AUTOINCREMENT,
+		rollout_id INTEGER NOT NULL,
+		time INTEGER NOT NULL,
+		device_id TEXT NOT NULL,
+		kind TEXT NOT NULL,
+		message TEXT NOT NULL
+	);
+	CREATE INDEX rollout_events_rollout ON rollout_events (rollout_id, id);
+	CREATE TABLE leases (
+		name TEXT PRIMARY KEY,
+		holder TEXT NOT NULL,
+		expires INTEGER NOT NULL
+	)`,
 }
 
 var postgresSchema = []string{
@@ -295,4 +357,66 @@ var postgresSchema = []string{
 	);
 	ALTER TABLE devices ADD COLUMN relay TEXT NOT NULL DEFAULT '';
 	CREATE INDEX devices_relay ON devices (relay)`,
+	// 6: staged rollouts (rollouts.go): each rollout of a commit, its
+	// waves per track, its member devices with their grants, what happened
+	// (events), and the lease that lets one hub at a time decide.
+	`CREATE TABLE rollouts (
+		id BIGSERIAL PRIMARY KEY,
+		commit_id TEXT NOT NULL,
+		status TEXT NOT NULL,
+		urgent INTEGER NOT NULL,
+		reason TEXT NOT NULL,
+		created BIGINT NOT NULL,
+		updated BIGINT NOT NULL,
+		policies BYTEA NOT NULL,
+		paused INTEGER NOT NULL,
+		aborted INTEGER NOT NULL
+	);
+	CREATE INDEX rollouts_commit ON rollouts (commit_id);
+	CREATE TABLE rollout_waves (
+		rollout_id BIGINT NOT NULL,
+		track TEXT NOT NULL,
+		idx INTEGER NOT NULL,
+		name TEXT NOT NULL,
+		state TEXT NOT NULL,
+		opened BIGINT NOT NULL,
+		bake_start BIGINT NOT NULL,
+		ended BIGINT NOT NULL,
+		approved INTEGER NOT NULL,
+		note TEXT NOT NULL,
+		PRIMARY KEY (rollout_id, track, idx)
+	);
+	CREATE TABLE rollout_members (
+		rollout_id BIGINT NOT NULL,
+		device_id TEXT NOT NULL,
+		track TEXT NOT NULL,
+		wave INTEGER NOT NULL,
+		labels TEXT NOT NULL,
+		from_spec TEXT NOT NULL,
+		to_spec TEXT NOT NULL,
+		release TEXT NOT NULL,
+		why TEXT NOT NULL,
+		admitted BIGINT NOT NULL,
+		granted BIGINT NOT NULL,
+		grant_id TEXT NOT NULL,
+		verdict TEXT NOT NULL,
+		gates TEXT NOT NULL,
+		flag TEXT NOT NULL,
+		PRIMARY KEY (rollout_id, device_id)
+	);
+	CREATE INDEX rollout_members_device ON rollout_members (device_id);
+	CREATE TABLE rollout_events (
+		id BIGSERIAL PRIMARY KEY,
+		rollout_id BIGINT NOT NULL,
+		time BIGINT NOT NULL,
+		device_id TEXT NOT NULL,
+		kind TEXT NOT NULL,
+		message TEXT NOT NULL
+	);
+	CREATE INDEX rollout_events_rollout ON rollout_events (rollout_id, id);
+	CREATE TABLE leases (
+		name TEXT PRIMARY KEY,
+		holder TEXT NOT NULL,
+		expires BIGINT NOT NULL
+	)`,
 }

@@ -132,6 +132,7 @@ type Store interface {
 	Pokes
 	ReceiptStore
 	Relays
+	Rollouts
 	// CA returns the stored CA, or ErrNotFound.
 	CA(ctx context.Context) (CA, error)
 	// InitCA stores ca unless one exists, and returns the one stored, so

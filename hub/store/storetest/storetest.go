@@ -60,6 +60,9 @@ func Run(t *testing.T, open Open) {
 	t.Run("Receipts", func(t *testing.T) { testReceipts(t, open(t)) })
 	t.Run("CA", func(t *testing.T) { testCA(t, open(t)) })
 	t.Run("Relays", func(t *testing.T) { testRelays(t, open(t)) })
+	t.Run("Lease", func(t *testing.T) { testLease(t, open(t)) })
+	t.Run("Rollouts", func(t *testing.T) { testRollouts(t, open(t)) })
+	t.Run("ReportReads", func(t *testing.T) { testReportReads(t, open(t)) })
 }
 
 func testTokens(t *testing.T, s store.Store) {
