@@ -16,6 +16,8 @@ import (
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/shoalfleet/shoal/updater/delta"
 )
 
 // compression of an image stream, recognised by its magic bytes.
@@ -38,15 +40,7 @@ func sniff(head []byte) compression {
 }
 
 // redact strips credentials and the query from a URL before it reaches a log or an error.
-func redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.Scheme == "" {
-		return raw
-	}
-	u.User = nil
-	u.RawQuery = ""
-	return u.String()
-}
+func redact(raw string) string { return delta.Redact(raw) }
 
 // openRaw opens the image at loc (http(s)://, file://, or a path, relative
 // ones under baseDir) at byte offset off. It returns the offset it could honour

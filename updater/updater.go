@@ -10,7 +10,7 @@
 // at any instant leaves a slot that boots and verifies.
 //
 // The agent and the shoal-agent CLI import it. Of Shoal's packages it imports
-// spec, its own bootenv and internal/atomicfile.
+// spec, its own bootenv and delta, and internal/atomicfile.
 package updater
 
 import (
