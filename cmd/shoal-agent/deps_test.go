@@ -6,8 +6,8 @@ import (
 	"testing"
 )
 
-// The device binary must not link the hub, an SQL driver, a browser driver or
-// the TPM simulator (cgo): it stays small and static. (The standard library's
+// The device binary must not link the hub, the site relay's server side (nor
+// its MQTT client), an SQL driver, a browser driver or the TPM simulator (cgo): it stays small and static. (The standard library's
 // database/sql comes in through the Prometheus collectors and CUE's decimal
 // type; it holds no driver.)
 func TestDeviceBinaryDeps(t *testing.T) {
@@ -19,6 +19,8 @@ func TestDeviceBinaryDeps(t *testing.T) {
 	}
 	forbidden := []string{
 		"github.com/shoalfleet/shoal/hub",
+		"github.com/shoalfleet/shoal/relay",
+		"github.com/eclipse/paho.mqtt.golang",
 		"modernc.org/sqlite",
 		"github.com/jackc/pgx",
 		"github.com/chromedp",

@@ -87,6 +87,7 @@ Exit codes: 0 ok, 1 invalid input or failed operation, 2 usage error.`,
 		newProvisionCmd(),
 		newKeysCmd(),
 		newReceiptsCmd(),
+		newRelayCmd(),
 	)
 	return root
 }

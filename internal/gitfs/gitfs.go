@@ -39,17 +39,9 @@ func Open(dir, rev string) (*FS, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	h, err := repo.ResolveRevision(plumbing.Revision(rev))
+	t, c, h, err := treeAt(repo, rev)
 	if err != nil {
-		return nil, "", fmt.Errorf("resolve revision %q: %w", rev, err)
-	}
-	c, err := repo.CommitObject(*h)
-	if err != nil {
-		return nil, "", fmt.Errorf("revision %q: %w", rev, err)
-	}
-	t, err := c.Tree()
-	if err != nil {
-		return nil, "", fmt.Errorf("revision %q: %w", rev, err)
+		return nil, "", err
 	}
 	if sub != "" {
 		if t, err = t.Tree(sub); err != nil {
@@ -196,4 +188,35 @@ func relPath(root, dir string) (string, error) {
 		return "", fmt.Errorf("%s is not inside the repository at %s", dir, root)
 	}
 	return abs[len(root)+1:], nil
+}
+
+// OpenBare resolves rev in the bare repository at gitDir (a mirror, say)
+// and returns the whole tree at that revision, with the commit hash.
+func OpenBare(gitDir, rev string) (*FS, string, error) {
+	repo, err := git.PlainOpen(gitDir)
+	if err != nil {
+		return nil, "", fmt.Errorf("open git repository at %s: %w", gitDir, err)
+	}
+	t, c, h, err := treeAt(repo, rev)
+	if err != nil {
+		return nil, "", err
+	}
+	return &FS{tree: t, when: c.Committer.When}, h.String(), nil
+}
+
+// treeAt resolves rev to its commit and tree.
+func treeAt(repo *git.Repository, rev string) (*object.Tree, *object.Commit, *plumbing.Hash, error) {
+	h, err := repo.ResolveRevision(plumbing.Revision(rev))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("resolve revision %q: %w", rev, err)
+	}
+	c, err := repo.CommitObject(*h)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("revision %q: %w", rev, err)
+	}
+	t, err := c.Tree()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("revision %q: %w", rev, err)
+	}
+	return t, c, h, nil
 }
