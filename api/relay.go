@@ -39,6 +39,14 @@ const (
 	ReasonArtifactVerify = "artifact-verify-failed"
 )
 
+// Reasons a relay gives the pokes it makes itself (api.Poke.Reason).
+const (
+	// ReasonRelayMirror: the relay's mirror found a new fleet commit on its own fetch.
+	ReasonRelayMirror = "relay-mirror"
+	// ReasonRelayImport: a USB bundle was imported into the relay (shoal relay import).
+	ReasonRelayImport = "relay-import"
+)
+
 // MaxRelayStatusBytes bounds a relay's status report.
 const MaxRelayStatusBytes = 64 << 10
 

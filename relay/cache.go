@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/internal/atomicfile"
 )
 
@@ -445,9 +446,9 @@ func (c *cache) serve(w http.ResponseWriter, r *http.Request, a artifact) {
 		if r.Context().Err() != nil {
 			return
 		}
-		code, reason := http.StatusBadGateway, "upstream-unavailable"
+		code, reason := http.StatusBadGateway, api.ReasonUpstreamUnavailable
 		if errors.Is(err, errArtifactVerify) {
-			reason = "artifact-verify-failed"
+			reason = api.ReasonArtifactVerify
 		}
 		writeErr(w, code, reason, err.Error())
 		return

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/internal/atomicfile"
 )
 
@@ -125,7 +126,7 @@ func (r *Relay) importLoop(ctx context.Context) {
 			commit = r.mirror.status().commit
 		}
 		r.log.Info("bundle imported; poking devices", "commit", commit, "artifacts", n)
-		if err := r.pokes.localPokeAll(commit, "relay-import", r.o.Now()); err != nil {
+		if err := r.pokes.localPokeAll(commit, api.ReasonRelayImport, r.o.Now()); err != nil {
 			r.log.Error("poke devices", "err", err)
 		}
 	}

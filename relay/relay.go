@@ -418,7 +418,7 @@ func (r *Relay) syncMirror(ctx context.Context, pokeOnNew bool) {
 	r.log.Info("fleet repo mirror updated", "commit", after)
 	r.reindex()
 	if pokeOnNew && before != "" {
-		if err := r.pokes.localPokeAll(after, "relay-mirror", r.o.Now()); err != nil {
+		if err := r.pokes.localPokeAll(after, api.ReasonRelayMirror, r.o.Now()); err != nil {
 			r.log.Error("poke devices", "err", err)
 		}
 	}
