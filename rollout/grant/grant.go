@@ -105,13 +105,21 @@ func (c *Checker) Check(g *api.Grant, want Expect) (*api.GrantBody, error) {
 	return &b, nil
 }
 
+// Machine reasons Reason returns (each is explained in
+// docs/guide/troubleshooting.md).
+const (
+	ReasonForged    = "grant-forged"
+	ReasonReplayed  = "grant-replayed"
+	ReasonMalformed = "grant-malformed"
+)
+
 // Reason is the stable machine reason for a Check error.
 func Reason(err error) string {
 	switch {
 	case errors.Is(err, ErrForged):
-		return "grant-forged"
+		return ReasonForged
 	case errors.Is(err, ErrReplayed):
-		return "grant-replayed"
+		return ReasonReplayed
 	}
-	return "grant-malformed"
+	return ReasonMalformed
 }
