@@ -42,25 +42,10 @@ func SourceFromConfig(cfg *Config, log *slog.Logger) (*source.Source, error) {
 		}
 		o.CABundle = b
 	}
-	if s := rc.Signers; s.OpenPGPKeyring != "" || s.SSHKeys != "" {
-		o.Signatures = &source.SignaturePolicy{}
-		if s.OpenPGPKeyring != "" {
-			b, err := os.ReadFile(s.OpenPGPKeyring)
-			if err != nil {
-				return nil, fmt.Errorf("repo.signers.openpgp_keyring: %w", err)
-			}
-			o.Signatures.OpenPGP = string(b)
-		}
-		if s.SSHKeys != "" {
-			b, err := os.ReadFile(s.SSHKeys)
-			if err != nil {
-				return nil, fmt.Errorf("repo.signers.ssh_keys: %w", err)
-			}
-			o.Signatures.SSH = string(b)
-		}
-		if o.Signatures.Empty() {
-			return nil, fmt.Errorf("repo.signers: the key files are empty: no commit could ever be applied")
-		}
+	sig, err := source.LoadSignaturePolicy(rc.Signers.OpenPGPKeyring, rc.Signers.SSHKeys)
+	if err != nil {
+		return nil, fmt.Errorf("repo.signers: %w", err)
 	}
+	o.Signatures = sig
 	return source.New(o)
 }

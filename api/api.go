@@ -73,4 +73,7 @@ const (
 	ReasonUnavailable    = "unavailable"
 	ReasonMethod         = "method-not-allowed"
 	ReasonUnsupportedVer = "unsupported-version"
+	// ReasonDeviceNotInFleet refuses an enrolment token for a device the
+	// fleet repo the hub follows (shoal hub --fleet) does not list.
+	ReasonDeviceNotInFleet = "device-not-in-fleet"
 )

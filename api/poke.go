@@ -127,6 +127,17 @@ type TokenResponse struct {
 	Hosts []string `json:"hosts,omitempty"`
 }
 
+// TokenRevokeResult says which token a revocation revoked.
+type TokenRevokeResult struct {
+	APIVersion string    `json:"apiVersion"`
+	Kind       string    `json:"kind"`               // enrol | relay | operator
+	DeviceID   string    `json:"deviceID,omitempty"` // the device (or relay) an enrolment token was for
+	Expires    time.Time `json:"expires,omitzero"`
+	// Used is when the token enrolled its device; revoking a used token
+	// does not revoke the device.
+	Used time.Time `json:"used,omitzero"`
+}
+
 // TokenRevokeRequest revokes an unused enrolment token (operator API).
 type TokenRevokeRequest struct {
 	APIVersion string `json:"apiVersion"`

@@ -90,7 +90,7 @@ func TestAttacks(t *testing.T) {
 		}
 		expired := th.token(t, "dev-d", time.Nanosecond)
 		revoked := th.token(t, "dev-e", time.Hour)
-		if err := RevokeToken(ctx, th.Store, revoked); err != nil {
+		if _, err := RevokeToken(ctx, th.Store, revoked); err != nil {
 			t.Fatal(err)
 		}
 		enrolBody := func(tok string) []byte {

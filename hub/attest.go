@@ -244,6 +244,19 @@ func (p *FleetPolicy) Run(ctx context.Context, pokes Pokes, interval, check time
 	}
 }
 
+// KnownDevice reports, as an error for the operator, a device the fleet in
+// use does not list (no devices/<id> file); it is Options.KnownDevice.
+func (p *FleetPolicy) KnownDevice(id string) error {
+	lf := p.cur.Load()
+	if lf == nil {
+		return errors.New("the hub has not loaded the fleet repo yet; try again in a moment")
+	}
+	if slices.Contains(lf.f.DeviceIDs(), id) {
+		return nil
+	}
+	return fmt.Errorf("device %q is not in the fleet repo the hub follows (--fleet, revision %s): add devices/%s.yaml, commit and push, then create the token (the hub reads the fleet again every --fleet-refresh, and soon after a poke)", id, shortRev(lf.rev), id)
+}
+
 // Policy is an AttestVerifier.Policy. A device the fleet cannot render, or
 // one claiming a release the fleet does not list while its own release
 // expects PCR values, is refused (attest.ErrPolicy).

@@ -65,6 +65,10 @@ type Options struct {
 	// /v1/enrol is refused too: 403 ek-untrusted). Nil checks only that the
 	// EK's forms agree.
 	EKRoots *attest.EKRoots
+	// KnownDevice, when set, is asked before an enrolment token is made for
+	// a device: an error (its text for the operator) refuses the token with
+	// 422 device-not-in-fleet. FleetPolicy.KnownDevice checks the --fleet repo.
+	KnownDevice func(id string) error
 	// Web is mounted at / for the status page (hub/web); nil serves JSON 404s.
 	Web http.Handler
 	// Registerer receives the hub's metrics besides its own /metrics registry.

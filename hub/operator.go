@@ -88,15 +88,27 @@ func CreateOperatorToken(ctx context.Context, st store.Store, ttl time.Duration,
 	return tok, nil
 }
 
-// RevokeToken revokes an enrolment or operator token by its value.
-func RevokeToken(ctx context.Context, st store.Store, token string) error {
-	return st.RevokeToken(ctx, hashToken(token))
+// RevokeToken revokes an enrolment, relay or operator token by its value
+// and says which token it was.
+func RevokeToken(ctx context.Context, st store.Store, token string) (api.TokenRevokeResult, error) {
+	t, err := st.RevokeToken(ctx, hashToken(token))
+	if err != nil {
+		return api.TokenRevokeResult{}, err
+	}
+	return api.TokenRevokeResult{APIVersion: api.Version, Kind: t.Kind, DeviceID: t.DeviceID, Expires: t.Expires, Used: t.Used}, nil
 }
 
 func (h *Hub) handleTokenCreate(w http.ResponseWriter, r *http.Request) {
 	var req api.TokenRequest
 	if !decode(w, r, api.MaxPokeBytes, &req) {
 		return
+	}
+	if !req.Relay && h.o.KnownDevice != nil {
+		if err := h.o.KnownDevice(req.DeviceID); err != nil {
+			h.log.Info("enrolment token refused", "device", req.DeviceID, "reason", api.ReasonDeviceNotInFleet, "err", err)
+			writeError(w, http.StatusUnprocessableEntity, api.ReasonDeviceNotInFleet, err.Error())
+			return
+		}
 	}
 	create := func() (api.TokenResponse, error) {
 		if req.Relay {
@@ -119,7 +131,7 @@ func (h *Hub) handleTokenRevoke(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, api.MaxPokeBytes, &req) {
 		return
 	}
-	err := RevokeToken(r.Context(), h.st, req.Token)
+	res, err := RevokeToken(r.Context(), h.st, req.Token)
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, http.StatusNotFound, api.ReasonNotFound, "no such token")
 		return
@@ -128,7 +140,8 @@ func (h *Hub) handleTokenRevoke(w http.ResponseWriter, r *http.Request) {
 		h.internal(w, r, err)
 		return
 	}
-	w.WriteHeader(http.StatusNoContent)
+	h.log.Info("token revoked", "kind", res.Kind, "device", res.DeviceID)
+	writeJSON(w, http.StatusOK, &res)
 }
 
 func (h *Hub) handleRevoke(w http.ResponseWriter, r *http.Request) {

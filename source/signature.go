@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/go-git/go-git/v5/plumbing"
@@ -24,6 +25,40 @@ type SignaturePolicy struct {
 	OpenPGP string
 	// SSH holds public keys in authorized_keys format, one a line; empty: no SSH signer is trusted.
 	SSH string
+}
+
+// LoadSignaturePolicy reads the trusted signers from files: an armored
+// OpenPGP public keyring and SSH public keys in authorized_keys format, one
+// a line. Either name may be empty. It returns nil (accept any commit) when
+// both are, and an error when the files trust no key at all or an SSH key
+// does not parse, so that a policy that could never admit a commit is
+// caught when it is set, not on the first fetch.
+func LoadSignaturePolicy(openpgpKeyring, sshKeys string) (*SignaturePolicy, error) {
+	if openpgpKeyring == "" && sshKeys == "" {
+		return nil, nil
+	}
+	p := &SignaturePolicy{}
+	if openpgpKeyring != "" {
+		b, err := os.ReadFile(openpgpKeyring)
+		if err != nil {
+			return nil, fmt.Errorf("openpgp keyring: %w", err)
+		}
+		p.OpenPGP = string(b)
+	}
+	if sshKeys != "" {
+		b, err := os.ReadFile(sshKeys)
+		if err != nil {
+			return nil, fmt.Errorf("ssh signer keys: %w", err)
+		}
+		if _, err := parseAuthorizedKeys(string(b)); err != nil {
+			return nil, fmt.Errorf("%s: %w", sshKeys, err)
+		}
+		p.SSH = string(b)
+	}
+	if p.Empty() {
+		return nil, errors.New("the key files are empty: no commit could ever be accepted")
+	}
+	return p, nil
 }
 
 // Empty reports whether the policy trusts no key at all (and so checks nothing).

@@ -164,3 +164,41 @@ func FuzzParseSSHSig(f *testing.F) {
 		}
 	})
 }
+
+func TestLoadSignaturePolicy(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	const sshKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ9Eg7T0b9nyCT4NqtR0GbTKuNDVGLnpB1dJDJ1iTR0p ops@example\n"
+	good, empty, bad := write("signers", sshKey), write("empty", "\n"), write("bad", "ssh-ed25519 not-base64\n")
+	cases := []struct {
+		name, openpgp, ssh string
+		nilPolicy          bool
+		err                string
+	}{
+		{"none", "", "", true, ""},
+		{"ssh keys", "", good, false, ""},
+		{"empty files", empty, empty, false, "no commit could ever be accepted"},
+		{"bad ssh key", "", bad, false, "bad"},
+		{"missing file", filepath.Join(dir, "nope"), "", false, "openpgp keyring"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p, err := LoadSignaturePolicy(c.openpgp, c.ssh)
+			if c.err != "" {
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("err %v, want %q", err, c.err)
+				}
+				return
+			}
+			if err != nil || (p == nil) != c.nilPolicy {
+				t.Fatalf("policy %+v, err %v", p, err)
+			}
+		})
+	}
+}

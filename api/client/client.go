@@ -152,32 +152,62 @@ func activate(ctx context.Context, hc *http.Client, base *url.URL, req *api.Enro
 }
 
 func firstContactTLS(serverName string, o EnrolOptions) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS13, ServerName: serverName, RootCAs: o.RootCAs, Time: o.Now}
 	if o.RootCAs != nil {
-		return tc, nil
+		return &tls.Config{MinVersion: tls.VersionTLS13, ServerName: serverName, RootCAs: o.RootCAs, Time: o.Now}, nil
 	}
-	fp, err := hex.DecodeString(strings.ToLower(strings.ReplaceAll(o.CAFingerprint, ":", "")))
+	tc, err := PinnedTLS(serverName, o.CAFingerprint, o.Now)
+	if err != nil {
+		return nil, fmt.Errorf("enrol: need RootCAs or %w", err)
+	}
+	return tc, nil
+}
+
+// ErrPinnedCA is returned (wrapped) when the hub's TLS chain holds no CA
+// certificate with the pinned fingerprint.
+var ErrPinnedCA = errors.New("hub did not present the pinned CA")
+
+// ParseFingerprint reads a sha256 fingerprint: 64 hex digits, colons allowed.
+func ParseFingerprint(s string) ([]byte, error) {
+	fp, err := hex.DecodeString(strings.ToLower(strings.ReplaceAll(s, ":", "")))
 	if err != nil || len(fp) != sha256.Size {
-		return nil, errors.New("enrol: need RootCAs or a CA fingerprint (64 hex digits)")
+		return nil, errors.New("a CA fingerprint of 64 hex digits (sha256)")
 	}
+	return fp, nil
+}
+
+// PinnedTLS is a TLS 1.3 client configuration that trusts only the CA
+// certificate whose sha256 is fingerprint: the hub must send that CA in its
+// chain, and its certificate must verify against it for serverName, by
+// now (nil: the system clock).
+func PinnedTLS(serverName, fingerprint string, now func() time.Time) (*tls.Config, error) {
+	fp, err := ParseFingerprint(fingerprint)
+	if err != nil {
+		return nil, err
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS13, ServerName: serverName, Time: now}
 	// The standard verification runs below, against the pinned CA only.
 	tc.InsecureSkipVerify = true
 	tc.VerifyConnection = func(cs tls.ConnectionState) error {
+		var sent []string
 		for _, c := range cs.PeerCertificates[1:] {
 			sum := sha256.Sum256(c.Raw)
 			if !bytes.Equal(sum[:], fp) || !c.IsCA {
+				sent = append(sent, hex.EncodeToString(sum[:]))
 				continue
 			}
 			pool := x509.NewCertPool()
 			pool.AddCert(c)
 			vo := x509.VerifyOptions{Roots: pool, DNSName: serverName}
-			if o.Now != nil {
-				vo.CurrentTime = o.Now()
+			if now != nil {
+				vo.CurrentTime = now()
 			}
 			_, err := cs.PeerCertificates[0].Verify(vo)
 			return err
 		}
-		return errors.New("hub did not present the pinned CA")
+		if len(sent) == 0 {
+			return fmt.Errorf("%w: it sent no CA certificate", ErrPinnedCA)
+		}
+		return fmt.Errorf("%w: it sent CA sha256 %s", ErrPinnedCA, strings.Join(sent, ", "))
 	}
 	return tc, nil
 }

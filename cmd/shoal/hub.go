@@ -3,10 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,10 +23,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/api/client"
 	"github.com/shoalfleet/shoal/attest"
 	"github.com/shoalfleet/shoal/hub"
 	"github.com/shoalfleet/shoal/hub/store"
 	"github.com/shoalfleet/shoal/hub/web"
+	"github.com/shoalfleet/shoal/internal/gitfs"
 	"github.com/shoalfleet/shoal/internal/pprofhttp"
 	"github.com/shoalfleet/shoal/source"
 )
@@ -75,8 +75,22 @@ with errors is refused and the last good one kept. Without --fleet, quotes
 are held only to the spec hash and release the device claims. A private
 fleet repo takes the same credentials as the agent's repo config: over ssh://
 --fleet-ssh-key with --fleet-known-hosts (host keys are always checked), over
-https:// --fleet-token-file (the token is never taken on the command line).
-The hub stops at start if the first fetch fails.
+https:// --fleet-token-file (the token is never taken on the command line)
+and --fleet-ca for a server under a private CA. A directory must be a Git
+repository (a work tree or a bare one): the hub reads its committed HEAD (or
+--fleet-branch when given), never uncommitted files. The hub stops at start
+if the first fetch fails.
+
+The fleet's commits set the PCR values devices are held to, so the hub
+checks their signatures with the policy devices use (repo.signers in the
+agent's config): --fleet-signers-ssh and --fleet-signers-openpgp name the
+same key files. A commit signed by no trusted key is refused and the last
+good fleet kept. Without them the hub checks no signature, and says so in its
+log at start and on the status page.
+
+One hub serves a SQLite database: a second hub on the same file is refused
+(a lock file beside it names the process holding it). Run several hubs on
+PostgreSQL.
 
 With --ek-roots (a PEM file, or a directory of PEM or DER files, holding
 the CA certificates TPM makers publish: the self-signed ones are roots, the
@@ -122,6 +136,11 @@ whether its EK had a certificate and its issuer.`,
 				}
 				o.TLSCert = &tc
 			}
+			unlock, err := store.HubLock(db)
+			if err != nil {
+				return err
+			}
+			defer unlock()
 			st, err := store.Open(ctx, db)
 			if err != nil {
 				return err
@@ -141,15 +160,25 @@ whether its EK had a certificate and its issuer.`,
 				nr, ni := o.EKRoots.Counts()
 				log.Info("EK certificates checked against TPM makers' CAs", "path", ekRoots, "roots", nr, "intermediates", ni)
 			}
-			if fleet == "" && fleetAuth.set() {
-				return usageError{errors.New("--fleet-ssh-key, --fleet-known-hosts, --fleet-ssh-user, --fleet-token-file and --fleet-token-user go with a --fleet Git URL")}
+			if fleet == "" && (fleetAuth.set() || fleetAuth.signed()) {
+				return usageError{errors.New("--fleet-ssh-key, --fleet-known-hosts, --fleet-ssh-user, --fleet-token-*, --fleet-ca and --fleet-signers-* go with --fleet")}
 			}
+			var notices []string
 			if fleet != "" {
-				fp, cleanup, err := fleetPolicy(fleet, fleetBranch, fleetAuth, log)
+				branch := ""
+				if cmd.Flags().Changed("fleet-branch") {
+					branch = fleetBranch
+				}
+				fp, cleanup, err := fleetPolicy(fleet, branch, fleetAuth, log)
 				if err != nil {
 					return err
 				}
 				defer cleanup()
+				if !fleetAuth.signed() {
+					msg := "The hub does not check the signatures of the fleet repo's commits (--fleet " + redactURL(fleet) + "): whoever can push to it sets the PCR values devices are held to. Give the hub the keys devices trust with --fleet-signers-ssh or --fleet-signers-openpgp."
+					log.Warn("fleet commit signatures not checked", "fleet", redactURL(fleet), "fix", "--fleet-signers-ssh or --fleet-signers-openpgp (the files of the agent's repo.signers)")
+					notices = append(notices, msg)
+				}
 				if err := fp.Refresh(ctx); err != nil {
 					if errors.Is(err, source.ErrAuth) {
 						return fmt.Errorf("%w (check --fleet-ssh-key, --fleet-known-hosts, --fleet-ssh-user or --fleet-token-file)", err)
@@ -157,6 +186,7 @@ whether its EK had a certificate and its issuer.`,
 					return err
 				}
 				av.Policy = fp.Policy
+				o.KnownDevice = fp.KnownDevice
 				fctx, stop := context.WithCancel(ctx)
 				done := make(chan struct{})
 				go func() { defer close(done); fp.Run(fctx, st, fleetRefresh, 2*time.Second) }()
@@ -165,7 +195,7 @@ whether its EK had a certificate and its issuer.`,
 			if openAccess && !pprofhttp.Loopback(listen) {
 				return usageError{fmt.Errorf("--open-access needs --listen on a loopback address (127.0.0.1:PORT or [::1]:PORT), not %q", listen)}
 			}
-			if o.Web, err = web.New(web.Options{Store: st, OpenAccess: openAccess, OfflineAfter: offlineAfter, Logger: log}); err != nil {
+			if o.Web, err = web.New(web.Options{Store: st, OpenAccess: openAccess, OfflineAfter: offlineAfter, Logger: log, Notices: notices}); err != nil {
 				return err
 			}
 			h, err := hub.New(ctx, o)
@@ -211,7 +241,7 @@ whether its EK had a certificate and its issuer.`,
 	f.BoolVar(&openAccess, "open-access", false, "serve the status page to loopback clients without the operator token (only with a loopback --listen)")
 	f.DurationVar(&offlineAfter, "offline-after", time.Hour, "a device that has not reported for this long shows as offline")
 	f.StringVar(&fleet, "fleet", "", "fleet repo (a directory or a Git URL) whose attestation PCRs and release PCR values quotes are held to")
-	f.StringVar(&fleetBranch, "fleet-branch", "main", "branch of a --fleet Git URL to follow")
+	f.StringVar(&fleetBranch, "fleet-branch", "main", "branch of a --fleet Git URL to follow (of a --fleet directory: its HEAD unless given)")
 	f.DurationVar(&fleetRefresh, "fleet-refresh", 5*time.Minute, "read --fleet again this often (and after every poke)")
 	fleetAuth.flags(cmd)
 	f.StringVar(&pprofAddr, "pprof", "", "serve Go's profiler (/debug/pprof/) over plain HTTP on this loopback address, e.g. 127.0.0.1:6060")
@@ -249,7 +279,15 @@ whether its EK had a certificate and its issuer.`,
 				return err
 			}
 			defer st.Close()
-			return hub.RevokeToken(cmd.Context(), st, args[0])
+			res, err := hub.RevokeToken(cmd.Context(), st, args[0])
+			if errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("no such token in %s: nothing revoked", redactDB(db))
+			}
+			if err != nil {
+				return err
+			}
+			printRevokedToken(cmd.OutOrStdout(), res)
+			return nil
 		},
 	}
 	revoke.Flags().StringVar(&db, "db", defaultHubDB, "the hub's database")
@@ -262,7 +300,11 @@ whether its EK had a certificate and its issuer.`,
 		Short: "Revoke a device: its certificate is refused at once",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return oc.do(cmd.Context(), "POST", "/v1/admin/devices/"+url.PathEscape(args[0])+"/revoke", nil, nil)
+			if err := oc.do(cmd.Context(), "POST", "/v1/admin/devices/"+url.PathEscape(args[0])+"/revoke", nil, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "device %s revoked: the hub refuses its certificates from now on (to let it back, create a token and enrol it again)\n", args[0])
+			return nil
 		},
 	}
 	oc.flags(revokeDev)
@@ -294,18 +336,26 @@ whether its EK had a certificate and its issuer.`,
 	}
 	oc2.flags(list)
 	dev.AddCommand(revokeDev, list)
-	cmd.AddCommand(tok, dev)
+	cmd.AddCommand(tok, dev, newHubCACmd())
 	return cmd
 }
 
-// fleetAuthFlags are the credentials for a --fleet Git URL, as in the
-// agent's repo config.
+// fleetAuthFlags are the credentials and trust for a --fleet Git URL, and
+// the signers of its commits, as in the agent's repo config.
 type fleetAuthFlags struct {
 	sshKey, knownHosts, sshUser, tokenFile, tokenUser string
+	caFile                                            string
+	signersSSH, signersOpenPGP                        string
 }
+
+// signed reports whether a commit signature policy is given.
+func (a *fleetAuthFlags) signed() bool { return a.signersSSH != "" || a.signersOpenPGP != "" }
 
 func (a *fleetAuthFlags) flags(cmd *cobra.Command) {
 	f := cmd.Flags()
+	f.StringVar(&a.caFile, "fleet-ca", "", "CA certificates (PEM) trusted for an https:// --fleet server besides the system's (the agent's repo.ca_file)")
+	f.StringVar(&a.signersSSH, "fleet-signers-ssh", "", "SSH public keys (authorized_keys format) trusted to sign --fleet commits (the agent's repo.signers.ssh_keys)")
+	f.StringVar(&a.signersOpenPGP, "fleet-signers-openpgp", "", "armored OpenPGP keyring trusted to sign --fleet commits (the agent's repo.signers.openpgp_keyring)")
 	f.StringVar(&a.sshKey, "fleet-ssh-key", "", "private key for an ssh:// --fleet (needs --fleet-known-hosts)")
 	f.StringVar(&a.knownHosts, "fleet-known-hosts", "", "known_hosts file the ssh:// --fleet server's host key is checked against")
 	f.StringVar(&a.sshUser, "fleet-ssh-user", "", "ssh user for --fleet (default: the URL's user, else git)")
@@ -313,8 +363,9 @@ func (a *fleetAuthFlags) flags(cmd *cobra.Command) {
 	f.StringVar(&a.tokenUser, "fleet-token-user", "", "basic-auth user for --fleet-token-file (default git)")
 }
 
+// set reports whether a flag only a Git URL takes is given.
 func (a *fleetAuthFlags) set() bool {
-	return a.sshKey != "" || a.knownHosts != "" || a.sshUser != "" || a.tokenFile != "" || a.tokenUser != ""
+	return a.sshKey != "" || a.knownHosts != "" || a.sshUser != "" || a.tokenFile != "" || a.tokenUser != "" || a.caFile != ""
 }
 
 // auth reads the token file now, so a missing or empty one fails at start.
@@ -338,17 +389,38 @@ func (a *fleetAuthFlags) auth() (source.Auth, error) {
 	return au, nil
 }
 
-// fleetPolicy returns the attestation policy over the fleet at loc: a
-// directory read afresh on each refresh, or a Git URL fetched (shallow, one
-// branch) with the credentials of af into a temporary directory that
-// cleanup removes.
+// fleetPolicy returns the attestation policy over the fleet at loc: the
+// committed HEAD (or branch, when not "") of a Git directory, read afresh on
+// each refresh, or a Git URL fetched (shallow, one branch, "main" when
+// branch is "") with the credentials of af into a temporary directory that
+// cleanup removes. Either way a commit must pass af's signature policy.
 func fleetPolicy(loc, branch string, af fleetAuthFlags, log *slog.Logger) (*hub.FleetPolicy, func(), error) {
+	sig, err := source.LoadSignaturePolicy(af.signersOpenPGP, af.signersSSH)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--fleet-signers-*: %w", err)
+	}
 	if fi, err := os.Stat(loc); err == nil && fi.IsDir() {
 		if af.set() {
-			return nil, nil, usageError{fmt.Errorf("--fleet %s is a directory: the --fleet-ssh-*, --fleet-known-hosts and --fleet-token-* flags are for a Git URL", loc)}
+			return nil, nil, usageError{fmt.Errorf("--fleet %s is a directory: the --fleet-ssh-*, --fleet-known-hosts, --fleet-token-* and --fleet-ca flags are for a Git URL", loc)}
 		}
-		fsys := os.DirFS(loc)
-		return &hub.FleetPolicy{Logger: log, Load: func(context.Context) (fs.FS, string, error) { return fsys, "", nil }}, func() {}, nil
+		rev := "HEAD"
+		if branch != "" {
+			rev = branch
+		}
+		if _, _, err := gitfs.Open(loc, rev); err != nil {
+			return nil, nil, usageError{fmt.Errorf("--fleet %s: %v: a fleet directory must be a Git repository with a commit; the hub reads its committed %s, never uncommitted files", loc, err, rev)}
+		}
+		load := func(context.Context) (fs.FS, string, error) {
+			fsys, hash, err := gitfs.Open(loc, rev)
+			if err != nil {
+				return nil, "", err
+			}
+			if _, err := sig.Verify(fsys.Commit()); err != nil {
+				return nil, "", fmt.Errorf("%s of %s: %w", rev, loc, err)
+			}
+			return fsys, hash, nil
+		}
+		return &hub.FleetPolicy{Logger: log, Load: load}, func() {}, nil
 	}
 	if !strings.Contains(loc, "://") && !strings.Contains(loc, "@") {
 		return nil, nil, usageError{fmt.Errorf("--fleet %q: not a directory or a Git URL", loc)}
@@ -357,12 +429,25 @@ func fleetPolicy(loc, branch string, af fleetAuthFlags, log *slog.Logger) (*hub.
 	if err != nil {
 		return nil, nil, err
 	}
+	var caBundle []byte
+	if af.caFile != "" {
+		if caBundle, err = os.ReadFile(af.caFile); err != nil {
+			return nil, nil, fmt.Errorf("--fleet-ca: %w", err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(caBundle) {
+			return nil, nil, fmt.Errorf("--fleet-ca %s: no PEM certificate in it", af.caFile)
+		}
+	}
+	if branch == "" {
+		branch = "main"
+	}
 	dir, err := os.MkdirTemp("", "shoal-hub-fleet-")
 	if err != nil {
 		return nil, nil, err
 	}
 	cleanup := func() { os.RemoveAll(dir) }
-	src, err := source.New(source.Options{URL: loc, Dir: filepath.Join(dir, "repo"), Branch: branch, Auth: auth, Logger: log})
+	src, err := source.New(source.Options{URL: loc, Dir: filepath.Join(dir, "repo"), Branch: branch, Auth: auth, CABundle: caBundle,
+		Signatures: sig, Logger: log})
 	if err != nil {
 		cleanup()
 		return nil, nil, usageError{fmt.Errorf("--fleet: %w", err)}
@@ -378,6 +463,14 @@ func fleetPolicy(loc, branch string, af fleetAuthFlags, log *slog.Logger) (*hub.
 		return rev.FS, rev.Commit, nil
 	}
 	return &hub.FleetPolicy{Logger: log, Load: load}, cleanup, nil
+}
+
+// redactURL is a --fleet location without credentials, for logs and the page.
+func redactURL(loc string) string {
+	if u, err := url.Parse(loc); err == nil && u.Scheme != "" {
+		return u.Redacted()
+	}
+	return loc
 }
 
 func hubLogger(w io.Writer, level string) (*slog.Logger, error) {
@@ -453,7 +546,12 @@ devices dial):
 		Short: "Revoke an unused enrolment token",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return oc2.do(cmd.Context(), "POST", "/v1/admin/tokens/revoke", &api.TokenRevokeRequest{APIVersion: api.Version, Token: args[0]}, nil)
+			var res api.TokenRevokeResult
+			if err := oc2.do(cmd.Context(), "POST", "/v1/admin/tokens/revoke", &api.TokenRevokeRequest{APIVersion: api.Version, Token: args[0]}, &res); err != nil {
+				return err
+			}
+			printRevokedToken(cmd.OutOrStdout(), res)
+			return nil
 		},
 	}
 	oc2.flags(revoke)
@@ -494,6 +592,29 @@ func newPokeCmd() *cobra.Command {
 	return cmd
 }
 
+// printRevokedToken confirms a token revocation: which token it was and
+// what revoking it did.
+func printRevokedToken(w io.Writer, r api.TokenRevokeResult) {
+	switch {
+	case r.Kind == "operator":
+		fmt.Fprintln(w, "operator token revoked: the hub refuses it from now on")
+	case !r.Used.IsZero():
+		fmt.Fprintf(w, "%s token for %s revoked; it had already been used at %s, so %s stays enrolled (revoke it with shoal hub device revoke %s)\n",
+			r.Kind, r.DeviceID, r.Used.UTC().Format(time.RFC3339), r.DeviceID, r.DeviceID)
+	default:
+		fmt.Fprintf(w, "%s token for %s revoked: unused, it can no longer enrol (it would have expired %s)\n", r.Kind, r.DeviceID, r.Expires.UTC().Format(time.RFC3339))
+	}
+}
+
+// redactDB is a --db URL without its password, for messages.
+func redactDB(db string) string {
+	u, err := url.Parse(db)
+	if err != nil {
+		return "the database"
+	}
+	return u.Redacted()
+}
+
 // opConn is the operator's connection to a hub: URL, token, and how to trust it.
 type opConn struct {
 	hubURL, tokenFile, caFile, caFingerprint string
@@ -526,38 +647,63 @@ func (o *opConn) client() (*http.Client, *url.URL, string, error) {
 	if tok == "" {
 		return nil, nil, "", usageError{errors.New("an operator token is required: --token-file or SHOAL_OPERATOR_TOKEN (make one with `shoal hub token create`)")}
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS13, ServerName: u.Hostname()}
+	tc, err := o.tlsConfig(u.Hostname())
+	if err != nil {
+		return nil, nil, "", err
+	}
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, Proxy: http.ProxyFromEnvironment}}
+	return hc, u, tok, nil
+}
+
+// tlsConfig trusts the hub by --ca, by --ca-fingerprint, or else by the
+// system's roots (a hub behind a certificate from a public CA).
+func (o *opConn) tlsConfig(serverName string) (*tls.Config, error) {
 	switch {
 	case o.caFile != "":
 		b, err := os.ReadFile(o.caFile)
 		if err != nil {
-			return nil, nil, "", fmt.Errorf("--ca: %w", err)
+			return nil, fmt.Errorf("--ca: %w", err)
 		}
-		tc.RootCAs = x509.NewCertPool()
+		tc := &tls.Config{MinVersion: tls.VersionTLS13, ServerName: serverName, RootCAs: x509.NewCertPool()}
 		if !tc.RootCAs.AppendCertsFromPEM(b) {
-			return nil, nil, "", fmt.Errorf("--ca %s: no PEM certificate", o.caFile)
+			return nil, fmt.Errorf("--ca %s: no PEM certificate", o.caFile)
 		}
+		return tc, nil
 	case o.caFingerprint != "":
-		fp, err := hex.DecodeString(strings.ReplaceAll(o.caFingerprint, ":", ""))
-		if err != nil || len(fp) != sha256.Size {
-			return nil, nil, "", usageError{errors.New("--ca-fingerprint: want 64 hex digits")}
+		tc, err := client.PinnedTLS(serverName, o.caFingerprint, nil)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--ca-fingerprint: want %w", err)}
 		}
-		// Standard verification against the pinned CA only, done below.
-		tc.InsecureSkipVerify = true
-		tc.VerifyConnection = func(cs tls.ConnectionState) error {
-			for _, c := range cs.PeerCertificates[1:] {
-				if sum := sha256.Sum256(c.Raw); bytes.Equal(sum[:], fp) && c.IsCA {
-					pool := x509.NewCertPool()
-					pool.AddCert(c)
-					_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: pool, DNSName: u.Hostname()})
-					return err
-				}
-			}
-			return errors.New("hub did not present the pinned CA")
-		}
+		return tc, nil
 	}
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, Proxy: http.ProxyFromEnvironment}}
-	return hc, u, tok, nil
+	return &tls.Config{MinVersion: tls.VersionTLS13, ServerName: serverName}, nil
+}
+
+// trustHint explains a failed TLS check of the hub's certificate: how to
+// trust the hub's CA, or which name to give the hub. Other errors pass.
+func (o *opConn) trustHint(err error) error {
+	var (
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		verify   *tls.CertificateVerificationError
+	)
+	how := `Trust the hub's CA with --ca FILE (env SHOAL_HUB_CA) or --ca-fingerprint SHA256 (env
+SHOAL_HUB_CA_FINGERPRINT). On the hub's host, "shoal hub ca --db DB" prints the CA (PEM, on
+stdout) and its sha256 fingerprint; the hub also logs the fingerprint at start ("ca" in its
+"hub listening" line). With the fingerprint alone, "shoal hub ca --hub URL --ca-fingerprint
+SHA256 --out hub-ca.pem" fetches the CA from the hub and checks it.`
+	switch {
+	case errors.As(err, &hostname):
+		return fmt.Errorf("%w\nThe hub's certificate does not name %q: start the hub with --host %s (its server certificate names each --host), or use a --hub URL with a name it has", err, hostname.Host, hostname.Host)
+	case errors.Is(err, client.ErrPinnedCA):
+		return fmt.Errorf("%w\nThe hub's CA is not the one --ca-fingerprint pins: check the fingerprint against \"shoal hub ca --db DB --fingerprint\" on the hub's host", err)
+	case errors.As(err, &unknown), errors.As(err, &verify) && o.caFile != "":
+		if o.caFile != "" {
+			return fmt.Errorf("%w\nThe hub's certificate does not chain to --ca %s: is that this hub's CA?\n%s", err, o.caFile, how)
+		}
+		return fmt.Errorf("%w\nThis machine does not trust the hub's CA (a hub makes its own CA on first start).\n%s", err, how)
+	}
+	return err
 }
 
 func (o *opConn) do(ctx context.Context, method, path string, in, out any) error {
@@ -582,7 +728,7 @@ func (o *opConn) do(ctx context.Context, method, path string, in, out any) error
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("hub: %w", err)
+		return o.trustHint(fmt.Errorf("hub: %w", err))
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))

@@ -24,6 +24,7 @@ import (
 
 	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/api/client"
+	"github.com/shoalfleet/shoal/hub"
 	"github.com/shoalfleet/shoal/hub/store"
 )
 
@@ -217,6 +218,64 @@ func hubFlow(t *testing.T, c cli) {
 	}
 	env := []string{"SHOAL_OPERATOR_TOKEN=" + op, "SHOAL_HUB=" + hubURL, "SHOAL_HUB_CA=" + caFile}
 
+	// The CA and its fingerprint: offline from the database, and fetched
+	// from the hub with the fingerprint to check it.
+	code, out, errs = c.run(t, nil, "hub", "ca", "--db", db)
+	caFP := regexp.MustCompile(`sha256 fingerprint: ([0-9a-f]{64})`).FindStringSubmatch(errs)
+	if code != 0 || out != string(ca.CertPEM) || caFP == nil {
+		t.Fatalf("hub ca --db: exit %d\nstdout %q\nstderr %q", code, out, errs)
+	}
+	if code, out, _ = c.run(t, nil, "hub", "ca", "--db", db, "--fingerprint"); code != 0 || strings.TrimSpace(out) != caFP[1] {
+		t.Fatalf("hub ca --fingerprint: %d %q, want %s", code, out, caFP[1])
+	}
+	fetched := filepath.Join(dir, "fetched-ca.pem")
+	if code, _, errs = c.run(t, nil, "hub", "ca", "--hub", hubURL, "--ca-fingerprint", caFP[1], "--out", fetched); code != 0 {
+		t.Fatalf("hub ca --hub: %d %s", code, errs)
+	}
+	if b, err := os.ReadFile(fetched); err != nil || string(b) != string(ca.CertPEM) {
+		t.Fatalf("hub ca --hub wrote %q (%v), want the CA", b, err)
+	}
+	otherCA, _, err := hub.NewCA("another hub", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherFile := filepath.Join(dir, "other-ca.pem")
+	if err := os.WriteFile(otherFile, otherCA, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wrongFP := strings.Repeat("ab", 32)
+	noTrust := []string{"SHOAL_OPERATOR_TOKEN=" + op, "SHOAL_HUB=" + hubURL, "SHOAL_HUB_CA=", "SHOAL_HUB_CA_FINGERPRINT="}
+	trust := []struct {
+		name string
+		env  []string
+		args []string
+		code int
+		want []string
+	}{
+		{"hub ca --hub without a fingerprint", nil, []string{"hub", "ca", "--hub", hubURL}, exitUsage, []string{"--ca-fingerprint"}},
+		{"hub ca --hub, wrong fingerprint", nil, []string{"hub", "ca", "--hub", hubURL, "--ca-fingerprint", wrongFP}, exitInvalid, []string{"pinned CA", caFP[1]}},
+		{"CA not trusted", noTrust, []string{"token", "create", "--device", "dev-x"}, exitInvalid,
+			[]string{"unknown authority", "--ca FILE", "SHOAL_HUB_CA", "--ca-fingerprint", "shoal hub ca --db DB"}},
+		{"another CA", append(noTrust, "SHOAL_HUB_CA="+otherFile), []string{"token", "create", "--device", "dev-x"}, exitInvalid,
+			[]string{"does not chain to --ca " + otherFile, "shoal hub ca"}},
+		{"wrong fingerprint", append(noTrust, "SHOAL_HUB_CA_FINGERPRINT="+wrongFP), []string{"token", "create", "--device", "dev-x"}, exitInvalid,
+			[]string{"not the one --ca-fingerprint pins", caFP[1]}},
+		{"pinned fingerprint", append(noTrust, "SHOAL_HUB_CA_FINGERPRINT="+caFP[1]), []string{"token", "create", "--device", "dev-y"}, 0, nil},
+	}
+	for _, tc := range trust {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errs := c.run(t, tc.env, tc.args...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d: %s", code, tc.code, errs)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(errs, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, errs)
+				}
+			}
+		})
+	}
+
 	cases := []struct {
 		name string
 		env  []string
@@ -279,8 +338,24 @@ func hubFlow(t *testing.T, c cli) {
 	if code != 0 || !regexp.MustCompile(`dev-cli\s+converged\s+1`).MatchString(out) {
 		t.Fatalf("device list: %d %q", code, out)
 	}
-	if code, _, errs = c.run(t, env, "hub", "device", "revoke", "dev-cli"); code != 0 {
-		t.Fatalf("device revoke: %d %s", code, errs)
+	if code, out, errs = c.run(t, env, "hub", "device", "revoke", "dev-cli"); code != 0 || !strings.Contains(out, "device dev-cli revoked") {
+		t.Fatalf("device revoke: %d %q %s", code, out, errs)
+	}
+	// Revoking tokens says which token it was and what that did.
+	if code, out, errs = c.run(t, env, "token", "revoke", tok[1]); code != 0 || !strings.Contains(out, "enrol token for dev-cli revoked") ||
+		!strings.Contains(out, "already been used") || !strings.Contains(out, "shoal hub device revoke dev-cli") {
+		t.Fatalf("revoke a used token: %d %q %s", code, out, errs)
+	}
+	code, out, _ = c.run(t, env, "token", "create", "--device", "dev-later")
+	unused := regexp.MustCompile(`token:\s+(\S+)`).FindStringSubmatch(out)
+	if code != 0 || unused == nil {
+		t.Fatalf("token create: %d %q", code, out)
+	}
+	if code, out, errs = c.run(t, env, "token", "revoke", unused[1]); code != 0 || !strings.Contains(out, "enrol token for dev-later revoked: unused") {
+		t.Fatalf("revoke an unused token: %d %q %s", code, out, errs)
+	}
+	if code, _, errs = c.run(t, env, "token", "revoke", unused[1]+"x"); code != exitInvalid || !strings.Contains(errs, "not-found") {
+		t.Fatalf("revoke an unknown token: %d %s", code, errs)
 	}
 	cl.CloseIdleConnections()
 	if err := cl.Report(ctx, api.Status{APIVersion: api.Version, Seq: 2, Time: time.Now(), State: api.StateConverged}); err == nil {
@@ -288,6 +363,10 @@ func hubFlow(t *testing.T, c cli) {
 	}
 	if code := stop(); code != 0 {
 		t.Fatalf("hub exited %d on shutdown", code)
+	}
+	// With the hub stopped, its operator token is revoked in the database.
+	if code, out, errs = c.run(t, nil, "hub", "token", "revoke", "--db", db, op); code != 0 || !strings.Contains(out, "operator token revoked") {
+		t.Fatalf("hub token revoke: %d %q %s", code, out, errs)
 	}
 }
 

@@ -52,7 +52,11 @@ func TestHubFleetAuthFlags(t *testing.T) {
 	}{
 		{"ssh key without known_hosts", []string{"--fleet", "ssh://git@127.0.0.1/fleet", "--fleet-ssh-key", key}, exitUsage, "--fleet-ssh-key and --fleet-known-hosts go together"},
 		{"known_hosts without a key", []string{"--fleet", "ssh://git@127.0.0.1/fleet", "--fleet-known-hosts", kh}, exitUsage, "go together"},
-		{"credentials without --fleet", []string{"--fleet-token-file", tok}, exitUsage, "go with a --fleet Git URL"},
+		{"credentials without --fleet", []string{"--fleet-token-file", tok}, exitUsage, "go with --fleet"},
+		{"signers without --fleet", []string{"--fleet-signers-ssh", key}, exitUsage, "go with --fleet"},
+		{"signers file empty", []string{"--fleet", "https://git.example/fleet", "--fleet-signers-ssh", empty}, exitInvalid, "no commit could ever be accepted"},
+		{"signers not SSH keys", []string{"--fleet", "https://git.example/fleet", "--fleet-signers-ssh", key}, exitInvalid, "--fleet-signers-*"},
+		{"fleet CA not PEM", []string{"--fleet", "https://git.example/fleet", "--fleet-ca", key}, exitInvalid, "no PEM certificate"},
 		{"credentials for a directory", []string{"--fleet", fleetDir, "--fleet-token-file", tok}, exitUsage, "is a directory"},
 		{"token over plain http", []string{"--fleet", "http://git.example/fleet", "--fleet-token-file", tok}, exitUsage, "a token is only sent over https"},
 		{"token file missing", []string{"--fleet", "https://git.example/fleet", "--fleet-token-file", filepath.Join(dir, "nope")}, exitInvalid, "--fleet-token-file"},

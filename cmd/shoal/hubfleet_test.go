@@ -61,6 +61,7 @@ func fleetRepo(t *testing.T) string {
 
 // servedHub is `shoal hub` serving in-process on loopback with SQLite.
 type servedHub struct {
+	db    string
 	addr  string
 	st    store.Store
 	pool  *x509.CertPool // trusts the hub CA
@@ -106,7 +107,7 @@ func serveHub(t *testing.T, args ...string) *servedHub {
 		}
 		return tr.Token
 	}
-	return &servedHub{addr: addr, st: st, pool: pool, stop: stop, token: token}
+	return &servedHub{db: db, addr: addr, st: st, pool: pool, stop: stop, token: token}
 }
 
 // hubWithFleet serves `shoal hub --fleet fleet` and the extra args (a fleet

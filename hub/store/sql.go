@@ -233,15 +233,19 @@ func (s *sqlStore) CheckOperatorToken(ctx context.Context, hash []byte, now time
 	return nil
 }
 
-func (s *sqlStore) RevokeToken(ctx context.Context, hash []byte) error {
-	res, err := s.w.ExecContext(ctx, s.q(`UPDATE tokens SET revoked = 1 WHERE hash = ?`), hash)
+func (s *sqlStore) RevokeToken(ctx context.Context, hash []byte) (Token, error) {
+	t := Token{Hash: hash, Revoked: true}
+	var created, expires, used int64
+	err := s.w.QueryRowContext(ctx, s.q(`UPDATE tokens SET revoked = 1 WHERE hash = ? RETURNING kind, device_id, created, expires, used`), hash).
+		Scan(&t.Kind, &t.DeviceID, &created, &expires, &used)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Token{}, fmt.Errorf("revoke token: %w", ErrNotFound)
+	}
 	if err != nil {
-		return fmt.Errorf("revoke token: %w", err)
+		return Token{}, fmt.Errorf("revoke token: %w", err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("revoke token: %w", ErrNotFound)
-	}
-	return nil
+	t.Created, t.Expires, t.Used = fromNanos(created), fromNanos(expires), fromNanos(used)
+	return t, nil
 }
 
 // --- devices

@@ -153,8 +153,9 @@ type Tokens interface {
 	PeekEnrolToken(ctx context.Context, hash []byte, now time.Time) (string, error)
 	// CheckOperatorToken reports ErrNotFound unless hash is a live operator token.
 	CheckOperatorToken(ctx context.Context, hash []byte, now time.Time) error
-	// RevokeToken revokes a token by hash.
-	RevokeToken(ctx context.Context, hash []byte) error
+	// RevokeToken revokes a token by hash and returns what it was, so the
+	// operator can be told (ErrNotFound for an unknown token).
+	RevokeToken(ctx context.Context, hash []byte) (Token, error)
 }
 
 // Devices stores enrolled devices.

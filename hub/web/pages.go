@@ -618,6 +618,7 @@ type layout struct {
 	// SignOut shows the sign-out button: not on an open-access page, where
 	// there is no session to end.
 	SignOut bool
+	Notices []string
 	Body    any
 }
 
@@ -626,6 +627,9 @@ func (s *server) render(w http.ResponseWriter, r *http.Request, name string, sta
 		l.CSRF = csrfToken(w, r)
 	}
 	l.SignOut = l.Nav != "" && !s.openAccess(r)
+	if l.Nav != "" {
+		l.Notices = s.o.Notices
+	}
 	var buf bytes.Buffer
 	if err := s.tmpl[name].ExecuteTemplate(&buf, name, l); err != nil {
 		s.fail(w, r, err)

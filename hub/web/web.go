@@ -52,6 +52,9 @@ type Options struct {
 	// long (default 1h); MaxSkew is the clock-skew bound (default 2s, the
 	// fleet default time.max_skew).
 	OfflineAfter, MaxSkew time.Duration
+	// Notices are warnings about the hub's own configuration, shown at the
+	// top of every page (a check it does not make, say).
+	Notices []string
 	// LiveInterval is how often the overview polls for changes (default 5s).
 	LiveInterval time.Duration
 	Logger       *slog.Logger

@@ -19,25 +19,38 @@ import (
 
 // FS is the tree of a commit, read-only.
 type FS struct {
-	tree *object.Tree
-	when time.Time
+	tree   *object.Tree
+	when   time.Time
+	commit *object.Commit
 }
+
+// Commit is the commit whose tree f serves (for its signature, its time).
+func (f *FS) Commit() *object.Commit { return f.commit }
 
 // Open resolves rev (a branch, tag, commit hash or expression such as HEAD~1)
 // in the repository that contains dir and returns the tree of dir at that
-// revision, with the commit hash.
+// revision, with the commit hash. dir may be a bare repository; then the
+// tree is the commit's whole tree.
 func Open(dir, rev string) (*FS, string, error) {
-	repo, err := git.PlainOpenWithOptions(dir, &git.PlainOpenOptions{DetectDotGit: true})
+	// A bare repository is only found as itself: the search upwards for a
+	// .git that a directory inside a work tree needs would pass it by.
+	repo, err := git.PlainOpen(dir)
+	if errors.Is(err, git.ErrRepositoryNotExists) {
+		repo, err = git.PlainOpenWithOptions(dir, &git.PlainOpenOptions{DetectDotGit: true})
+	}
 	if err != nil {
 		return nil, "", fmt.Errorf("open git repository at %s: %w", dir, err)
 	}
+	sub := ""
 	wt, err := repo.Worktree()
-	if err != nil {
+	switch {
+	case errors.Is(err, git.ErrIsBareRepository):
+	case err != nil:
 		return nil, "", fmt.Errorf("repository at %s: %w", dir, err)
-	}
-	sub, err := relPath(wt.Filesystem.Root(), dir)
-	if err != nil {
-		return nil, "", err
+	default:
+		if sub, err = relPath(wt.Filesystem.Root(), dir); err != nil {
+			return nil, "", err
+		}
 	}
 	t, c, h, err := treeAt(repo, rev)
 	if err != nil {
@@ -48,7 +61,7 @@ func Open(dir, rev string) (*FS, string, error) {
 			return nil, "", fmt.Errorf("revision %q has no %s/: %w", rev, sub, err)
 		}
 	}
-	return &FS{tree: t, when: c.Committer.When}, h.String(), nil
+	return &FS{tree: t, when: c.Committer.When, commit: c}, h.String(), nil
 }
 
 // Open implements fs.FS.

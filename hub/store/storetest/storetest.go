@@ -80,10 +80,11 @@ func testTokens(t *testing.T, s store.Store) {
 	if err := s.CreateToken(ctx, store.Token{Hash: hash("live"), Kind: store.TokenEnrol, DeviceID: "x", Expires: t0}); err == nil {
 		t.Error("duplicate token hash accepted")
 	}
-	if err := s.RevokeToken(ctx, hash("revoked")); err != nil {
-		t.Fatal(err)
+	if tk, err := s.RevokeToken(ctx, hash("revoked")); err != nil || tk.Kind != store.TokenEnrol || tk.DeviceID != "dev-3" ||
+		!tk.Expires.Equal(t0.Add(time.Hour)) || !tk.Used.IsZero() || !tk.Revoked {
+		t.Fatalf("revoke: %+v, %v", tk, err)
 	}
-	if err := s.RevokeToken(ctx, hash("nope")); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.RevokeToken(ctx, hash("nope")); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("revoke unknown token: %v, want ErrNotFound", err)
 	}
 	cases := []struct {
@@ -117,8 +118,8 @@ func testTokens(t *testing.T, s store.Store) {
 	if err := s.CheckOperatorToken(ctx, hash("live"), t0); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("enrol token as operator token: %v, want ErrNotFound", err)
 	}
-	if err := s.RevokeToken(ctx, hash("op")); err != nil {
-		t.Fatal(err)
+	if tk, err := s.RevokeToken(ctx, hash("op")); err != nil || tk.Kind != store.TokenOperator {
+		t.Fatalf("revoke operator token: %+v, %v", tk, err)
 	}
 	if err := s.CheckOperatorToken(ctx, hash("op"), t0); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("revoked operator token: %v, want ErrNotFound", err)
