@@ -244,6 +244,7 @@ whether its EK had a certificate and its issuer.`,
 	f.StringVar(&fleetBranch, "fleet-branch", "main", "branch of a --fleet Git URL to follow (of a --fleet directory: its HEAD unless given)")
 	f.DurationVar(&fleetRefresh, "fleet-refresh", 5*time.Minute, "read --fleet again this often (and after every poke)")
 	fleetAuth.flags(cmd)
+	fleetAuth.trustFlags(cmd)
 	f.StringVar(&pprofAddr, "pprof", "", "serve Go's profiler (/debug/pprof/) over plain HTTP on this loopback address, e.g. 127.0.0.1:6060")
 	f.StringVar(&ekRoots, "ek-roots", "", "TPM makers' CA certificates (a PEM file or a directory of PEM/DER files): a TPM enrolment needs an EK certificate chaining to them")
 
@@ -351,11 +352,16 @@ type fleetAuthFlags struct {
 // signed reports whether a commit signature policy is given.
 func (a *fleetAuthFlags) signed() bool { return a.signersSSH != "" || a.signersOpenPGP != "" }
 
-func (a *fleetAuthFlags) flags(cmd *cobra.Command) {
+// trustFlags binds the hub's --fleet-ca and --fleet-signers-* flags.
+func (a *fleetAuthFlags) trustFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&a.caFile, "fleet-ca", "", "CA certificates (PEM) trusted for an https:// --fleet server besides the system's (the agent's repo.ca_file)")
 	f.StringVar(&a.signersSSH, "fleet-signers-ssh", "", "SSH public keys (authorized_keys format) trusted to sign --fleet commits (the agent's repo.signers.ssh_keys)")
 	f.StringVar(&a.signersOpenPGP, "fleet-signers-openpgp", "", "armored OpenPGP keyring trusted to sign --fleet commits (the agent's repo.signers.openpgp_keyring)")
+}
+
+func (a *fleetAuthFlags) flags(cmd *cobra.Command) {
+	f := cmd.Flags()
 	f.StringVar(&a.sshKey, "fleet-ssh-key", "", "private key for an ssh:// --fleet (needs --fleet-known-hosts)")
 	f.StringVar(&a.knownHosts, "fleet-known-hosts", "", "known_hosts file the ssh:// --fleet server's host key is checked against")
 	f.StringVar(&a.sshUser, "fleet-ssh-user", "", "ssh user for --fleet (default: the URL's user, else git)")
