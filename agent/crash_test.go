@@ -72,6 +72,9 @@ func TestKill9(t *testing.T) {
 	r := newGitRepo(t)
 	r.Commit(fleetFiles(), "fleet")
 	stateDir := filepath.Join(t.TempDir(), "state")
+	// The children's own temporary directories are never removed by them
+	// (they are killed): keep them under this test's, which is.
+	childTmp := t.TempDir()
 
 	var mu sync.Mutex
 	deliveries := map[uint64]int{}
@@ -94,7 +97,7 @@ func TestKill9(t *testing.T) {
 	start := func() *exec.Cmd {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
 		cmd.Env = append(os.Environ(), "SHOAL_CRASH_CHILD=1", "SHOAL_CRASH_STATE="+stateDir,
-			"SHOAL_CRASH_REPO=file://"+r.Dir, "SHOAL_CRASH_HUB="+hubSrv.URL)
+			"SHOAL_CRASH_REPO=file://"+r.Dir, "SHOAL_CRASH_HUB="+hubSrv.URL, "TMPDIR="+childTmp)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
