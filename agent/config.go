@@ -11,9 +11,9 @@ import (
 
 	"cuelang.org/go/cue"
 	"cuelang.org/go/cue/cuecontext"
-	"cuelang.org/go/encoding/yaml"
 
 	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/spec"
 	"github.com/shoalfleet/shoal/updater"
 )
 
@@ -52,8 +52,11 @@ type ProvisionConfig struct {
 	Watch    string   `json:"watch"`
 	Interval Duration `json:"interval"`
 	// BundleKeys is a PEM file of bundle public keys trusted for the first
-	// provisioning (baked into the OS image). Empty: the first bundle's own.
+	// provisioning (baked into the OS image).
 	BundleKeys string `json:"bundle_keys"`
+	// TrustFirstBundle trusts, with no BundleKeys, the first bundle's own
+	// keys (trust on first use). Off: such a device refuses every bundle.
+	TrustFirstBundle bool `json:"trust_first_bundle"`
 	// NoReceipt writes no receipt next to a bundle (a read-only stick).
 	NoReceipt bool `json:"no_receipt"`
 }
@@ -275,16 +278,18 @@ provision:
   # Empty: off (shoal-agent provision apply still works).
   watch: ""
   interval: 5s
-  # PEM bundle public keys trusted for the first provisioning; empty: the
-  # first bundle's own keys. Later bundles must be signed by the device's
-  # provisioned bundle keys either way.
+  # PEM bundle public keys (the public half of shoal keys create) trusted for the
+  # first provisioning. Later bundles must be signed by the device's
+  # provisioned bundle keys. With none, every bundle is refused and nothing
+  # written, unless trust_first_bundle trusts the first bundle's own key.
   bundle_keys: ""
+  trust_first_bundle: false
   # Write no receipt next to a bundle (a read-only stick).
   no_receipt: false
 `
 
 // LoadConfig reads the YAML config at path over the defaults and checks it.
-// Unknown fields are errors, named with file:line:col.
+// Every unknown or invalid field is reported, each with file:line:col.
 func LoadConfig(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -293,19 +298,54 @@ func LoadConfig(path string) (*Config, error) {
 	return ParseConfig(path, data)
 }
 
+// ErrConfigFile is the error LoadConfig and ParseConfig return for a config
+// file with problems (as ConfigErrors), checked with errors.Is.
+var ErrConfigFile = errors.New("invalid agent config")
+
+// ConfigErrors is every problem found in one config file, in file order:
+// unknown fields, values of the wrong type, values out of range.
+type ConfigErrors []error
+
+func (es ConfigErrors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Is makes ConfigErrors match ErrConfigFile.
+func (es ConfigErrors) Is(target error) bool { return target == ErrConfigFile }
+
+// Unwrap returns the problems, one by one.
+func (es ConfigErrors) Unwrap() []error { return es }
+
 // ParseConfig parses YAML config data (named name in errors) over the defaults and checks it.
 func ParseConfig(name string, data []byte) (*Config, error) {
 	cfg := DefaultConfig()
-	f, err := yaml.Extract(name, data)
+	f, err := spec.ExtractYAML(name, data)
 	if err != nil {
+		var es spec.Errors
+		if errors.As(err, &es) {
+			out := make(ConfigErrors, len(es))
+			for i, e := range es {
+				out[i] = e
+			}
+			return nil, out
+		}
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	v := cuecontext.New().BuildFile(f)
 	if err := v.Err(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	if err := checkFields(v, reflect.TypeOf(cfg), ""); err != nil {
-		return nil, err
+	if k := v.IncompleteKind(); v.Exists() && k != cue.NullKind && k != cue.StructKind {
+		return nil, ConfigErrors{fmt.Errorf("%s: want a mapping of fields at the top, found %v", name, k)}
+	}
+	var errs ConfigErrors
+	checkFields(v, reflect.TypeOf(cfg), "", &errs)
+	if len(errs) > 0 {
+		return nil, errs
 	}
 	if v.Exists() && v.IncompleteKind() != cue.NullKind {
 		b, err := v.MarshalJSON()
@@ -316,16 +356,25 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 			return nil, fmt.Errorf("config %s: %w", name, err)
 		}
 	}
-	if err := cfg.Check(); err != nil {
-		return nil, fmt.Errorf("config %s: %w", name, err)
+	for _, e := range cfg.check() {
+		// At the field's place in the file when the file sets it.
+		where := name
+		if fv := v.LookupPath(cue.ParsePath(e.field)); e.field != "" && fv.Exists() && fv.Pos().IsValid() {
+			where = fv.Pos().String()
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", where, e))
+	}
+	if len(errs) > 0 {
+		return nil, errs
 	}
 	return &cfg, nil
 }
 
-// checkFields reports the first field of v that t has no json tag for.
-func checkFields(v cue.Value, t reflect.Type, prefix string) error {
+// checkFields adds every field of v that t has no json tag for, and every
+// value whose kind t's field cannot take, each with its position.
+func checkFields(v cue.Value, t reflect.Type, prefix string, errs *ConfigErrors) {
 	if v.IncompleteKind() != cue.StructKind || t.Kind() != reflect.Struct {
-		return nil
+		return
 	}
 	known := map[string]reflect.Type{}
 	for i := range t.NumField() {
@@ -334,73 +383,181 @@ func checkFields(v cue.Value, t reflect.Type, prefix string) error {
 	}
 	it, err := v.Fields()
 	if err != nil {
-		return fmt.Errorf("config: %w", err)
+		*errs = append(*errs, fmt.Errorf("%s: %s: %w", v.Pos(), strings.TrimSuffix(prefix, "."), err))
+		return
 	}
 	for it.Next() {
-		sel := it.Selector().String()
+		sel := it.Selector().Unquoted()
+		fv := it.Value()
 		ft, ok := known[sel]
 		if !ok {
-			return fmt.Errorf("%s: unknown field %s%s", it.Value().Pos(), prefix, sel)
+			*errs = append(*errs, fmt.Errorf("%s: unknown field %s%s%s", fv.Pos(), prefix, sel, suggest(sel, known)))
+			continue
 		}
-		if ft == reflect.TypeOf(Duration(0)) {
-			str, err := it.Value().String()
-			if err == nil {
-				_, err = time.ParseDuration(str)
-			}
-			if err != nil {
-				return fmt.Errorf("%s: %s%s: want a duration like \"30s\" or \"5m\"", it.Value().Pos(), prefix, sel)
-			}
+		if want := kindFor(ft); want != "" && fv.IncompleteKind() != cue.NullKind && !kindOK(fv, ft) {
+			*errs = append(*errs, fmt.Errorf("%s: %s%s: want %s, found %v", fv.Pos(), prefix, sel, want, fv.IncompleteKind()))
+			continue
 		}
-		if err := checkFields(it.Value(), ft, prefix+sel+"."); err != nil {
-			return err
+		checkFields(fv, ft, prefix+sel+".", errs)
+	}
+}
+
+// kindFor names what a config field of type t takes, for messages.
+func kindFor(t reflect.Type) string {
+	if t == reflect.TypeOf(Duration(0)) {
+		return `a duration like "30s" or "5m"`
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int64, reflect.Uint, reflect.Uint64:
+		return "a whole number"
+	case reflect.Float64:
+		return "a number"
+	case reflect.Struct, reflect.Map:
+		return "a mapping of fields"
+	case reflect.Slice:
+		return "a list"
+	}
+	return ""
+}
+
+func kindOK(v cue.Value, t reflect.Type) bool {
+	k := v.IncompleteKind()
+	if t == reflect.TypeOf(Duration(0)) {
+		s, err := v.String()
+		if err != nil {
+			return false
+		}
+		_, err = time.ParseDuration(s)
+		return err == nil
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return k == cue.StringKind
+	case reflect.Bool:
+		return k == cue.BoolKind
+	case reflect.Int, reflect.Int64, reflect.Uint, reflect.Uint64:
+		return k == cue.IntKind
+	case reflect.Float64:
+		return k&^cue.NumberKind == 0
+	case reflect.Struct, reflect.Map:
+		return k == cue.StructKind
+	case reflect.Slice:
+		return k == cue.ListKind
+	}
+	return true
+}
+
+// suggest names a known field that differs from name by one or two edits.
+func suggest(name string, known map[string]reflect.Type) string {
+	best, bestD := "", 3
+	for k := range known {
+		if d := editDistance(name, k); d < bestD || (d == bestD && k < best) {
+			best, bestD = k, d
 		}
 	}
-	return nil
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %s?)", best)
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			c := prev[j-1]
+			if a[i-1] != b[j-1] {
+				c++
+			}
+			cur[j] = min(c, prev[j]+1, cur[j-1]+1)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// fieldError is a problem with one field's value, named by its path.
+type fieldError struct {
+	field string
+	msg   string
+}
+
+func (e *fieldError) Error() string {
+	if e.field == "" {
+		return e.msg
+	}
+	return e.field + ": " + e.msg
 }
 
 // Check validates a config and fills in the device ID from the host name.
 func (c *Config) Check() error {
 	var errs []error
+	for _, e := range c.check() {
+		errs = append(errs, e)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) check() []*fieldError {
+	var errs []*fieldError
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &fieldError{field, fmt.Sprintf(format, args...)})
+	}
 	if c.DeviceID == "" {
 		h, err := os.Hostname()
 		if err != nil {
-			return fmt.Errorf("device_id: empty and no host name: %w", err)
+			bad("device_id", "empty and no host name: %v", err)
+			return errs
 		}
 		c.DeviceID = strings.ToLower(h)
 	}
 	if !api.ValidDeviceID(c.DeviceID) {
-		errs = append(errs, fmt.Errorf("device_id %q: want 1-64 of a-z 0-9 . _ -", c.DeviceID))
+		bad("device_id", "%q: want 1-64 of a-z 0-9 . _ -", c.DeviceID)
 	}
 	if c.StateDir == "" {
-		errs = append(errs, errors.New("state_dir: empty"))
+		bad("state_dir", "empty")
 	}
 	if c.Repo.URL == "" {
-		errs = append(errs, errors.New("repo.url: required"))
+		bad("repo.url", "required (the fleet repo the device follows)")
 	}
 	if c.PollInterval.D() < time.Second {
-		errs = append(errs, fmt.Errorf("poll_interval %v: at least 1s", c.PollInterval.D()))
+		bad("poll_interval", "%v: at least 1s", c.PollInterval.D())
 	}
 	if c.PollJitter < 0 || c.PollJitter > 1 {
-		errs = append(errs, fmt.Errorf("poll_jitter %v: want 0..1", c.PollJitter))
+		bad("poll_jitter", "%v: want 0..1", c.PollJitter)
 	}
 	if c.RetryMin.D() <= 0 || c.RetryMax.D() < c.RetryMin.D() {
-		errs = append(errs, errors.New("retry_min and retry_max: want 0 < retry_min <= retry_max"))
+		bad("retry_min", "%v and retry_max %v: want 0 < retry_min <= retry_max", c.RetryMin.D(), c.RetryMax.D())
 	}
 	if c.Provision.Watch != "" && c.Provision.Interval.D() < 100*time.Millisecond {
-		errs = append(errs, fmt.Errorf("provision.interval %v: at least 100ms", c.Provision.Interval.D()))
+		bad("provision.interval", "%v: at least 100ms", c.Provision.Interval.D())
 	}
 	if c.OutboxMax < 1 {
-		errs = append(errs, fmt.Errorf("outbox_max %d: at least 1", c.OutboxMax))
+		bad("outbox_max", "%d: at least 1", c.OutboxMax)
 	}
 	switch c.LogFormat {
 	case "text", "json":
 	default:
-		errs = append(errs, fmt.Errorf("log_format %q: want text or json", c.LogFormat))
+		bad("log_format", "%q: want text or json", c.LogFormat)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		errs = append(errs, fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel))
+		bad("log_level", "%q: want debug, info, warn or error", c.LogLevel)
 	}
-	return errors.Join(errs...)
+	switch c.Update.Bootloader {
+	case "", "uboot", "grub":
+	default:
+		bad("update.bootloader", "%q: want uboot or grub", c.Update.Bootloader)
+	}
+	return errs
 }

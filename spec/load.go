@@ -28,7 +28,6 @@ import (
 	"cuelang.org/go/cue"
 	"cuelang.org/go/cue/ast"
 	"cuelang.org/go/cue/cuecontext"
-	"cuelang.org/go/encoding/yaml"
 )
 
 //go:embed schema.cue
@@ -289,15 +288,9 @@ func parse(ctx *cue.Context, fl *file) (cue.Value, error) {
 		v := ctx.CompileBytes(fl.data, cue.Filename(fl.path))
 		return v, v.Err()
 	}
-	af, err := yaml.Extract(fl.path, fl.data)
+	af, err := ExtractYAML(fl.path, fl.data)
 	if err != nil {
-		if e := yamlSyntaxError(fl.path, fl.data); e != nil {
-			return cue.Value{}, Errors{e}
-		}
 		return cue.Value{}, err
-	}
-	if errs := duplicateKeys(af); len(errs) > 0 {
-		return cue.Value{}, errs
 	}
 	if len(af.Decls) == 0 {
 		// An empty YAML document is an empty struct, not null.

@@ -8,6 +8,7 @@ import (
 
 	"cuelang.org/go/cue/ast"
 	"cuelang.org/go/cue/token"
+	"cuelang.org/go/encoding/yaml"
 	yamlv3 "go.yaml.in/yaml/v3"
 )
 
@@ -175,4 +176,27 @@ func duplicateKeys(f *ast.File) Errors {
 		return true
 	}, nil)
 	return errs
+}
+
+// ExtractYAML parses a YAML file named file to CUE syntax, positions intact,
+// as the loader does: a syntax error is reported at the line and column where
+// the file stops being valid YAML (the rule above), and repeated keys are
+// errors. Other YAML files of a device, such as the agent's config, are read
+// the same way. Its errors are Errors.
+func ExtractYAML(file string, data []byte) (*ast.File, error) {
+	af, err := yaml.Extract(file, data)
+	if err != nil {
+		if e := yamlSyntaxError(file, data); e != nil {
+			return nil, Errors{e}
+		}
+		e := &Error{Msg: err.Error()}
+		if !plainPos(e, file) {
+			e.File = file
+		}
+		return nil, Errors{e}
+	}
+	if errs := duplicateKeys(af); len(errs) > 0 {
+		return nil, errs
+	}
+	return af, nil
 }
