@@ -257,6 +257,11 @@ func (a *Agent) Pass(ctx context.Context, trigger string) (*Report, error) {
 		problem = sourceProblem(err)
 		if rev != nil { // refused by policy: that commit is the attempt
 			attempted = Attempt{Commit: rev.Commit, Time: start, Problem: problem}
+			// Said once per commit and reason, as a render failure is.
+			if prev := st.Attempted; prev.Commit != rev.Commit || prev.Problem == nil || prev.Problem.Reason != problem.Reason {
+				a.log.Warn("commit refused by policy; keeping the applied commit",
+					"commit", rev.Commit, "applied", st.Applied.Commit, "reason", problem.Reason, "err", err)
+			}
 		}
 	default:
 		cand = rev
@@ -324,7 +329,12 @@ func (a *Agent) Pass(ctx context.Context, trigger string) (*Report, error) {
 				if st.Applied.Commit != work.Commit {
 					a.log.Info("applied commit", "commit", work.Commit, "spec_hash", hash, "previous", st.Applied.Commit)
 				}
-				st.Applied = Applied{Commit: work.Commit, SpecHash: hash, CommitTime: work.Time, Time: a.now()}
+				// Applied.Time is when this commit's spec was applied: a
+				// pass that converges it again (drift, a restart, a refused
+				// newer commit) does not move it.
+				if st.Applied.Commit != work.Commit || st.Applied.SpecHash != hash || st.Applied.Time.IsZero() {
+					st.Applied = Applied{Commit: work.Commit, SpecHash: hash, CommitTime: work.Time, Time: a.now()}
+				}
 				st.Converged = true
 				a.applied = dev
 			} else {

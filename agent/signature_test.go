@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/shoalfleet/shoal/api"
@@ -33,16 +34,31 @@ func TestSignaturePolicyFromConfig(t *testing.T) {
 	good := signed("signed fleet")
 	cfg := testConfig(t, "file://"+r.Dir)
 	cfg.Repo.Signers.SSHKeys = key + ".pub"
-	a, _ := newTestAgent(t, cfg, &fakeStage{name: "containers"})
+	a, logs := newTestAgent(t, cfg, &fakeStage{name: "containers"})
 	if rep, err := a.Pass(t.Context(), "poll"); err != nil || !rep.Converged() || a.State().Applied.Commit != good {
 		t.Fatalf("signed commit not applied: %v %+v", err, rep.Status.Problem)
 	}
+	appliedAt := a.State().Applied.Time
 	unsigned := r.Commit(map[string]string{"devices/d1.yaml": "labels:\n  role: web\n  evil: \"1\"\n"}, "unsigned")
 	rep, err := a.Pass(t.Context(), "poll")
 	st := a.State()
 	if err != nil || rep.Status.State != api.StateStalled || st.Applied.Commit != good || st.Attempted.Commit != unsigned ||
 		rep.Status.Problem.Reason != "commit-unsigned" {
 		t.Fatalf("unsigned commit: %v state %s applied %s attempted %s %+v", err, rep.Status.State, st.Applied.Commit, st.Attempted.Commit, rep.Status.Problem)
+	}
+	// The refusal is in the daemon's log, once; passes that converge the
+	// applied commit again (drift, a restart) do not move applied.time.
+	for _, trigger := range []string{"poll", "drift", "poll"} {
+		if _, err := a.Pass(t.Context(), trigger); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := strings.Count(logs.String(), "commit refused by policy"); n != 1 || !strings.Contains(logs.String(), "reason=commit-unsigned") ||
+		!strings.Contains(logs.String(), "commit="+unsigned) {
+		t.Fatalf("refusal logged %d times:\n%s", n, logs.String())
+	}
+	if got := a.State().Applied.Time; !got.Equal(appliedAt) {
+		t.Fatalf("applied.time moved on refused passes: %v, was %v", got, appliedAt)
 	}
 	next := signed("signed again")
 	if rep, _ := a.Pass(t.Context(), "poll"); !rep.Converged() || a.State().Applied.Commit != next {

@@ -264,6 +264,21 @@ func (s *Source) fetchOnce(ctx context.Context, since string) (*Revision, error)
 	return s.evaluate(repo, ref.Hash(), since)
 }
 
+// rewriteRecovery says what an operator does about a refused rewrite.
+func (s *Source) rewriteRecovery(applied string) string {
+	ref := "<branch>"
+	switch {
+	case s.o.Branch != "":
+		ref = "refs/heads/" + s.o.Branch
+	case s.o.Tag != "":
+		ref = "refs/tags/" + s.o.Tag
+	}
+	return fmt.Sprintf("the device keeps %s. To recover, put it back in the history "+
+		"(git push --force origin %s:%s, then push your change as a new commit on top, or git revert what was meant to go), "+
+		"or, if the rewrite was meant, set repo.allow_rewrite: true in the agent config and restart the agent "+
+		"(systemctl restart shoal-agent) until it has applied the new head", applied, applied, ref)
+}
+
 func (s *Source) describeRef() string {
 	switch {
 	case s.o.Branch != "":
@@ -479,8 +494,8 @@ func (s *Source) evaluate(repo *git.Repository, h plumbing.Hash, since string) (
 			if !s.o.AllowRewrite {
 				s.log.Warn("history rewritten: refusing the new commit, keeping the applied one (set allow_rewrite to follow)",
 					"ref", s.describeRef(), "applied", since, "commit", rev.Commit)
-				return rev, fmt.Errorf("%s moved to %s, which does not descend from applied commit %s: %w",
-					s.describeRef(), short(rev.Commit), short(since), ErrRewritten)
+				return rev, fmt.Errorf("%s moved to %s, which does not descend from applied commit %s: %w; %s",
+					s.describeRef(), short(rev.Commit), short(since), ErrRewritten, s.rewriteRecovery(since))
 			}
 			s.log.Warn("history rewritten: following the new commit as configured",
 				"ref", s.describeRef(), "applied", since, "commit", rev.Commit)

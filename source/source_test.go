@@ -144,6 +144,14 @@ func TestRewrittenHistory(t *testing.T) {
 			if err != nil && !Stalled(err) {
 				t.Fatalf("refusal is not stalled: %v", err)
 			}
+			// The refusal says how to recover, with the commit to push back.
+			if err != nil {
+				for _, w := range []string{"the device keeps " + b, "git push --force origin " + b + ":refs/heads/main", "repo.allow_rewrite: true"} {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("refusal lacks %q: %v", w, err)
+					}
+				}
+			}
 			if !strings.Contains(logs.String(), tt.wantLog) {
 				t.Fatalf("log lacks %q:\n%s", tt.wantLog, logs.String())
 			}
