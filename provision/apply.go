@@ -44,10 +44,14 @@ type ApplyOptions struct {
 	DeviceID string
 	// HardwareID overrides the package's HardwareID (tests, odd boards).
 	HardwareID func() string
-	// BundleKeys are trusted before first provisioning (baked into the OS
-	// image); nil trusts the first bundle's own keys. Once provisioned, only
-	// the keys the device holds in its state dir count.
+	// BundleKeys are trusted before first provisioning (from the device's
+	// config, baked into the OS image). Once provisioned, only the keys the
+	// device holds in its state dir count.
 	BundleKeys []ed25519.PublicKey
+	// TrustFirstBundle trusts, before first provisioning and with no
+	// BundleKeys, the first bundle's own keys (trust on first use). Off, a
+	// device with no bundle keys refuses every bundle and writes nothing.
+	TrustFirstBundle bool
 	// Images loads image tars; nil leaves them in StateDir/images for the
 	// reconciler.
 	Images ImageLoader
@@ -270,6 +274,10 @@ func apply(ctx context.Context, path string, o *ApplyOptions) (*Result, error) {
 			return nil, fmt.Errorf("provisioned device's bundle keys: %w", err)
 		}
 	}
+	noKeys := st == nil && len(trusted) == 0
+	if len(trusted) == 0 && (st != nil || !o.TrustFirstBundle) {
+		trusted = []ed25519.PublicKey{} // none: NewReader refuses every bundle, naming its key
+	}
 	res := &Result{DeviceID: o.DeviceID}
 	if st != nil && res.DeviceID == "" {
 		res.DeviceID = st.DeviceID
@@ -293,6 +301,9 @@ func apply(ctx context.Context, path string, o *ApplyOptions) (*Result, error) {
 	if err != nil {
 		if res.DeviceID == "" {
 			res.DeviceID = o.fallbackID()
+		}
+		if noKeys && errors.Is(err, ErrSignature) {
+			err = fmt.Errorf("%w; this device trusts no bundle key yet: put the operator's bundle public key in the agent config's provision.bundle_keys (or pass --bundle-key), or set provision.trust_first_bundle: true to trust the first bundle's own key", err)
 		}
 		return res, err
 	}

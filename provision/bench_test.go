@@ -117,7 +117,7 @@ func BenchmarkApply(b *testing.B) {
 		b.StopTimer()
 		state := b.TempDir()
 		b.StartTimer()
-		if _, err := Apply(context.Background(), bundle, ApplyOptions{StateDir: state, DeviceID: "dev-1", NoReceipt: true}); err != nil {
+		if _, err := Apply(context.Background(), bundle, ApplyOptions{StateDir: state, DeviceID: "dev-1", NoReceipt: true, TrustFirstBundle: true}); err != nil {
 			b.Fatal(err)
 		}
 	}

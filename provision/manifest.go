@@ -302,9 +302,11 @@ func openEnvelope(b []byte, trusted []ed25519.PublicKey) (*Manifest, string, ed2
 	if err := m.Validate(); err != nil {
 		return nil, "", nil, err
 	}
-	if len(trusted) == 0 {
-		// First provisioning: the key must be one the bundle installs, so a
-		// device trusts afterwards exactly the key that provisioned it.
+	if trusted == nil {
+		// First provisioning trusting the first bundle (or a look at a
+		// bundle with no trust at all): the key must be one the bundle
+		// installs, so a device trusts afterwards exactly the key that
+		// provisioned it. An empty, non-nil trusted refuses every key.
 		var err error
 		if trusted, err = m.Trust.bundleKeys(); err != nil {
 			return nil, "", nil, fmt.Errorf("manifest trust roots: %v: %w", err, ErrInvalid)
@@ -315,5 +317,12 @@ func openEnvelope(b []byte, trusted []ed25519.PublicKey) (*Manifest, string, ed2
 			return &m, hashManifest(env.Manifest), pub, nil
 		}
 	}
-	return nil, "", nil, fmt.Errorf("signed by key %s, which is not a trusted bundle key (trusted: %s): %w", KeyID(pub), keyIDs(trusted), ErrSignature)
+	return nil, "", nil, fmt.Errorf("signed by key %s, which is not a trusted bundle key (trusted: %s): %w", KeyID(pub), orNone(keyIDs(trusted)), ErrSignature)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }

@@ -68,7 +68,8 @@ func (e *env) createOpts() CreateOptions {
 }
 
 func (e *env) applyOpts() ApplyOptions {
-	return ApplyOptions{StateDir: e.state, DeviceID: "dev-1", Images: e.cli, Signer: e.devKey, KeyKind: "software"}
+	return ApplyOptions{StateDir: e.state, DeviceID: "dev-1", Images: e.cli, Signer: e.devKey, KeyKind: "software",
+		BundleKeys: []ed25519.PublicKey{e.key.Public().(ed25519.PublicKey)}}
 }
 
 func (e *env) removeImage() {
@@ -413,6 +414,22 @@ func TestTrustRoots(t *testing.T) {
 	ao.BundleKeys = []ed25519.PublicKey{newKey(t).Public().(ed25519.PublicKey)}
 	if _, err := Apply(ctxT(t), create(t, e.stick, "c.shoal", e.createOpts()), ao); !errors.Is(err, ErrSignature) {
 		t.Fatalf("first provisioning with a preinstalled key: err = %v", err)
+	}
+	// No bundle key at all: not trusted on first use unless asked; refused
+	// with what to do, and nothing written to the state dir.
+	ao.BundleKeys = nil
+	before = treeHash(t, fresh)
+	_, err := Apply(ctxT(t), create(t, e.stick, "d.shoal", e.createOpts()), ao)
+	if !errors.Is(err, ErrSignature) || Reason(err) != "bundle-signature-untrusted" ||
+		!strings.Contains(err.Error(), "trusted: none") || !strings.Contains(err.Error(), "provision.bundle_keys") {
+		t.Fatalf("first bundle with no bundle keys: err = %v", err)
+	}
+	if treeHash(t, fresh) != before {
+		t.Fatal("state dir changed by a refused first bundle")
+	}
+	ao.TrustFirstBundle = true
+	if res, err := Apply(ctxT(t), create(t, e.stick, "e.shoal", e.createOpts()), ao); err != nil || !res.First {
+		t.Fatalf("first bundle trusted on first use: %+v %v", res, err)
 	}
 }
 

@@ -28,8 +28,9 @@ type Reader struct {
 }
 
 // NewReader reads the envelope from r and checks its signature against
-// trusted; with trusted empty, the signer must be one of the bundle keys the
-// manifest lists (a device's first provisioning).
+// trusted; with trusted nil, the signer must be one of the bundle keys the
+// manifest lists (trust on first use, or a look that trusts nothing yet). An
+// empty, non-nil trusted refuses every bundle.
 func NewReader(r io.Reader, trusted []ed25519.PublicKey) (*Reader, error) {
 	tr := tar.NewReader(r)
 	hdr, err := tr.Next()

@@ -3,6 +3,7 @@ package provision
 import (
 	"context"
 	"crypto"
+	"crypto/ed25519"
 	"encoding/hex"
 	"encoding/json"
 	"os"
@@ -44,10 +45,12 @@ func TestReceiptTPMQuote(t *testing.T) {
 	images := t.TempDir()
 	os.WriteFile(filepath.Join(images, sha([]byte("tar"))+".tar"), []byte("tar"), 0o644)
 	stick := t.TempDir()
-	p := create(t, stick, "dev-1.shoal", CreateOptions{FleetDir: fleet.dir, Devices: []string{"dev-1"}, Key: newKey(t), ImageDir: images})
+	key := newKey(t)
+	p := create(t, stick, "dev-1.shoal", CreateOptions{FleetDir: fleet.dir, Devices: []string{"dev-1"}, Key: key, ImageDir: images})
 	pcrs := []int{0, 7}
 	res, err := Apply(ctx, p, ApplyOptions{
 		StateDir: state, DeviceID: "dev-1", Signer: a.Signer(), KeyKind: a.Identity().Kind,
+		BundleKeys: []ed25519.PublicKey{key.Public().(ed25519.PublicKey)},
 		Quote: func(ctx context.Context, nonce []byte) (json.RawMessage, error) {
 			q, err := a.Quote(ctx, nonce, pcrs)
 			if err != nil {

@@ -20,6 +20,8 @@ declare -A need=(
   [grub-script-check]=grub-common
   [losetup]=mount
   [gcc]=gcc
+  [strace]=strace
+  [promtool]=prometheus
 )
 # PostgreSQL's server binaries live outside PATH on Debian.
 pg_missing() { ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }

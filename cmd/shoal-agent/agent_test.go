@@ -60,6 +60,9 @@ func TestAgentProcess(t *testing.T) {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	root := wiredRoot()
+	if os.Getenv("SHOAL_AGENT_WIRED") == "1" {
+		root = newWiredRootCmd(ctx) // every subcommand, as main wires them
+	}
 	root.SetArgs(strings.Split(argv, "\x1f"))
 	err := root.ExecuteContext(ctx)
 	stop()

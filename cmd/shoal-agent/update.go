@@ -8,18 +8,20 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/shoalfleet/shoal/agent"
 	"github.com/shoalfleet/shoal/spec"
 	"github.com/shoalfleet/shoal/updater"
 )
 
-// updateFlags are the updater's settings as flags, for use before the agent
-// config exists on a device or to override it.
+// updateFlags override the config's update settings for one command. Every
+// field starts from the agent config (--config), as the daemon reads it.
 type updateFlags struct {
 	stateDir string
 	cfg      updater.Config
@@ -30,19 +32,58 @@ type updateFlags struct {
 
 func (f *updateFlags) bind(cmd *cobra.Command) {
 	p := cmd.PersistentFlags()
-	p.StringVar(&f.stateDir, "state-dir", "/var/lib/shoal", "agent state directory (update.json lives here)")
-	p.StringVar(&f.cfg.SlotA, "slot-a", "", "block device or file of slot a")
-	p.StringVar(&f.cfg.SlotB, "slot-b", "", "block device or file of slot b")
-	p.StringVar(&f.cfg.Bootloader, "bootloader", "uboot", "bootloader env to drive: uboot or grub")
-	p.StringVar(&f.cfg.FwEnvConfig, "fw-env-config", "/etc/fw_env.config", "U-Boot env locations, as fw_printenv -c takes them")
-	p.StringVar(&f.cfg.GRUBEnv, "grub-env", "/boot/grub/grubenv", "GRUB environment block")
-	p.StringVar(&f.cfg.TrustRoots, "trust-roots", "/etc/shoal/update-keys.pem", "PEM public keys (ed25519, ECDSA P-256) releases must be signed by")
-	p.StringVar(&f.cfg.RunningVersion, "running-version", "", "version of the running OS (default: VERSION_ID of /etc/os-release)")
+	p.StringVar(&f.stateDir, "state-dir", "", "agent state directory (default: the config's state_dir; update state lives in its update/)")
+	p.StringVar(&f.cfg.SlotA, "slot-a", "", "block device or file of slot a (default: the config's update.slot_a)")
+	p.StringVar(&f.cfg.SlotB, "slot-b", "", "block device or file of slot b (default: the config's update.slot_b)")
+	p.StringVar(&f.cfg.Bootloader, "bootloader", "", "bootloader env to drive: uboot or grub (default: the config's update.bootloader)")
+	p.StringVar(&f.cfg.FwEnvConfig, "fw-env-config", "", "U-Boot env locations, as fw_printenv -c takes them (default: the config's update.fw_env_config)")
+	p.StringVar(&f.cfg.GRUBEnv, "grub-env", "", "GRUB environment block (default: the config's update.grub_env)")
+	p.StringVar(&f.cfg.TrustRoots, "trust-roots", "", "PEM public keys (ed25519, ECDSA P-256) releases must be signed by (default: the config's update.trust_roots)")
+	p.StringVar(&f.cfg.RunningVersion, "running-version", "", "version of the running OS (default: the config's, else VERSION_ID of /etc/os-release)")
 	p.StringVar(&f.booted, "booted-slot", "", "slot the running system booted from (default: shoal.slot= on the kernel command line)")
 }
 
+// errNoUpdates is returned when the device has no A/B updates configured.
+type errNoUpdates struct{ config string }
+
+func (e errNoUpdates) Error() string {
+	return fmt.Sprintf("A/B OS updates are not configured on this device: set update.bootloader, update.slot_a, update.slot_b and update.trust_roots in %s (shoal-agent config --defaults documents them)", e.config)
+}
+
+// settings returns the update config and the updater's state dir: the agent
+// config's, with the flags the command line set over it.
+func (f *updateFlags) settings(cmd *cobra.Command) (updater.Config, string, error) {
+	cfg, err := agent.LoadConfig(configFlag(cmd))
+	if err != nil {
+		return updater.Config{}, "", err
+	}
+	u, stateDir := cfg.Update, cfg.StateDir
+	set := func(name string, dst *string, v string) {
+		if cmd.Flags().Changed(name) {
+			*dst = v
+		}
+	}
+	set("state-dir", &stateDir, f.stateDir)
+	set("slot-a", &u.SlotA, f.cfg.SlotA)
+	set("slot-b", &u.SlotB, f.cfg.SlotB)
+	set("bootloader", &u.Bootloader, f.cfg.Bootloader)
+	set("fw-env-config", &u.FwEnvConfig, f.cfg.FwEnvConfig)
+	set("grub-env", &u.GRUBEnv, f.cfg.GRUBEnv)
+	set("trust-roots", &u.TrustRoots, f.cfg.TrustRoots)
+	set("running-version", &u.RunningVersion, f.cfg.RunningVersion)
+	if u.Bootloader == "" {
+		return u, "", errNoUpdates{configFlag(cmd)}
+	}
+	// The daemon keeps the update state machine in the state dir's update/.
+	return u, filepath.Join(stateDir, "update"), nil
+}
+
 func (f *updateFlags) updater(cmd *cobra.Command, progress bool) (*updater.Updater, error) {
-	o, err := f.cfg.Options(f.stateDir)
+	c, stateDir, err := f.settings(cmd)
+	if err != nil {
+		return nil, err
+	}
+	o, err := c.Options(stateDir)
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +123,10 @@ func newUpdateCmd() *cobra.Command {
   idle → downloading → installed → rebooting → trial → committed | rolled-back
 
 The agent runs it on every pass; these subcommands are for a person at the
-device. A manual install makes the same checks as the agent (signature against
+device. They read the agent config (--config) as the daemon does; a flag
+overrides one setting for one command. On a device with no A/B updates
+configured (no update.bootloader), status says so and exits 0, and the other
+subcommands fail saying so. A manual install makes the same checks as the agent (signature against
 the trust roots, anti-rollback, releases that failed before) but ignores
 update windows and holds.`,
 	}
@@ -98,6 +142,14 @@ func newUpdateStatusCmd(f *updateFlags) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			u, err := f.updater(cmd, false)
+			var off errNoUpdates
+			if errors.As(err, &off) {
+				if f.json {
+					return json.NewEncoder(cmd.OutOrStdout()).Encode(map[string]any{"configured": false, "message": off.Error()})
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), off.Error())
+				return nil
+			}
 			if err != nil {
 				return err
 			}

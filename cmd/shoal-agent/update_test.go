@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,8 +22,21 @@ import (
 	"github.com/shoalfleet/shoal/updater"
 )
 
+// runCLI runs shoal-agent as main wires it, with args.
+func runCLI(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newWiredRootCmd(t.Context())
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.ExecuteContext(t.Context())
+	return out.String(), err
+}
+
 // TestUpdateCommand drives `shoal-agent update` against file slots and a real
-// GRUB env block: install, status, rollback (cancel) and their refusals.
+// GRUB env block, all named by the agent config (as the daemon reads it):
+// install, status, rollback (cancel) and their refusals.
 func TestUpdateCommand(t *testing.T) {
 	editenv := testenv.LookPath(t, "grub-editenv", "grub-common")
 	dir := t.TempDir()
@@ -51,16 +65,21 @@ func TestUpdateCommand(t *testing.T) {
 	b, _ = json.Marshal(bad)
 	badRel := write("bad.release.json", b)
 
-	common := []string{"--state-dir", filepath.Join(dir, "state"), "--slot-a", filepath.Join(dir, "a.img"), "--slot-b", filepath.Join(dir, "b.img"),
-		"--bootloader", "grub", "--grub-env", filepath.Join(dir, "grubenv"), "--trust-roots", roots, "--running-version", "1.0.0", "--booted-slot", "a"}
+	write("booted", []byte("a\n"))
+	cfg := write("agent.yaml", []byte(fmt.Sprintf(`device_id: d1
+state_dir: %s
+repo: {url: "file:///nonexistent"}
+update:
+  slot_a: %s
+  slot_b: %s
+  bootloader: grub
+  grub_env: %s
+  trust_roots: %s
+  running_version: 1.0.0
+  booted_slot_file: %s
+`, filepath.Join(dir, "state"), filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img"), filepath.Join(dir, "grubenv"), roots, filepath.Join(dir, "booted"))))
 	run := func(args ...string) (string, error) {
-		cmd := newUpdateCmd()
-		var out bytes.Buffer
-		cmd.SetOut(&out)
-		cmd.SetErr(&out)
-		cmd.SetArgs(append(args, common...))
-		err := cmd.ExecuteContext(context.Background())
-		return out.String(), err
+		return runCLI(t, append([]string{"--config", cfg, "update"}, args...)...)
 	}
 	tests := []struct {
 		name    string
@@ -86,6 +105,10 @@ func TestUpdateCommand(t *testing.T) {
 				t.Fatalf("output lacks %q:\n%s", tc.wantOut, out)
 			}
 			if tc.name == "install" {
+				// The update state is where the daemon keeps it.
+				if _, err := os.Stat(filepath.Join(dir, "state", "update", "update.json")); err != nil {
+					t.Fatalf("update state not in the config's state_dir/update: %v", err)
+				}
 				got, err := exec.CommandContext(context.Background(), editenv, filepath.Join(dir, "grubenv"), "list").Output()
 				if err != nil || !strings.Contains(string(got), "shoal_slot=b\n") || !strings.Contains(string(got), "upgrade_available=1\n") {
 					t.Fatalf("grub-editenv list after install: %v\n%s", err, got)
@@ -96,5 +119,33 @@ func TestUpdateCommand(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A device with no A/B updates configured says so: status exits 0, the
+// commands that would change something fail saying why, and no default path
+// (/etc/fw_env.config) is read.
+func TestUpdateNotConfigured(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(cfg, []byte("device_id: d1\nstate_dir: "+filepath.Join(dir, "state")+"\nrepo: {url: \"file:///nonexistent\"}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runCLI(t, "--config", cfg, "update", "status")
+	if err != nil || !strings.Contains(out, "A/B OS updates are not configured on this device") || !strings.Contains(out, cfg) {
+		t.Fatalf("update status: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, "--config", cfg, "update", "status", "--json")
+	var js struct {
+		Configured *bool `json:"configured"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &js) != nil || js.Configured == nil || *js.Configured {
+		t.Fatalf("update status --json: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, "--config", cfg, "update", "commit"); err == nil || !strings.Contains(err.Error(), "not configured") {
+		t.Fatalf("update commit: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state")); !os.IsNotExist(err) {
+		t.Fatalf("state dir written: %v", err)
 	}
 }

@@ -175,7 +175,8 @@ func (p *provisioner) start(ctx context.Context, a *agent.Agent) {
 func (p *provisioner) wait() { p.wg.Wait() }
 
 func (p *provisioner) applyOptions() (provision.ApplyOptions, func(), error) {
-	o := provision.ApplyOptions{StateDir: p.cfg.StateDir, DeviceID: p.cfg.DeviceID, Repo: p, NoReceipt: p.cfg.Provision.NoReceipt, Logger: p.log}
+	o := provision.ApplyOptions{StateDir: p.cfg.StateDir, DeviceID: p.cfg.DeviceID, Repo: p, NoReceipt: p.cfg.Provision.NoReceipt,
+		TrustFirstBundle: p.cfg.Provision.TrustFirstBundle, Logger: p.log}
 	closeImages := func() {}
 	if f := p.cfg.Provision.BundleKeys; f != "" {
 		ks, err := provision.ReadPublicKeys(f)

@@ -241,6 +241,8 @@ trust:
 provision:
   watch: %s
   interval: 100ms
+  # Each test makes a fresh bundle key: trust the first bundle's own.
+  trust_first_bundle: true
 `, state, dir, retryMax, tpm, stick) + extra
 	p := filepath.Join(dir, "agent.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
