@@ -188,7 +188,7 @@ func New(o Options) (*Agent, error) {
 	}
 	a.outbox.onDepth = func(depth int, dropped uint64) {
 		a.metrics.outboxDepth.Set(float64(depth))
-		a.metrics.outboxDrops.Set(float64(dropped))
+		a.metrics.setDropped(dropped)
 	}
 	a.outbox.changed()
 	a.metrics.setCommit(st.Applied.Commit, st.Applied.SpecHash)

@@ -14,7 +14,8 @@ type metrics struct {
 	commit      *prometheus.GaugeVec
 	errors      *prometheus.CounterVec
 	outboxDepth prometheus.Gauge
-	outboxDrops prometheus.Gauge
+	outboxDrops prometheus.Counter
+	drops       uint64 // outboxDrops' value: the outbox's own count, which persists
 }
 
 func newMetrics() *metrics {
@@ -45,14 +46,22 @@ func newMetrics() *metrics {
 			Name: "shoal_agent_outbox_depth",
 			Help: "Status reports queued for the hub.",
 		}),
-		outboxDrops: prometheus.NewGauge(prometheus.GaugeOpts{
+		outboxDrops: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "shoal_agent_outbox_dropped_total",
-			Help: "Status reports dropped because the outbox was full, over the agent's life.",
+			Help: "Status reports dropped because the outbox was full, over the agent's life (kept across restarts).",
 		}),
 	}
 	m.reg.MustRegister(m.passSeconds, m.passes, m.lastSuccess, m.commit, m.errors, m.outboxDepth, m.outboxDrops,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// setDropped moves the dropped-reports counter up to the outbox's count.
+func (m *metrics) setDropped(n uint64) {
+	if n > m.drops {
+		m.outboxDrops.Add(float64(n - m.drops))
+		m.drops = n
+	}
 }
 
 func (m *metrics) setCommit(commit, hash string) {

@@ -34,7 +34,9 @@ func TestGrafanaDashboardMetricsExist(t *testing.T) {
 		t.Fatalf("dashboard is not valid JSON: %v", err)
 	}
 	defined := definedMetrics(t)
+	kinds := metricKinds(t)
 	metric := regexp.MustCompile(`shoal_[a-z_]+`)
+	rated := regexp.MustCompile(`(?:rate|increase)\((shoal_[a-z_]+)`)
 	n := 0
 	for _, p := range dash.Panels {
 		for _, tg := range p.Targets {
@@ -45,11 +47,49 @@ func TestGrafanaDashboardMetricsExist(t *testing.T) {
 					t.Errorf("panel %q queries %s, which no code defines", p.Title, m)
 				}
 			}
+			// rate() and increase() are for counters (and a histogram's series).
+			for _, m := range rated.FindAllStringSubmatch(tg.Expr, -1) {
+				name := m[1]
+				base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count")
+				switch k := kinds[base]; {
+				case k == "Counter", k == "Histogram" && base != name:
+				case k == "":
+				default:
+					t.Errorf("panel %q takes the rate of %s, a %s", p.Title, name, k)
+				}
+			}
 		}
 	}
 	if n < 10 {
 		t.Fatalf("only %d metric references found", n)
 	}
+}
+
+// metricKinds maps the metric names the non-test Go code declares through
+// prometheus.New<Kind>[Vec](prometheus.<Kind>Opts{Name: …}) to their kind.
+func metricKinds(t *testing.T) map[string]string {
+	decl := regexp.MustCompile(`prometheus\.New(Counter|Gauge|Histogram|Summary)(?:Vec)?\(prometheus\.\w+Opts\{[^}]*?Name:\s*"(shoal_[a-z_]+)"`)
+	out := map[string]string{}
+	err := filepath.Walk("../..", func(p string, fi os.FileInfo, err error) error {
+		if err != nil || fi.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, m := range decl.FindAllSubmatch(b, -1) {
+			out[string(m[2])] = string(m[1])
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out["shoal_agent_outbox_dropped_total"] != "Counter" || out["shoal_agent_pass_duration_seconds"] != "Histogram" {
+		t.Fatalf("metric kinds not found in the code: %v", out)
+	}
+	return out
 }
 
 // definedMetrics collects the metric names the non-test Go code declares.

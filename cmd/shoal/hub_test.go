@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -26,6 +27,7 @@ import (
 	"github.com/shoalfleet/shoal/api/client"
 	"github.com/shoalfleet/shoal/hub"
 	"github.com/shoalfleet/shoal/hub/store"
+	"github.com/shoalfleet/shoal/internal/testenv"
 )
 
 // hubRoot is the root command with the hub commands, whether or not main
@@ -360,6 +362,15 @@ func hubFlow(t *testing.T, c cli) {
 	cl.CloseIdleConnections()
 	if err := cl.Report(ctx, api.Status{APIVersion: api.Version, Seq: 2, Time: time.Now(), State: api.StateConverged}); err == nil {
 		t.Fatal("revoked device still reporting")
+	}
+	// The live /metrics, after enrolment, reports, a poke and refusals, is
+	// lint-clean for Prometheus.
+	if resp, err := hc.Get(hubURL + "/metrics"); err != nil {
+		t.Fatal(err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		testenv.CheckMetrics(t, "the hub's /metrics", b)
 	}
 	if code := stop(); code != 0 {
 		t.Fatalf("hub exited %d on shutdown", code)
