@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/shoalfleet/shoal/agent"
 	"github.com/shoalfleet/shoal/internal/dockertest"
 	"github.com/shoalfleet/shoal/internal/testenv"
 )
@@ -212,5 +213,91 @@ func TestDockerBuildContext(t *testing.T) {
 	t.Logf("build context: %d files, %.1f MiB", len(files), float64(size)/(1<<20))
 	if size > limit {
 		t.Errorf("the build context is %.1f MiB, more than %d MiB", float64(size)/(1<<20), limit>>20)
+	}
+}
+
+// TestAnsibleRole runs the play with ansible-playbook against localhost, as
+// three hosts each installing into a temp root of its own: one configured,
+// whose config points at the release and bundle keys the play installs and
+// is checked by the real shoal-agent (the template's validate:); one with the
+// default variables (no fleet repo), where the play stops before it writes a
+// config the service would refuse at start; one with a value only the agent
+// knows is wrong, refused by validate:.
+func TestAnsibleRole(t *testing.T) {
+	bin := testenv.LookPath(t, "ansible-playbook", "ansible")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go toolchain to build shoal-agent")
+	}
+	root := t.TempDir()
+	agentBin := filepath.Join(root, "build", "shoal-agent")
+	build := exec.Command(goBin, "build", "-o", agentBin, "../shoal-agent")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build shoal-agent: %v\n%s", err, out)
+	}
+	keyPEM := "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n"
+	const repo = "https://git.example/fleet.git"
+	hosts := map[string]map[string]any{
+		"gw-01": {"shoal_fleet_repo": repo, "shoal_release_keys": keyPEM, "shoal_bundle_keys": keyPEM},
+		"gw-02": {},
+		"gw-03": {"shoal_fleet_repo": repo, "shoal_update_bootloader": "lilo"},
+	}
+	for name, vars := range hosts {
+		dest := filepath.Join(root, name)
+		for _, d := range []string{"usr/bin", "etc/systemd/system"} {
+			if err := os.MkdirAll(filepath.Join(dest, d), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		vars["ansible_connection"] = "local"
+		vars["ansible_python_interpreter"] = "/usr/bin/python3"
+		vars["ansible_become"] = false
+		vars["shoal_agent_binary"] = agentBin
+		vars["shoal_bin_dir"] = filepath.Join(dest, "usr/bin")
+		vars["shoal_config_dir"] = filepath.Join(dest, "etc/shoal")
+		vars["shoal_systemd_dir"] = filepath.Join(dest, "etc/systemd/system")
+		vars["shoal_state_dir"] = filepath.Join(dest, "var/lib/shoal")
+		vars["shoal_start_service"] = false
+	}
+	inv, _ := json.Marshal(map[string]any{"shoal_devices": map[string]any{"hosts": hosts}})
+	invPath := filepath.Join(root, "inventory.yml") // JSON is YAML
+	if err := os.WriteFile(invPath, inv, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-i", invPath, "site.yml")
+	cmd.Dir = "../../deploy/ansible"
+	cmd.Env = append(os.Environ(), "ANSIBLE_LOCAL_TEMP="+t.TempDir(), "ANSIBLE_HOME="+t.TempDir(), "ANSIBLE_NOCOLOR=1")
+	outB, _ := cmd.CombinedOutput() // two hosts fail by design
+	out := string(outB)
+	for _, want := range []string{"ok=", "gw-01", "shoal_fleet_repo is empty", "update.bootloader"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ansible-playbook output lacks %q", want)
+		}
+	}
+	// gw-01: a config the agent accepts, pointing at the keys the play installed.
+	cfgPath := filepath.Join(root, "gw-01", "etc/shoal/agent.yaml")
+	cfg, err := agent.LoadConfig(cfgPath)
+	if err != nil {
+		t.Fatalf("gw-01's config: %v\n%s", err, out)
+	}
+	if cfg.DeviceID != "gw-01" || cfg.Repo.URL != repo {
+		t.Errorf("gw-01's config %+v", cfg)
+	}
+	for field, p := range map[string]string{"update.trust_roots": cfg.Update.TrustRoots, "provision.bundle_keys": cfg.Provision.BundleKeys} {
+		if b, err := os.ReadFile(p); err != nil || strings.TrimSpace(string(b)) != strings.TrimSpace(keyPEM) {
+			t.Errorf("gw-01: %s = %q, which does not hold the keys the play installed: %v %q", field, p, err, b)
+		}
+	}
+	if out, err := exec.Command(filepath.Join(root, "gw-01", "usr/bin/shoal-agent"), "config", "--config", cfgPath).CombinedOutput(); err != nil {
+		t.Errorf("the installed shoal-agent config: %v\n%s", err, out)
+	}
+	// gw-02 and gw-03: no config written.
+	for _, h := range []string{"gw-02", "gw-03"} {
+		if _, err := os.Stat(filepath.Join(root, h, "etc/shoal/agent.yaml")); !os.IsNotExist(err) {
+			t.Errorf("%s: a config was written: %v", h, err)
+		}
+	}
+	if t.Failed() {
+		t.Logf("ansible-playbook:\n%s", out)
 	}
 }
