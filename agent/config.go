@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"reflect"
 	"strings"
@@ -38,6 +39,7 @@ type Config struct {
 	LogLevel     string     `json:"log_level"`
 	DockerRoot   string     `json:"docker_root"`
 	HubURL       string     `json:"hub_url"`
+	Relays       []string   `json:"relays"`
 
 	Containers ContainersConfig `json:"containers"`
 	Update     updater.Config   `json:"update"`
@@ -143,6 +145,7 @@ func DefaultConfig() Config {
 		LogFormat:    "text",
 		LogLevel:     "info",
 		DockerRoot:   "/var/lib/docker",
+		Relays:       []string{},
 		Containers:   ContainersConfig{Enabled: true, Prefix: "shoal-", Parallel: 8},
 		Trust:        TrustConfig{TPM: "/dev/tpmrm0", AllowSoftware: true},
 		Provision:    ProvisionConfig{Interval: Duration(5 * time.Second)},
@@ -232,6 +235,15 @@ docker_root: /var/lib/docker
 # The hub's base URL; empty: no hub (reports stay queued in the outbox).
 # Enrol once with shoal-agent enrol --hub URL --token T.
 hub_url: ""
+# Site relays (shoal relay) to use before the hub, in order, as
+# https://host:port. API calls go to the first that answers (back to the
+# first every 5 minutes after a failover), then hub_url; the fleet repo is
+# fetched from the first relay that serves it (RELAY/git/fleet.git), then
+# repo.url; artifacts (releases, image tars fetched by URL) come through the
+# relays' caches, else from their origin. Relays present the hub CA's
+# certificates: nothing else to trust. Commit and release signatures are
+# checked on the device as always.
+relays: []
 
 # Containers, through the Docker Engine (DOCKER_HOST, or /var/run/docker.sock).
 containers:
@@ -540,6 +552,12 @@ func (c *Config) check() []*fieldError {
 	}
 	if c.Provision.Watch != "" && c.Provision.Interval.D() < 100*time.Millisecond {
 		bad("provision.interval", "%v: at least 100ms", c.Provision.Interval.D())
+	}
+	for i, r := range c.Relays {
+		u, err := url.Parse(r)
+		if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			bad("relays", "[%d] %q: want https://host[:port]", i, r)
+		}
 	}
 	if c.OutboxMax < 1 {
 		bad("outbox_max", "%d: at least 1", c.OutboxMax)

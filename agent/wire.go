@@ -25,6 +25,9 @@ func SourceFromConfig(cfg *Config, log *slog.Logger) (*source.Source, error) {
 	if rc.SSHKey == "" {
 		o.Auth.KnownHostsFile = ""
 	}
+	for _, r := range cfg.Relays {
+		o.Mirrors = append(o.Mirrors, strings.TrimRight(r, "/")+"/git/fleet.git")
+	}
 	if rc.TokenFile != "" {
 		b, err := os.ReadFile(rc.TokenFile)
 		if err != nil {

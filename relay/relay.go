@@ -190,6 +190,9 @@ func (r *Relay) TLSConfig() *tls.Config {
 			return c, nil
 		},
 		ClientAuth: tls.RequestClientCert,
+		// Named so a device presents its certificate to a relay and to no
+		// other server asking for one (source.UseClientCertificate).
+		ClientCAs:  r.id.ca,
 		NextProtos: []string{"h2", "http/1.1"},
 	}
 }

@@ -115,11 +115,15 @@ type Auth struct {
 // Options configure a Source. Exactly one of Branch, Tag and Commit is
 // followed; with none set, Branch "main".
 type Options struct {
-	URL    string // the fleet repo
-	Dir    string // where the bare repo is kept (the state dir's repo/)
-	Branch string
-	Tag    string
-	Commit string // a full 40-hex commit id: pinned
+	URL string // the fleet repo
+	// Mirrors are tried first, in order (a site relay's copy of the fleet
+	// repo); one that fails is skipped for the next, URL last. Credentials
+	// in Auth go to URL only. Signature policy judges every commit alike.
+	Mirrors []string
+	Dir     string // where the bare repo is kept (the state dir's repo/)
+	Branch  string
+	Tag     string
+	Commit  string // a full 40-hex commit id: pinned
 	// Depth of the first clone; 0 means 1. Later fetches bring only what is new.
 	Depth int
 	Auth  Auth
@@ -335,23 +339,35 @@ func (s *Source) fetch(ctx context.Context, repo *git.Repository, fresh bool) er
 			return repo.Storer.SetReference(plumbing.NewHashReference(s.target, plumbing.NewHash(s.o.Commit)))
 		}
 	}
+	for _, m := range s.o.Mirrors {
+		err := s.fetchFrom(ctx, repo, fresh, m, nil)
+		if err == nil {
+			return nil
+		}
+		s.log.Info("fleet repo mirror failed; trying the next", "mirror", RedactURL(m), "err", err)
+	}
 	auth, err := s.auth()
 	if err != nil {
 		return err
 	}
+	return s.fetchFrom(ctx, repo, fresh, s.o.URL, auth)
+}
+
+func (s *Source) fetchFrom(ctx context.Context, repo *git.Repository, fresh bool, remote string, auth transport.AuthMethod) error {
+	safe := RedactURL(remote)
 	fo := &git.FetchOptions{
 		RemoteName: "origin",
-		RemoteURL:  s.o.URL,
+		RemoteURL:  remote,
 		RefSpecs:   []gitconfig.RefSpec{s.refspec},
 		Auth:       auth,
 		Tags:       git.NoTags,
 		Force:      true, // rewritten history is judged in evaluate, by policy
-		CABundle:   s.o.CABundle,
+		CABundle:   caBundle(s.o.CABundle),
 	}
 	if fresh {
 		fo.Depth = s.o.Depth
 	}
-	err = repo.FetchContext(ctx, fo)
+	err := repo.FetchContext(ctx, fo)
 	if errors.Is(err, git.ErrExactSHA1NotSupported) || (err != nil && s.o.Commit != "" && strings.Contains(err.Error(), "not our ref")) {
 		// The server will not send a bare commit id: fetch every branch in full and look for it.
 		fo.RefSpecs = []gitconfig.RefSpec{"+refs/heads/*:refs/remotes/origin/*"}
@@ -360,7 +376,7 @@ func (s *Source) fetch(ctx context.Context, repo *git.Repository, fresh bool) er
 		if err == nil || errors.Is(err, git.NoErrAlreadyUpToDate) {
 			h := plumbing.NewHash(s.o.Commit)
 			if _, cerr := repo.CommitObject(h); cerr != nil {
-				return fmt.Errorf("%s is on no branch of %s: %w", s.describeRef(), s.safeURL, ErrRefNotFound)
+				return fmt.Errorf("%s is on no branch of %s: %w", s.describeRef(), safe, ErrRefNotFound)
 			}
 			return repo.Storer.SetReference(plumbing.NewHashReference(s.target, h))
 		}
@@ -370,11 +386,11 @@ func (s *Source) fetch(ctx context.Context, repo *git.Repository, fresh bool) er
 		return nil
 	case errors.Is(err, transport.ErrAuthenticationRequired), errors.Is(err, transport.ErrAuthorizationFailed),
 		strings.Contains(err.Error(), "unable to authenticate"), strings.Contains(err.Error(), "knownhosts"):
-		return fmt.Errorf("fetch %s: %s: %w", s.safeURL, s.sanitize(err), ErrAuth)
+		return fmt.Errorf("fetch %s: %s: %w", safe, s.sanitize(err), ErrAuth)
 	case isRefMissing(err):
-		return fmt.Errorf("fetch %s: %s: %w", s.safeURL, s.describeRef(), ErrRefNotFound)
+		return fmt.Errorf("fetch %s: %s: %w", safe, s.describeRef(), ErrRefNotFound)
 	}
-	return fmt.Errorf("fetch %s: %s: %w", s.safeURL, s.sanitize(err), ErrUnreachable)
+	return fmt.Errorf("fetch %s: %s: %w", safe, s.sanitize(err), ErrUnreachable)
 }
 
 func isRefMissing(err error) bool {

@@ -233,6 +233,14 @@ func checkCert(c *api.Certificate, key crypto.Signer) error {
 type Options struct {
 	// Hub is the hub's base URL, e.g. https://hub.example.com:8443.
 	Hub string
+	// Relays are site relays (shoal relay) tried before Hub, in order: every
+	// call goes to the first that answers, and back to the first every
+	// RetryFirst. A relay speaks the hub's API with the hub's CA; it also
+	// serves artifacts (ArtifactTransport). Hub may be empty with relays.
+	Relays []string
+	// RetryFirst is how long the client stays on a later endpoint after
+	// failing over before it tries the first again (default 5 minutes).
+	RetryFirst time.Duration
 	// Key is the device key the certificate was issued for.
 	Key crypto.Signer
 	// Cert is the device's current certificate (from Enrol or Renew).
@@ -250,9 +258,10 @@ type Options struct {
 // Client talks to the hub as one enrolled device over mutual TLS. It is
 // safe for concurrent use; Renew swaps the certificate in place.
 type Client struct {
-	o    Options
-	base *url.URL
-	tlsc *tls.Config
+	o         Options
+	endpoints []*url.URL // relays, then the hub
+	relays    int        // how many of endpoints are relays
+	tlsc      *tls.Config
 
 	mu     sync.Mutex
 	hc     *http.Client // replaced by Renew
@@ -260,6 +269,8 @@ type Client struct {
 	tc     *tls.Certificate
 	leaf   *x509.Certificate
 	cursor int64 // WaitPoke's next ?after=; -1 = from now
+	cur    int   // the endpoint in use
+	moved  time.Time
 }
 
 // New builds a client for an enrolled device.
@@ -273,14 +284,24 @@ func New(o Options) (*Client, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	base, err := parseHub(o.Hub)
-	if err != nil {
-		return nil, err
-	}
 	if o.PollWait <= 0 {
 		o.PollWait = 55 * time.Second
 	}
-	c := &Client{o: o, base: base, cursor: -1}
+	if o.RetryFirst <= 0 {
+		o.RetryFirst = 5 * time.Minute
+	}
+	c := &Client{o: o, cursor: -1, relays: len(o.Relays)}
+	urls := o.Relays
+	if o.Hub != "" || len(urls) == 0 {
+		urls = append(append([]string(nil), urls...), o.Hub)
+	}
+	for _, s := range urls {
+		u, err := parseHub(s)
+		if err != nil {
+			return nil, err
+		}
+		c.endpoints = append(c.endpoints, u)
+	}
 	if err := c.setCert(o.Cert); err != nil {
 		return nil, err
 	}
@@ -290,8 +311,7 @@ func New(o Options) (*Client, error) {
 	}
 	tc := &tls.Config{
 		MinVersion: tls.VersionTLS13,
-		ServerName: base.Hostname(),
-		RootCAs:    pool,
+		RootCAs:    pool, // the server name comes from each request's URL
 		Time:       o.Now,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			c.mu.Lock()
@@ -332,6 +352,14 @@ func (c *Client) DeviceID() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.leaf.Subject.CommonName
+}
+
+// TLSCertificate returns the current certificate with the device key, for
+// other mutual-TLS connections to the hub's or a relay's servers.
+func (c *Client) TLSCertificate() *tls.Certificate {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tc
 }
 
 // Certificate returns the current certificate, to persist after Renew.
@@ -440,17 +468,20 @@ func (c *Client) Attest(ctx context.Context, req *api.AttestRequest) (*api.Attes
 // caller saw; 0 means "continue from this client's cursor", which starts at
 // "now", so a restarted agent is not poked by old news.
 func (c *Client) WaitPoke(ctx context.Context, after int64) (*api.Poke, error) {
+	i, base := c.endpoint()
 	c.mu.Lock()
 	if after <= 0 {
 		after = c.cursor
 	}
 	c.mu.Unlock()
-	p, cur, err := c.Poll(ctx, after, c.o.PollWait)
+	p, cur, err := c.poll(ctx, i, base, after, c.o.PollWait)
 	if err != nil {
 		return nil, err
 	}
 	c.mu.Lock()
-	c.cursor = cur
+	if c.cur == i { // a cursor is only good at the endpoint that gave it
+		c.cursor = cur
+	}
 	c.mu.Unlock()
 	return p, nil
 }
@@ -459,13 +490,18 @@ func (c *Client) WaitPoke(ctx context.Context, after int64) (*api.Poke, error) {
 // waiting at most wait. It returns the poke, or nil when the wait passed,
 // and the cursor to pass as after next time.
 func (c *Client) Poll(ctx context.Context, after int64, wait time.Duration) (*api.Poke, int64, error) {
+	i, base := c.endpoint()
+	return c.poll(ctx, i, base, after, wait)
+}
+
+func (c *Client) poll(ctx context.Context, i int, base *url.URL, after int64, wait time.Duration) (*api.Poke, int64, error) {
 	q := url.Values{"wait": {wait.String()}}
 	if after >= 0 {
 		q.Set("after", strconv.FormatInt(after, 10))
 	}
 	ctx, cancel := context.WithTimeout(ctx, wait+timeout(c.o.Timeout))
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", c.base.JoinPath("/v1/poke").String()+"?"+q.Encode(), nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", base.JoinPath("/v1/poke").String()+"?"+q.Encode(), nil)
 	if err != nil {
 		return nil, after, fmt.Errorf("poll: %w", err)
 	}
@@ -478,6 +514,9 @@ func (c *Client) Poll(ctx context.Context, after int64, wait time.Duration) (*ap
 	}()
 	resp, err := hc.Do(req)
 	if err != nil {
+		if ctx.Err() == nil {
+			c.failed(i, err)
+		}
 		return nil, after, fmt.Errorf("poll: %w", &netError{err})
 	}
 	defer resp.Body.Close()
@@ -498,9 +537,56 @@ func (c *Client) Poll(ctx context.Context, after int64, wait time.Duration) (*ap
 }
 
 func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout(c.o.Timeout))
-	defer cancel()
-	return do(ctx, c.http(), c.base, method, path, "", in, out)
+	var err error
+	for range c.endpoints {
+		i, base := c.endpoint()
+		cctx, cancel := context.WithTimeout(ctx, timeout(c.o.Timeout))
+		err = do(cctx, c.http(), base, method, path, "", in, out)
+		cancel()
+		var ne *netError
+		if !errors.As(err, &ne) || ctx.Err() != nil {
+			return err
+		}
+		c.failed(i, err)
+	}
+	return err
+}
+
+// endpoint returns the endpoint to use now: the one in use, or the first
+// again once RetryFirst has passed since the client moved off it.
+func (c *Client) endpoint() (int, *url.URL) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cur != 0 && c.o.Now().Sub(c.moved) >= c.o.RetryFirst {
+		c.switchTo(0)
+	}
+	return c.cur, c.endpoints[c.cur]
+}
+
+// failed moves off endpoint i after a transport failure there.
+func (c *Client) failed(i int, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cur != i || len(c.endpoints) == 1 {
+		return
+	}
+	next := (i + 1) % len(c.endpoints)
+	c.o.Logger.Warn("endpoint unreachable; failing over", "from", c.endpoints[i].Host, "to", c.endpoints[next].Host, "err", err)
+	c.switchTo(next)
+}
+
+func (c *Client) switchTo(i int) {
+	if c.cur != i {
+		c.cur, c.moved = i, c.o.Now()
+		c.cursor = -1 // poke cursors are each endpoint's own
+	}
+}
+
+// Endpoint returns the base URL in use now, and whether it is a relay's.
+func (c *Client) Endpoint() (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.endpoints[c.cur].String(), c.cur < c.relays
 }
 
 // Retryable reports whether err may succeed later: network trouble, a 5xx,

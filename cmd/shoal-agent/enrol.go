@@ -65,7 +65,7 @@ Exit codes: 0 enrolled, 1 refused or unreachable, 2 usage error.`,
 				}
 			}
 			log := newAgentLogger(cfg, cmd.ErrOrStderr())
-			_, version, err := newUpdater(cfg, log)
+			_, version, err := newUpdater(cfg, log, nil)
 			if err != nil {
 				return err
 			}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,6 +44,7 @@ type parts struct {
 	// client checks the hub's certificate by it.
 	clock      *attest.Clock
 	hub        *client.Client
+	artifacts  *http.Client // through the site relays' caches; nil: straight to origins
 	collectors []prometheus.Collector
 	containers *agent.ContainerStage
 	watch      func(ctx context.Context, trigger func()) error
@@ -138,7 +140,7 @@ func (p *parts) doOpen(cfg *agent.Config, log *slog.Logger) error {
 	}
 	p.attester, p.tpm = a, tpm
 	p.collectors = append(p.collectors, a.Collectors()...)
-	if cfg.HubURL == "" {
+	if cfg.HubURL == "" && len(cfg.Relays) == 0 {
 		return nil
 	}
 	cert, err := readCertificate(cfg.StateDir)
@@ -149,8 +151,19 @@ func (p *parts) doOpen(cfg *agent.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	p.hub, err = client.New(client.Options{Hub: cfg.HubURL, Key: a.Signer(), Cert: cert, Logger: log, Now: p.clock.Now})
-	return err
+	p.hub, err = client.New(client.Options{Hub: cfg.HubURL, Relays: cfg.Relays, Key: a.Signer(), Cert: cert, Logger: log, Now: p.clock.Now})
+	if err != nil {
+		return err
+	}
+	if len(cfg.Relays) > 0 {
+		// The relays' fleet repo mirrors ask for the device's certificate.
+		hub := p.hub
+		if err := source.UseClientCertificate([]byte(cert.CA), hub.TLSCertificate); err != nil {
+			return err
+		}
+		p.artifacts = &http.Client{Transport: hub.ArtifactTransport(nil)}
+	}
+	return nil
 }
 
 // deviceClock returns the device's bounded clock. Until a pass sets its
@@ -181,6 +194,7 @@ func (p *parts) stages(cfg *agent.Config, log *slog.Logger) ([]agent.Stage, erro
 			ImageCache: filepath.Join(cfg.StateDir, "images"),
 			StateFile:  filepath.Join(cfg.StateDir, "containers.json"),
 			Parallel:   cfg.Containers.Parallel,
+			HTTPClient: p.artifacts,
 			Logger:     log.With("stage", "containers"),
 			Registerer: sink,
 		})
@@ -198,7 +212,7 @@ func (p *parts) stages(cfg *agent.Config, log *slog.Logger) ([]agent.Stage, erro
 		trust.Hub = p.hub
 	}
 	stages = append(stages, trust)
-	u, version, err := newUpdater(cfg, log)
+	u, version, err := newUpdater(cfg, log, p.artifacts)
 	if err != nil {
 		return nil, err
 	}
@@ -234,7 +248,7 @@ func (p *parts) close() {
 // newUpdater builds the A/B updater the config names (nil without one) and
 // the release version the device runs by it: the committed release, else
 // the configured running version; "" without A/B updates.
-func newUpdater(cfg *agent.Config, log *slog.Logger) (*updater.Updater, func() string, error) {
+func newUpdater(cfg *agent.Config, log *slog.Logger, hc *http.Client) (*updater.Updater, func() string, error) {
 	if cfg.Update.Bootloader == "" {
 		return nil, func() string { return "" }, nil
 	}
@@ -243,6 +257,9 @@ func newUpdater(cfg *agent.Config, log *slog.Logger) (*updater.Updater, func() s
 		return nil, nil, err
 	}
 	o.Logger = log.With("stage", "update")
+	if hc != nil {
+		o.HTTPClient = hc
+	}
 	u, err := updater.New(o)
 	if err != nil {
 		return nil, nil, err
