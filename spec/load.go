@@ -50,6 +50,7 @@ type Fleet struct {
 	ids      []string
 	apps     map[string]map[string]any // app name -> definition (soft layer)
 	appFiles map[string]string
+	appPos   map[string]map[string]*Error // app name -> field path -> its place in the app file
 	releases map[string]*Release
 
 	defaults    map[string]any
@@ -109,6 +110,7 @@ func Load(fsys fs.FS) (*Fleet, error) {
 		devices:  map[string]*file{},
 		apps:     map[string]map[string]any{},
 		appFiles: map[string]string{},
+		appPos:   map[string]map[string]*Error{},
 		releases: map[string]*Release{},
 	}
 	l := &loader{f: f, ctx: cuecontext.New()}
@@ -369,6 +371,30 @@ func (l *loader) loadApp(name string, fl *file) {
 	delete(m, "description")
 	delete(m, "name")
 	l.f.apps[name] = m
+	pos := map[string]*Error{}
+	for _, fp := range []string{"image.ref", "image.source", "image.source.path", "image.source.sha256", "image.source.url"} {
+		if fv := l.raw.LookupPath(cue.ParsePath(fp)); fv.Exists() {
+			e := errorAt(fv, fp, "")
+			if e.File == "" {
+				e.File = fl.path
+			}
+			pos[fp] = e
+		}
+	}
+	l.f.appPos[name] = pos
+}
+
+// AppFieldError returns an Error saying msg at the place where the file
+// defining app writes field (e.g. "image.source.sha256"; the image fields are
+// known), or naming that file alone when it does not write it. Checks that
+// need I/O (an image tar's contents) report through it.
+func (f *Fleet) AppFieldError(app, field, msg string) *Error {
+	if e := f.appPos[app][field]; e != nil {
+		c := *e
+		c.Msg = msg
+		return &c
+	}
+	return &Error{File: f.appFiles[app], Path: field, Msg: msg}
 }
 
 func (l *loader) loadApps() {

@@ -71,8 +71,11 @@ func newValidateCmd() *cobra.Command {
 		Use:   "validate DIR",
 		Short: "Check every file and every device of a fleet repo",
 		Long: `validate loads the fleet repo in DIR, checks every file against the schema
-and renders every device. Every problem is printed as file:line:column, the
-field path and what is wrong; a device that matches no group is a warning.
+and renders every device. Then it checks every image tar in DIR a device
+would load (image.source.path): its sha256 must be image.source.sha256 and
+it must hold the tag image.ref names (docker save format or an OCI image
+layout). Every problem is printed as file:line:column, the field path and
+what is wrong; a device that matches no group is a warning.
 The last line sums up devices, apps and releases.
 
 Exit codes: 0 valid, 1 invalid, 2 usage error.`,
@@ -103,6 +106,13 @@ Exit codes: 0 valid, 1 invalid, 2 usage error.`,
 						order = append(order, k)
 					}
 					seen[k]++
+				}
+			}
+			// Image tars kept in the repo: checked once the spec is.
+			if nerr == 0 && len(order) == 0 {
+				for _, e := range checkImageTars(args[0], f, results) {
+					order = append(order, e.Error())
+					seen[e.Error()] = 1
 				}
 			}
 			if nerr == 0 {
