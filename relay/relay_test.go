@@ -55,6 +55,7 @@ type site struct {
 	served   atomic.Int64 // origin GETs
 	release  []byte
 	relSHA   string
+	opts     []func(*relay.Options)
 }
 
 func (s *site) startHub() {
@@ -90,8 +91,8 @@ func (s *site) startHub() {
 	t.Cleanup(s.stopHub)
 }
 
-func newSite(t *testing.T) *site {
-	s := &site{t: t}
+func newSite(t *testing.T, opts ...func(*relay.Options)) *site {
+	s := &site{t: t, opts: opts}
 	var err error
 	s.st, err = store.Open(t.Context(), "sqlite://"+filepath.Join(t.TempDir(), "hub.db"))
 	if err != nil {
@@ -135,9 +136,13 @@ func (s *site) commit(tag string) string {
 
 func (s *site) startRelay() {
 	t := s.t
-	r, err := relay.New(relay.Options{StateDir: s.relayDir, Hub: s.hubURL, PollWait: 5 * time.Second, StatusInterval: time.Second,
+	o := relay.Options{StateDir: s.relayDir, Hub: s.hubURL, PollWait: 5 * time.Second, StatusInterval: time.Second,
 		Logger: slog.New(slog.NewTextHandler(tlog{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Mirror: relay.MirrorOptions{URL: s.repo.URL(), Interval: time.Hour}})
+		Mirror: relay.MirrorOptions{URL: s.repo.URL(), Interval: time.Hour}}
+	for _, f := range s.opts {
+		f(&o)
+	}
+	r, err := relay.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,9 @@ declare -A need=(
   [gcc]=gcc
   [strace]=strace
   [promtool]=prometheus
+  [mosquitto]=mosquitto
+  [mosquitto_sub]=mosquitto-clients
+  [nginx]=nginx
 )
 # PostgreSQL's server binaries live outside PATH on Debian.
 pg_missing() { ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }
