@@ -77,7 +77,13 @@ func appStatus(a reconcile.AppResult) api.AppStatus {
 		msg = append([]string{a.Outcome}, msg...)
 	}
 	st.Message = strings.Join(msg, ": ")
-	if a.Outcome == reconcile.OutcomeRolledBack {
+	switch {
+	case a.Rollback != nil:
+		// The record the reconciler keeps: on the pass that rolled back and
+		// on every later one, the same time, exit code and log lines.
+		r := a.Rollback
+		st.Rollback = &api.Rollback{Check: r.Reason, ExitCode: r.ExitCode, LogTail: r.Logs, Message: r.Message, Time: r.Time}
+	case a.Outcome == reconcile.OutcomeRolledBack:
 		rb := &api.Rollback{Check: "health", ExitCode: a.ExitCode, LogTail: a.Logs, Message: st.Message}
 		if a.Error != nil {
 			rb.Check = a.Error.Reason()
@@ -143,6 +149,9 @@ func updateStatus(st updater.Status, want *spec.Release) *api.UpdateStatus {
 	}
 	if st.Phase == updater.PhaseRolledBack || st.Reason != "" {
 		out.Rollback = &api.Rollback{Check: st.Reason, Message: st.Message}
+		if st.Phase == updater.PhaseRolledBack {
+			out.Rollback.Time = st.Since // when the phase began: the rollback
+		}
 	}
 	return out
 }

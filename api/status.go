@@ -135,12 +135,15 @@ type UpdateStatus struct {
 	Rollback *Rollback `json:"rollback,omitempty"`
 }
 
-// Rollback explains the last rollback: the failed check, exit code and last log lines.
+// Rollback explains the last rollback: the failed check, exit code and last
+// log lines, and when it happened. The agent repeats it in every report for
+// as long as the rolled-back version is the one the spec asks for.
 type Rollback struct {
-	Check    string   `json:"check"`
-	ExitCode int      `json:"exitCode,omitempty"`
-	LogTail  []string `json:"logTail,omitempty"`
-	Message  string   `json:"message,omitempty"`
+	Check    string    `json:"check"`
+	ExitCode int       `json:"exitCode,omitempty"`
+	LogTail  []string  `json:"logTail,omitempty"`
+	Message  string    `json:"message,omitempty"`
+	Time     time.Time `json:"time,omitzero"` // device clock; zero if not known
 }
 
 // ClockStatus is the device's view of its clock.

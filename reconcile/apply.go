@@ -122,6 +122,10 @@ type AppResult struct {
 	Drift        string    `json:"drift,omitempty"` // what changed outside Shoal, if anything
 	Error        *AppError `json:"error,omitempty"`
 	Logs         []string  `json:"logs,omitempty"` // last lines of the failed version, on rollback or failure
+	// Rollback is set while the spec's version of the app stays rolled back:
+	// on the pass that rolled it back and on every pass after, until the
+	// spec changes. It says when, and keeps the exit code and log lines.
+	Rollback *Rollback `json:"rollback,omitempty"`
 }
 
 // Result is the outcome of Apply.
@@ -348,10 +352,16 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, repo fs.FS,
 		case strings.HasPrefix(main.Reason, reasonDriftAlert):
 			ar.Outcome = OutcomeDrift
 		case main.Reason == reasonFailedBefore:
-			// The spec's version is not running: say so on every pass until the spec changes.
+			// The spec's version is not running: say so on every pass until
+			// the spec changes, with when and why it was rolled back.
 			ar.Outcome = OutcomeRolledBack
+			what := "this version was rolled back"
+			if rb, ok := r.rollbackOf(app.Name, hash); ok {
+				ar.Rollback = &rb
+				what = fmt.Sprintf("this version was rolled back at %s (%s)", rb.Time.UTC().Format(time.RFC3339), rb.Message)
+			}
 			ar.Error = &AppError{App: app.Name, Field: "healthcheck", Code: ReasonHealthFailed,
-				Err: fmt.Errorf("%w: this version was rolled back earlier; the previous one keeps running until the spec changes", ErrUnhealthy)}
+				Err: fmt.Errorf("%w: %s; the previous one keeps running until the spec changes", ErrUnhealthy, what)}
 		}
 		if len(acts) == 1 {
 			// Report what Observe saw: a no-op pass makes no further Engine calls.
@@ -409,6 +419,8 @@ func (r *Reconciler) applyApp(ctx context.Context, dev *spec.Device, repo fs.FS,
 			ar.Error = ae
 			if ar.Outcome != OutcomeRolledBack {
 				ar.Outcome = OutcomeFailed
+			} else if ae.Code == ReasonHealthFailed {
+				ar.Rollback = r.noteRollback(app.Name, hash, ae, &ar)
 			}
 			log.Warn("apply failed", "action", a.Kind, "err", err)
 			return ar
@@ -637,6 +649,27 @@ func (r *Reconciler) recreate(ctx context.Context, dev *spec.Device, app *spec.A
 		r.log.Warn("remove previous version", "app", app.Name, "err", err) // the next pass removes it
 	}
 	return id, nil
+}
+
+// noteRollback records that app's version hash failed its health gate and
+// was rolled back just now, with what the failed container left (ar's exit
+// code and log lines), and returns the record.
+func (r *Reconciler) noteRollback(app, hash string, ae *AppError, ar *AppResult) *Rollback {
+	rb := Rollback{Hash: hash, Time: r.o.Now().UTC(), Reason: ae.Code, ExitCode: ar.ExitCode, Logs: ar.Logs,
+		Message: strings.TrimPrefix(ae.Err.Error(), ErrUnhealthy.Error()+": ")}
+	r.remember(func(_, failed map[string]string) {
+		failed[app] = hash
+		r.rollbacks[app] = rb
+	})
+	return &rb
+}
+
+// rollbackOf returns the record of app's version hash being rolled back.
+func (r *Reconciler) rollbackOf(app, hash string) (Rollback, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rb, ok := r.rollbacks[app]
+	return rb, ok && rb.Hash == hash
 }
 
 func (r *Reconciler) markFailed(app *spec.App, dev *spec.Device) {

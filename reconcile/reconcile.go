@@ -154,6 +154,20 @@ type Reconciler struct {
 	mu      sync.Mutex
 	applied map[string]string // app -> spec hash last applied (to tell "removed by hand" from "new")
 	failed  map[string]string // app -> spec hash that failed its health gate and was rolled back
+	// rollbacks say when and why each failed hash was rolled back; a record
+	// lives as long as its app's entry in failed.
+	rollbacks map[string]Rollback
+}
+
+// Rollback is what Shoal keeps of an app version that failed its health
+// gate and was rolled back, so every later pass can still say when and why.
+type Rollback struct {
+	Hash     string    `json:"hash"` // the spec hash of the version rolled back
+	Time     time.Time `json:"time"`
+	Reason   string    `json:"reason"` // the AppError's code, e.g. health-failed
+	ExitCode int       `json:"exit_code"`
+	Logs     []string  `json:"logs,omitempty"` // the failed container's last lines
+	Message  string    `json:"message"`        // what failed, e.g. "exited with code 3"
 }
 
 // New returns a Reconciler working through eng.
@@ -202,13 +216,14 @@ func New(eng Engine, o Options) (*Reconciler, error) {
 		return nil, err
 	}
 	r := &Reconciler{
-		eng:     eng,
-		o:       o,
-		log:     o.Logger.With("component", "reconcile", "prefix", o.Prefix),
-		metrics: m,
-		images:  &imageStore{dir: o.ImageCache},
-		applied: map[string]string{},
-		failed:  map[string]string{},
+		eng:       eng,
+		o:         o,
+		log:       o.Logger.With("component", "reconcile", "prefix", o.Prefix),
+		metrics:   m,
+		images:    &imageStore{dir: o.ImageCache},
+		applied:   map[string]string{},
+		failed:    map[string]string{},
+		rollbacks: map[string]Rollback{},
 	}
 	r.loadMemory()
 	return r, nil
@@ -221,6 +236,9 @@ type memoryFile struct {
 	Version int               `json:"version"`
 	Applied map[string]string `json:"applied"` // app -> spec hash
 	Failed  map[string]string `json:"failed"`  // app -> spec hash rolled back
+	// Rollbacks came later in version 1: a file without them reads as
+	// rollbacks whose time and cause are not known.
+	Rollbacks map[string]Rollback `json:"rollbacks,omitempty"`
 }
 
 // loadMemory reads StateFile. A missing or damaged file starts empty: it only
@@ -247,18 +265,30 @@ func (r *Reconciler) loadMemory() {
 	for k, v := range m.Failed {
 		r.failed[k] = v
 	}
+	for k, v := range m.Rollbacks {
+		if r.failed[k] == v.Hash {
+			r.rollbacks[k] = v
+		}
+	}
 }
 
-// remember changes the applied/failed memory under r.mu and persists it when it changed.
+// remember changes the applied/failed memory under r.mu and persists it
+// when it changed. A rollback record goes with its app's failed entry.
 func (r *Reconciler) remember(f func(applied, failed map[string]string)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	a0, f0 := cloneMap(r.applied), cloneMap(r.failed)
+	a0, f0, rb0 := cloneMap(r.applied), cloneMap(r.failed), maps.Clone(r.rollbacks)
 	f(r.applied, r.failed)
-	if r.o.StateFile == "" || (maps.Equal(a0, r.applied) && maps.Equal(f0, r.failed)) {
+	for app, rb := range r.rollbacks {
+		if r.failed[app] != rb.Hash {
+			delete(r.rollbacks, app)
+		}
+	}
+	same := func(a, b Rollback) bool { return a.Hash == b.Hash && a.Time.Equal(b.Time) }
+	if r.o.StateFile == "" || (maps.Equal(a0, r.applied) && maps.Equal(f0, r.failed) && maps.EqualFunc(rb0, r.rollbacks, same)) {
 		return
 	}
-	b, err := json.Marshal(memoryFile{Version: stateVersion, Applied: r.applied, Failed: r.failed})
+	b, err := json.Marshal(memoryFile{Version: stateVersion, Applied: r.applied, Failed: r.failed, Rollbacks: r.rollbacks})
 	if err == nil {
 		if err = os.MkdirAll(filepath.Dir(r.o.StateFile), 0o755); err == nil {
 			err = atomicfile.WriteFile(r.o.StateFile, b, 0o644)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -58,6 +59,11 @@ func TestRollbackOnFailedHealth(t *testing.T) {
 			if took := time.Since(start); took > 25*time.Second {
 				t.Errorf("rollback took %s", took)
 			}
+			rb := a.Rollback
+			if rb == nil || rb.Reason != "health-failed" || rb.ExitCode != tc.exitCode || !strings.Contains(strings.Join(rb.Logs, "\n"), tc.logHas) ||
+				rb.Time.Before(start.Add(-time.Second)) || rb.Time.After(time.Now()) || rb.Message == "" {
+				t.Fatalf("rollback record %+v, want when, why, exit %d and the logs", rb, tc.exitCode)
+			}
 			if id, st := e.inspect("web"); id != oldID || st != "running" {
 				t.Fatalf("previous version not restored: id same %v, state %q", id == oldID, st)
 			}
@@ -70,10 +76,23 @@ func TestRollbackOnFailedHealth(t *testing.T) {
 				t.Errorf("failed version would be retried:\n%s", p)
 			}
 			// and the pass keeps saying that the spec's version is not the one running.
+			// It still says when and why, with the failed version's exit
+			// code and log lines, not "earlier".
 			again := e.reconcile(dev)
-			if a := appResult(t, again, "web"); a.Outcome != OutcomeRolledBack || !errors.Is(a.Error, ErrUnhealthy) || again.Converged() {
-				t.Errorf("next pass reports %+v, converged %v", a, again.Converged())
+			keeps := func(what string, res *Result) {
+				t.Helper()
+				a := appResult(t, res, "web")
+				if a.Outcome != OutcomeRolledBack || !errors.Is(a.Error, ErrUnhealthy) || res.Converged() {
+					t.Errorf("%s reports %+v, converged %v", what, a, res.Converged())
+				}
+				if a.Rollback == nil || !a.Rollback.Time.Equal(rb.Time) || a.Rollback.ExitCode != rb.ExitCode || !slices.Equal(a.Rollback.Logs, rb.Logs) {
+					t.Errorf("%s lost the rollback: %+v, want %+v", what, a.Rollback, rb)
+				}
+				if msg := a.Error.Error(); !strings.Contains(msg, "rolled back at "+rb.Time.UTC().Format(time.RFC3339)) || strings.Contains(msg, "earlier") {
+					t.Errorf("%s says %q", what, msg)
+				}
 			}
+			keeps("the next pass", again)
 			// Nor after a restart of the agent: the failure is remembered on disk.
 			r2, err := New(e.cli, e.opts)
 			if err != nil {
@@ -82,6 +101,8 @@ func TestRollbackOnFailedHealth(t *testing.T) {
 			if p, err := r2.DryRun(context.Background(), dev); err != nil || !hasAction(p, KindKeep, "web", "failed its health gate") {
 				t.Errorf("after restart the failed version would be retried (%v):\n%s", err, p)
 			}
+			after, _ := r2.Reconcile(t.Context(), dev)
+			keeps("a pass after a restart", after)
 		})
 	}
 }

@@ -163,6 +163,26 @@ func printFleet(w io.Writer, f web.Fleet) {
 	fmt.Fprintf(w, "%d–%d of %d\n", min(f.Offset+1, end), end, f.Total)
 }
 
+// printRollback prints what a rollback left: when (absolute and how long
+// ago, by the device's clock), the check, exit code, message and log lines.
+func printRollback(w io.Writer, what string, rb *api.Rollback) {
+	when := ""
+	if !rb.Time.IsZero() {
+		when = fmt.Sprintf(" %s (%s ago)", rb.Time.UTC().Format(time.RFC3339), time.Since(rb.Time).Round(time.Second))
+	}
+	fmt.Fprintf(w, "%s%s: %s", what, when, rb.Check)
+	if rb.ExitCode != 0 {
+		fmt.Fprintf(w, " (exit %d)", rb.ExitCode)
+	}
+	if rb.Message != "" {
+		fmt.Fprintf(w, ": %s", rb.Message)
+	}
+	fmt.Fprintln(w)
+	for _, l := range rb.LogTail {
+		fmt.Fprintf(w, "  | %s\n", l)
+	}
+}
+
 func printDevice(w io.Writer, dd web.DeviceDetail) {
 	d := dd.Device
 	fmt.Fprintf(w, "device     %s\nstate      %s\ngroups     %s\nlast seen  %s (report %d)\n", d.ID, dash(d.State), dash(strings.Join(d.Groups, ", ")), seen(d.LastSeen), d.Seq)
@@ -183,13 +203,18 @@ func printDevice(w io.Writer, dd web.DeviceDetail) {
 		}
 		fmt.Fprintln(w)
 		if rb := u.Rollback; rb != nil {
-			fmt.Fprintf(w, "  rollback %s (exit %d) %s\n", rb.Check, rb.ExitCode, rb.Message)
+			printRollback(w, "  rollback", rb)
 		}
 	}
 	if len(dd.Apps) > 0 {
 		fmt.Fprintf(w, "\n%-20s %-10s %-10s %s\n", "APP", "STATE", "HEALTH", "NOTES")
 		for _, a := range dd.Apps {
 			fmt.Fprintf(w, "%-20s %-10s %-10s %s\n", a.Name, dash(a.State), dash(a.Health), strings.TrimSpace(a.Drift+" "+a.Message))
+		}
+		for _, a := range dd.Apps {
+			if a.Rollback != nil {
+				printRollback(w, "rollback of "+a.Name, a.Rollback)
+			}
 		}
 	}
 	if d.OfflineWork && d.LastReceipt != nil {

@@ -31,6 +31,7 @@ func TestFleetStatus(t *testing.T) {
 	// for each other state of api.States.
 	states := map[string]api.State{"press-1": api.StateConverged, "press-2": api.StateStalled}
 	ids := []string{"press-1", "press-2"}
+	rolledBack := time.Now().Add(-30 * time.Second).Truncate(time.Second)
 	for _, st := range api.States {
 		if st != api.StateConverged && st != api.StateStalled {
 			id := "other-" + string(st)
@@ -65,6 +66,8 @@ func TestFleetStatus(t *testing.T) {
 			s.Groups = []string{"line-c"}
 		}
 		if i == 1 {
+			s.Apps[0].Rollback = &api.Rollback{Check: "health-failed", ExitCode: 2, LogTail: []string{"panic: boom"}, Message: "exited with code 2",
+				Time: rolledBack}
 			s.State, s.Groups = api.StateStalled, []string{"line-b"}
 			s.Commit.Attempted = "ffff000011112222"
 			s.Problem = &api.Problem{Kind: "stalled", Reason: "spec-invalid", Message: "apps/plc.yaml:4:3: image: missing"}
@@ -95,7 +98,8 @@ func TestFleetStatus(t *testing.T) {
 		{"group", []string{"status", "--group", "line-b"}, []string{"all 1", "press-2", "stalled"}, []string{"press-1 "}},
 		{"state", []string{"status", "--state", "stalled"}, []string{"press-2"}, []string{"press-1 "}},
 		{"json", []string{"status", "--json", "--group", "line-a"}, []string{`"id": "press-1"`, `"appliedCommit": "abcdef0123456789"`}, []string{"press-2"}},
-		{"device", []string{"device", "press-2"}, []string{"applied    abcdef0123456789", "attempted  ffff000011112222", "spec-invalid: apps/plc.yaml:4:3: image: missing", "plc-bridge", "committed, running 2.0.1 on slot a"}, nil},
+		{"device", []string{"device", "press-2"}, []string{"applied    abcdef0123456789", "attempted  ffff000011112222", "spec-invalid: apps/plc.yaml:4:3: image: missing", "plc-bridge", "committed, running 2.0.1 on slot a",
+			"rollback of plc-bridge " + rolledBack.UTC().Format(time.RFC3339) + " (", "s ago): health-failed (exit 2): exited with code 2", "  | panic: boom"}, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

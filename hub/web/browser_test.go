@@ -454,3 +454,40 @@ func TestBrowserStates(t *testing.T) {
 		do(t, ctx, "back to all", browsertest.Navigate(th.URL+"/"), chromedp.WaitVisible(css("table.fleet")))
 	}
 }
+
+// TestBrowserRollbackKept: an app rolled back seconds ago, reported again
+// by two later passes (as the agent repeats its record), still shows on the
+// device page with its check, exit code and last log lines, and says when:
+// relative and absolute, never "earlier".
+func TestBrowserRollbackKept(t *testing.T) {
+	ctx := browser(t, 1280, 900)
+	th := startHub(t, openSQLite(t), web.Options{OpenAccess: true}, &verdicts{m: map[string]api.AttestResult{}})
+	cl := th.enrol(t, "line-7")
+	at := time.Now().Add(-7 * time.Second).UTC().Truncate(time.Second)
+	rb := &api.Rollback{Check: "health-failed", ExitCode: 3, LogTail: []string{"starting version=2", "panic: config missing"},
+		Message: "exited with code 3", Time: at}
+	for seq := uint64(1); seq <= 3; seq++ {
+		send(t, cl, api.Status{Seq: seq, State: api.StateStalled,
+			Apps: []api.AppStatus{{Name: "web", State: "running", Health: "healthy", Rollback: rb,
+				Message: "rolled-back: app \"web\": healthcheck: unhealthy: this version was rolled back at " + at.Format(time.RFC3339)}},
+			Update:  &api.UpdateStatus{State: "rolled-back", Version: "1.2.0", Target: "1.3.0", Rollback: &api.Rollback{Check: "health-gate-failed", Message: "app web unhealthy", Time: at}},
+			Problem: &api.Problem{Kind: "stalled", Reason: "health-failed", Message: "containers: app \"web\": healthcheck: unhealthy"}})
+	}
+	do(t, ctx, "open the device", browsertest.Navigate(th.URL+"/devices/line-7"), chromedp.WaitVisible(css(`[data-rollback="web"]`)))
+	app := textOf(t, ctx, `[data-rollback="web"]`)
+	for _, want := range []string{"App web", "Rolled back", "s ago", at.Format("2006-01-02 15:04:05Z"), "health-failed (exit 3)", "exited with code 3", "panic: config missing"} {
+		if !strings.Contains(app, want) {
+			t.Errorf("app rollback = %q, want it to contain %q", app, want)
+		}
+	}
+	if strings.Contains(app, "earlier") {
+		t.Errorf("app rollback says %q", app)
+	}
+	if iso := eval[string](t, ctx, `document.querySelector('[data-rollback="web"] time').getAttribute("datetime")`); iso != at.Format(time.RFC3339) {
+		t.Errorf("rollback <time datetime=%q>, want %s", iso, at.Format(time.RFC3339))
+	}
+	upd := textOf(t, ctx, `[data-rollback="update"]`)
+	if !strings.Contains(upd, "s ago") || !strings.Contains(upd, "health-gate-failed") || !strings.Contains(upd, "app web unhealthy") {
+		t.Errorf("update rollback = %q", upd)
+	}
+}

@@ -650,6 +650,7 @@ var funcs = template.FuncMap{
 	},
 	"ago":     ago,
 	"ts":      func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05Z") },
+	"iso":     func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 	"skew":    fmtSkew,
 	"join":    strings.Join,
 	"label":   func(f string) string { return filterLabels[f] },
