@@ -1,13 +1,6 @@
 package main
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/hex"
-	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,8 +9,6 @@ import (
 	"testing"
 
 	"github.com/shoalfleet/shoal/internal/testenv"
-	"github.com/shoalfleet/shoal/spec"
-	"github.com/shoalfleet/shoal/updater"
 )
 
 // TestSubcommandsKeepToTheConfig runs every shoal-agent subcommand with a
@@ -27,38 +18,18 @@ import (
 // every subcommand reads the same config as the daemon.
 func TestSubcommandsKeepToTheConfig(t *testing.T) {
 	straceBin := testenv.LookPath(t, "strace", "strace")
-	testenv.LookPath(t, "grub-editenv", "grub-common")
-	dir := t.TempDir()
-	write := func(name string, b []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
 	// A GRUB device with file slots and a signed release beside it.
-	pub, key, _ := ed25519.GenerateKey(rand.Reader)
-	der, _ := x509.MarshalPKIXPublicKey(pub)
-	roots := write("release-keys.pem", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
-	write("a.img", []byte("factory image"))
-	write("b.img", nil)
-	write("booted", []byte("a\n"))
-	img := make([]byte, 64<<10)
-	rand.Read(img)
-	imgPath := write("os-1.1.0.img", img)
-	sum := sha256.Sum256(img)
-	rel := spec.Release{Version: "1.1.0", Size: int64(len(img)), SHA256: hex.EncodeToString(sum[:])}
-	rel.Signature, _ = updater.SignRelease(&rel, key)
-	b, _ := json.Marshal(rel)
-	write("os-1.1.0.img.release.json", b)
+	d := newABDevice(t, 64<<10)
+	d.releaseFile(t)
+	dir, imgPath := d.dir, d.imgPath
 	// A fleet repo and a stick with a bundle for the device.
 	f := newFleet(t)
 	f.commit(validFleet())
 	stick, _, bundlePub := provisionStick(t)
-	bundleKeys := write("bundle-keys.pem", []byte(bundlePub))
+	bundleKeys := d.write(t, "bundle-keys.pem", []byte(bundlePub))
 
 	state := filepath.Join(dir, "state")
-	cfg := write("agent.yaml", []byte(fmt.Sprintf(`device_id: dev-1
+	cfg := d.write(t, "agent.yaml", []byte(fmt.Sprintf(`device_id: dev-1
 state_dir: %s
 repo:
   url: %s
@@ -67,20 +38,11 @@ docker_root: ""
 poll_interval: 1h
 containers:
   enabled: false
-update:
-  slot_a: %s
-  slot_b: %s
-  bootloader: grub
-  grub_env: %s
-  trust_roots: %s
-  running_version: 1.0.0
-  booted_slot_file: %s
 trust:
   tpm: none
 provision:
   bundle_keys: %s
-`, state, f.URL(), filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img"), filepath.Join(dir, "grubenv"), roots,
-		filepath.Join(dir, "booted"), bundleKeys)))
+`, state, f.URL(), bundleKeys)+d.updateConfig(t, "1.0.0")))
 
 	for _, tc := range []struct {
 		name   string

@@ -2,16 +2,11 @@ package main
 
 import (
 	"bytes"
-	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,30 +20,16 @@ import (
 // key) and checks its live /metrics with Prometheus' promtool.
 func TestAgentMetricsLintClean(t *testing.T) {
 	testenv.LookPath(t, "promtool", "prometheus")
-	testenv.LookPath(t, "grub-editenv", "grub-common")
 	cli := dockertest.Client(t)
 	label := dockertest.Label(t, cli)
-	dir := t.TempDir()
-	write := func(name string, b []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	pub, _, _ := ed25519.GenerateKey(rand.Reader)
-	der, _ := x509.MarshalPKIXPublicKey(pub)
-	roots := write("release-keys.pem", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
-	write("a.img", []byte("factory image"))
-	write("b.img", nil)
-	write("booted", []byte("a\n"))
+	d := newABDevice(t, 1<<10)
 	// A fleet with no apps: the container stage runs and has nothing to do.
 	f := newFleet(t)
 	f.commit(map[string]string{"fleet.cue": "spec: {}\n", "devices/d1.yaml": "labels:\n  role: web\n"})
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
-	cfg := write("agent.yaml", []byte(fmt.Sprintf(`device_id: d1
+	cfg := d.write(t, "agent.yaml", []byte(fmt.Sprintf(`device_id: d1
 state_dir: %s
 repo:
   url: %s
@@ -57,18 +38,9 @@ poll_interval: 1h
 containers:
   enabled: true
   prefix: %s-
-update:
-  slot_a: %s
-  slot_b: %s
-  bootloader: grub
-  grub_env: %s
-  trust_roots: %s
-  running_version: 1.0.0
-  booted_slot_file: %s
 trust:
   tpm: none
-`, filepath.Join(dir, "state"), f.URL(), addr, label, filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img"),
-		filepath.Join(dir, "grubenv"), roots, filepath.Join(dir, "booted"))))
+`, filepath.Join(d.dir, "state"), f.URL(), addr, label)+d.updateConfig(t, "1.0.0")))
 	cmd := agentCmd("--config", cfg)
 	cmd.Env = append(cmd.Env, "SHOAL_AGENT_WIRED=1")
 	var out bytes.Buffer

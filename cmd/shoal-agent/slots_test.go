@@ -6,7 +6,9 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -84,4 +86,23 @@ func (d *abDevice) env(t *testing.T) string {
 		t.Fatalf("grub-editenv list: %v\n%s", err, out)
 	}
 	return string(out)
+}
+
+// updateConfig returns the agent config's update section for this device:
+// running version running, booted from slot a (a booted-slot file).
+func (d *abDevice) updateConfig(t *testing.T, running string) string {
+	t.Helper()
+	booted := d.write(t, "booted", []byte("a\n"))
+	return fmt.Sprintf("update:\n  slot_a: %s\n  slot_b: %s\n  bootloader: grub\n  grub_env: %s\n  trust_roots: %s\n  running_version: %s\n  booted_slot_file: %s\n",
+		d.slotA, d.slotB, d.grubenv, d.roots, running, booted)
+}
+
+// releaseFile writes the signed release's metadata beside its image, where
+// `shoal-agent update install IMAGE` looks for it.
+func (d *abDevice) releaseFile(t *testing.T) {
+	t.Helper()
+	rel := d.rel
+	rel.Signature = d.sig
+	b, _ := json.Marshal(rel)
+	d.write(t, filepath.Base(d.imgPath)+".release.json", b)
 }
