@@ -21,32 +21,34 @@ import (
 
 // Device is one device as the page and the JSON API show it.
 type Device struct {
-	ID           string            `json:"id"`
-	State        string            `json:"state"` // api.State, "" if never reported
-	Revoked      bool              `json:"revoked,omitempty"`
-	Groups       []string          `json:"groups,omitempty"`
-	Labels       map[string]string `json:"labels,omitempty"`
-	Attempted    string            `json:"attemptedCommit,omitempty"`
-	Commit       string            `json:"appliedCommit,omitempty"`
-	SpecHash     string            `json:"specHash,omitempty"`
-	Release      string            `json:"release,omitempty"`
-	Target       string            `json:"targetRelease,omitempty"`
-	Slot         string            `json:"slot,omitempty"`
-	UpdateState  string            `json:"updateState,omitempty"`
-	UpdateSince  time.Time         `json:"updateSince,omitzero"`
-	AppsHealthy  int               `json:"appsHealthy"`
-	AppsTotal    int               `json:"appsTotal"`
-	Drifted      bool              `json:"drifted,omitempty"`
-	Seq          uint64            `json:"seq"`
-	LastSeen     time.Time         `json:"lastSeen,omitzero"`
-	Offline      bool              `json:"offline,omitempty"`
-	Attestation  string            `json:"attestation"` // ok | failed | none
-	KeyKind      string            `json:"keyKind"`
-	Weak         bool              `json:"weakIdentity,omitempty"`
-	ClockTrusted *bool             `json:"clockTrusted,omitempty"`
-	Skew         time.Duration     `json:"skewNs"`
-	SkewBad      bool              `json:"clockSkewed,omitempty"`
-	Problem      *api.Problem      `json:"problem,omitempty"`
+	ID          string            `json:"id"`
+	State       string            `json:"state"` // api.State, "" if never reported
+	Revoked     bool              `json:"revoked,omitempty"`
+	Groups      []string          `json:"groups,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Attempted   string            `json:"attemptedCommit,omitempty"`
+	Commit      string            `json:"appliedCommit,omitempty"`
+	SpecHash    string            `json:"specHash,omitempty"`
+	Release     string            `json:"release,omitempty"`
+	Target      string            `json:"targetRelease,omitempty"`
+	Slot        string            `json:"slot,omitempty"`
+	UpdateState string            `json:"updateState,omitempty"`
+	UpdateSince time.Time         `json:"updateSince,omitzero"`
+	AppsHealthy int               `json:"appsHealthy"`
+	AppsTotal   int               `json:"appsTotal"`
+	Drifted     bool              `json:"drifted,omitempty"`
+	Seq         uint64            `json:"seq"`
+	LastSeen    time.Time         `json:"lastSeen,omitzero"`
+	Offline     bool              `json:"offline,omitempty"`
+	Attestation string            `json:"attestation"` // ok | failed | none
+	KeyKind     string            `json:"keyKind"`
+	Weak        bool              `json:"weakIdentity,omitempty"`
+	Relay       string            `json:"relay,omitempty"` // the site relay its latest report came through
+
+	ClockTrusted *bool         `json:"clockTrusted,omitempty"`
+	Skew         time.Duration `json:"skewNs"`
+	SkewBad      bool          `json:"clockSkewed,omitempty"`
+	Problem      *api.Problem  `json:"problem,omitempty"`
 	// LastReceipt is the latest receipt from an offline bundle; Offline
 	// work is set when it is newer than the device's last report, so work
 	// done with no network shows before the device reports it.
@@ -89,7 +91,7 @@ func (s *server) device(r store.FleetRow) Device {
 		Attempted: r.Attempted, Commit: r.Commit, SpecHash: r.SpecHash, Release: r.Release, Target: r.Target,
 		Slot: r.Slot, UpdateState: r.UpdateState, UpdateSince: r.UpdateSince, AppsHealthy: r.AppsHealthy,
 		AppsTotal: r.AppsTotal, Drifted: r.Drifted, Seq: r.LatestSeq, LastSeen: r.LastSeen, Offline: r.Offline,
-		KeyKind: r.KeyKind, Weak: r.Weak, ClockTrusted: r.ClockTrusted, Skew: r.Skew, Attestation: "none"}
+		KeyKind: r.KeyKind, Weak: r.Weak, ClockTrusted: r.ClockTrusted, Skew: r.Skew, Attestation: "none", Relay: r.Relay}
 	switch {
 	case r.AttestOK != nil && *r.AttestOK, r.AttestOK == nil && r.ReportAttestOK != nil && *r.ReportAttestOK:
 		d.Attestation = "ok"
@@ -657,6 +659,7 @@ var funcs = template.FuncMap{
 	"meaning": stateTitle,
 	"pct":     func(f float64) string { return strconv.Itoa(int(f*100)) + "%" },
 	"add":     func(a, b int) int { return a + b },
+	"bytes":   humanBytes,
 	"deref":   func(b *bool) bool { return b != nil && *b },
 	"labels": func(m map[string]string) string {
 		keys := make([]string, 0, len(m))
@@ -710,7 +713,7 @@ func parseTemplates() (map[string]*template.Template, error) {
 	}
 	out := map[string]*template.Template{}
 	for name, file := range map[string]string{"overview": "overview", "overview-live": "overview", "device": "device",
-		"rollout": "rollout", "login": "login", "notfound": "notfound"} {
+		"rollout": "rollout", "relays": "relays", "login": "login", "notfound": "notfound"} {
 		t, err := template.Must(base.Clone()).ParseFS(templateFS, "templates/"+file+".html")
 		if err != nil {
 			return nil, fmt.Errorf("web: template %s: %w", file, err)

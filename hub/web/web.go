@@ -35,6 +35,7 @@ type Store interface {
 	Reports(ctx context.Context, id string, limit int) ([]store.Report, error)
 	Attestations(ctx context.Context, id string, limit int) ([]store.Attestation, error)
 	CheckOperatorToken(ctx context.Context, hash []byte, now time.Time) error
+	ListRelays(ctx context.Context) ([]store.Relay, error)
 }
 
 // Options configure the page. Store is required; the zero value of the rest works.
@@ -123,6 +124,8 @@ func New(o Options) (http.Handler, error) {
 	mux.HandleFunc("GET /api/v1/live", s.api(s.apiLive))
 	mux.HandleFunc("GET /api/v1/devices/{id}", s.api(s.apiDevice))
 	mux.HandleFunc("GET /api/v1/rollout", s.api(s.apiRollout))
+	mux.HandleFunc("GET /relays", s.page(s.handleRelays))
+	mux.HandleFunc("GET /api/v1/relays", s.api(s.apiRelays))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/api/") {
 			writeJSONError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
