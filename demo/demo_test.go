@@ -68,8 +68,7 @@ func TestDemoShort(t *testing.T) {
 					if want.absent {
 						cond = fmt.Sprintf("document.body && document.body.innerText.length > 0 && !document.body.innerText.includes(%q)", want.text)
 					}
-					_, err := chromedp.Poll[bool](cond,
-						chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(20*time.Second))(ctx, tg)
+					_, err := browsertest.WaitJS(cond, 20*time.Second)(ctx, tg)
 					return err
 				}))
 			cancel()

@@ -60,10 +60,7 @@ func browser(t *testing.T, width, height int) context.Context {
 
 // waitJS waits until the expression is true.
 func waitJS(expr string) chromedp.Action[chromedp.Void] {
-	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
-		_, err := chromedp.Poll[bool](expr, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(20*time.Second))(ctx, t)
-		return err
-	})
+	return browsertest.WaitJS(expr, 20*time.Second)
 }
 
 // do runs steps with a 20 s limit; on failure it reports where the page is.

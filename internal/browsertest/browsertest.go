@@ -4,7 +4,9 @@ package browsertest
 
 import (
 	"context"
+	"fmt"
 	"strings"
+	"time"
 
 	"github.com/chromedp/chromedp"
 )
@@ -26,4 +28,36 @@ func Navigate(url string) chromedp.Action[chromedp.Void] {
 		}
 		return chromedp.Void{}, err
 	}
+}
+
+// contextGone is what Chromium answers when the page's JavaScript context was
+// replaced under a running evaluation (a navigation committing late on a
+// loaded machine); the next evaluation runs in the new one.
+var contextGone = []string{"Cannot find context with specified id", "Execution context was destroyed"}
+
+// WaitJS waits, up to timeout, until the JavaScript expression is true in the
+// page, evaluating it again whenever the page's context was replaced.
+func WaitJS(expr string, timeout time.Duration) chromedp.Action[chromedp.Void] {
+	return func(ctx context.Context, t *chromedp.Target) (chromedp.Void, error) {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		for {
+			_, err := chromedp.Poll[bool](expr, chromedp.WithPollingInterval(50*time.Millisecond))(ctx, t)
+			if err == nil || ctx.Err() != nil || !transient(err) {
+				if err != nil && ctx.Err() != nil {
+					err = fmt.Errorf("%q not true after %v: %w", expr, timeout, err)
+				}
+				return chromedp.Void{}, err
+			}
+		}
+	}
+}
+
+func transient(err error) bool {
+	for _, s := range contextGone {
+		if strings.Contains(err.Error(), s) {
+			return true
+		}
+	}
+	return false
 }
