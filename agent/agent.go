@@ -27,6 +27,7 @@ import (
 	"github.com/shoalfleet/shoal/internal/atomicfile"
 	"github.com/shoalfleet/shoal/internal/backoff"
 	"github.com/shoalfleet/shoal/internal/memtrim"
+	"github.com/shoalfleet/shoal/internal/sdnotify"
 	"github.com/shoalfleet/shoal/internal/version"
 	"github.com/shoalfleet/shoal/source"
 	"github.com/shoalfleet/shoal/spec"
@@ -98,7 +99,7 @@ type Options struct {
 	Poker    Poker    // nil: no pokes
 	Logger   *slog.Logger
 	Now      func() time.Time
-	// Notify sends sd_notify states; nil: SdNotify.
+	// Notify sends sd_notify states; nil: sdnotify.Notify.
 	Notify func(state string) error
 	// Collectors are the stages' metrics, served on the agent's /metrics.
 	Collectors []prometheus.Collector
@@ -141,7 +142,7 @@ func New(o Options) (*Agent, error) {
 		o.Now = time.Now
 	}
 	if o.Notify == nil {
-		o.Notify = SdNotify
+		o.Notify = sdnotify.Notify
 	}
 	cfg := o.Config
 	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, "images")} {
@@ -671,7 +672,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.o.Poker != nil {
 		wg.Go(func() { a.pokes(ctx) })
 	}
-	if wd := WatchdogInterval(); wd > 0 {
+	if wd := sdnotify.WatchdogInterval(); wd > 0 {
 		wg.Go(func() { a.watchdog(ctx, wd) })
 	}
 	bo := backoff.New(a.cfg.RetryMin.D(), a.cfg.RetryMax.D(), 0.2)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/shoalfleet/shoal/api"
+	"github.com/shoalfleet/shoal/internal/sdnotify"
 )
 
 // runAgent runs a.Run in the background and stops it at cleanup.
@@ -231,7 +232,7 @@ func TestSdNotifyReadyAndWatchdog(t *testing.T) {
 	r.Commit(fleetFiles(), "fleet")
 	cfg := testConfig(t, "file://"+r.Dir)
 	a, _ := newTestAgent(t, cfg)
-	a.o.Notify = SdNotify
+	a.o.Notify = sdnotify.Notify
 	runAgent(t, a)
 	seen := map[string]bool{}
 	buf := make([]byte, 256)

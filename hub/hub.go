@@ -28,6 +28,7 @@ import (
 	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/attest"
 	"github.com/shoalfleet/shoal/hub/store"
+	"github.com/shoalfleet/shoal/internal/sdnotify"
 )
 
 // Verifier checks an attestation quote for a device. The hub has already
@@ -75,6 +76,13 @@ type Options struct {
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
 	Now        func() time.Time
+	// Notify sends systemd notification states (READY=1 once serving,
+	// WATCHDOG=1 while the database answers); nil: sdnotify.Notify, which does
+	// nothing outside a Type=notify unit.
+	Notify func(state string) error
+	// Watchdog is the interval systemd expects WATCHDOG=1 within; zero:
+	// the unit's WatchdogSec= (sdnotify.WatchdogInterval), none outside systemd.
+	Watchdog time.Duration
 }
 
 // Hub is the hub service. New builds it, Serve/Run work, Close releases it.
@@ -108,6 +116,12 @@ func New(ctx context.Context, o Options) (*Hub, error) {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.Notify == nil {
+		o.Notify = sdnotify.Notify
+	}
+	if o.Watchdog <= 0 {
+		o.Watchdog = sdnotify.WatchdogInterval()
 	}
 	if o.CertTTL <= 0 {
 		o.CertTTL = 7 * 24 * time.Hour
@@ -244,6 +258,14 @@ func (h *Hub) Run(ctx context.Context, l net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(l, "", "") }()
 	h.log.Info("hub listening", "addr", l.Addr().String(), "db", h.st.Backend(), "ca", h.ca.fingerprint)
+	// The listener is bound and served: systemd may start what comes after us.
+	if err := h.o.Notify("READY=1"); err != nil {
+		h.log.Warn("sd_notify READY failed", "err", err)
+	}
+	if h.o.Watchdog > 0 {
+		h.wg.Add(1)
+		go func() { defer h.wg.Done(); h.watchdog(bg, h.o.Watchdog) }()
+	}
 	select {
 	case err := <-errc:
 		cancel()
@@ -252,6 +274,7 @@ func (h *Hub) Run(ctx context.Context, l net.Listener) error {
 	case <-ctx.Done():
 	}
 	h.stop()
+	_ = h.o.Notify("STOPPING=1")
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
 	defer scancel()
 	err := srv.Shutdown(sctx)
@@ -262,6 +285,33 @@ func (h *Hub) Run(ctx context.Context, l net.Listener) error {
 	}
 	h.log.Info("hub stopped")
 	return nil
+}
+
+// watchdog tells systemd the hub is alive every half interval, as long as
+// its database answers: a hub that cannot reach its store serves nothing
+// useful, and a restart (Restart=always) is the cure systemd can apply.
+func (h *Hub) watchdog(ctx context.Context, interval time.Duration) {
+	tk := time.NewTicker(interval / 2)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tk.C:
+			pctx, cancel := context.WithTimeout(ctx, interval/4)
+			err := h.st.Ping(pctx)
+			cancel()
+			if err != nil {
+				if ctx.Err() == nil {
+					h.log.Error("database does not answer; withholding the watchdog ping", "err", err)
+				}
+				continue
+			}
+			if err := h.o.Notify("WATCHDOG=1"); err != nil {
+				h.log.Warn("sd_notify WATCHDOG failed", "err", err)
+			}
+		}
+	}
 }
 
 // listen relays other hubs' pokes to this hub's long polls, reconnecting

@@ -1,4 +1,10 @@
-package agent
+// Package sdnotify speaks systemd's service notification protocol: READY=1
+// when a Type=notify service has started, WATCHDOG=1 while it is alive. The
+// agent and the hub import it.
+//
+// It is written here rather than taken from go-systemd: it is one datagram,
+// and the device binary stays smaller for it.
+package sdnotify
 
 import (
 	"errors"
@@ -8,11 +14,9 @@ import (
 	"time"
 )
 
-// SdNotify sends state (e.g. "READY=1", "WATCHDOG=1") to systemd's notify
-// socket; without NOTIFY_SOCKET it does nothing. Written here rather than
-// taken from go-systemd: it is one datagram, and the device binary stays
-// smaller for it.
-func SdNotify(state string) error {
+// Notify sends state (e.g. "READY=1", "WATCHDOG=1") to systemd's notify
+// socket; without NOTIFY_SOCKET it does nothing.
+func Notify(state string) error {
 	addr := os.Getenv("NOTIFY_SOCKET")
 	if addr == "" {
 		return nil
