@@ -15,6 +15,7 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
@@ -229,6 +230,11 @@ func (r *Reconciler) apply(ctx context.Context, dev *spec.Device, p *Plan, repo 
 	addErr := func(e *AppError) { mu.Lock(); res.Errors = append(res.Errors, e); mu.Unlock() }
 
 	// Networks, then removals of unwanted containers (in parallel), then apps.
+	for _, n := range p.dupNets {
+		if err := r.dedupeNetwork(ctx, n); err != nil {
+			addErr(&AppError{App: "", Field: "network", Code: ReasonNetworkCreateFailed, Err: err})
+		}
+	}
 	for _, a := range p.Actions {
 		if a.Kind == KindNetwork {
 			if err := r.createNetwork(ctx, a.Target); err != nil {
@@ -449,10 +455,70 @@ func (r *Reconciler) fillState(ctx context.Context, ar *AppResult, id string) {
 
 func (r *Reconciler) createNetwork(ctx context.Context, name string) error {
 	_, err := r.eng.NetworkCreate(ctx, name, network.CreateOptions{Driver: "bridge", Labels: r.ownLabels()})
-	if err != nil && !cerrdefs.IsConflict(err) {
+	if cerrdefs.IsConflict(err) {
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("create network %q: %w", name, err)
 	}
-	return nil
+	return r.dedupeNetwork(ctx, name)
+}
+
+// dedupeNetwork settles a network name the Engine holds more than once.
+// Agents sharing an Engine (devices simulated on one machine) may create
+// the same network at the same moment, and the Engine then keeps both,
+// which no container can join by name ("network is ambiguous"). Every
+// agent picks the same copy to keep — the one containers already joined,
+// else the oldest — and removes the copies it made itself, which nothing
+// has joined.
+func (r *Reconciler) dedupeNetwork(ctx context.Context, name string) error {
+	ns, err := r.eng.NetworkList(ctx, network.ListOptions{Filters: filters.NewArgs(filters.Arg("name", name))})
+	if err != nil {
+		return fmt.Errorf("list networks named %q: %w", name, err)
+	}
+	type copyOf struct {
+		network.Inspect
+		inUse bool
+	}
+	var same []copyOf
+	for _, n := range ns {
+		if n.Name != name { // the filter also matches longer names
+			continue
+		}
+		ins, err := r.eng.NetworkInspect(ctx, n.ID, network.InspectOptions{})
+		if cerrdefs.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("inspect network %q (%.12s): %w", name, n.ID, err)
+		}
+		same = append(same, copyOf{ins, len(ins.Containers) > 0})
+	}
+	if len(same) < 2 {
+		return nil
+	}
+	sort.Slice(same, func(i, j int) bool {
+		a, b := same[i], same[j]
+		switch {
+		case a.inUse != b.inUse:
+			return a.inUse
+		case !a.Created.Equal(b.Created):
+			return a.Created.Before(b.Created)
+		}
+		return a.ID < b.ID
+	})
+	var errs []error
+	for _, n := range same[1:] {
+		if n.inUse || n.Labels[LabelManagedBy] != managedByValue || n.Labels[LabelPrefix] != r.o.Prefix {
+			continue // another agent's copy, or one in use: not ours to remove
+		}
+		if err := r.eng.NetworkRemove(ctx, n.ID); err != nil && !cerrdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("remove network %q (%.12s), a second copy: %w", name, n.ID, err))
+			continue
+		}
+		r.log.Info("network made twice by agents sharing the Engine; removed this agent's copy", "network", name, "kept", same[0].ID[:12])
+	}
+	return errors.Join(errs...)
 }
 
 // createContainer creates app's container under name and joins its extra networks.

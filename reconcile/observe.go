@@ -44,6 +44,7 @@ type Observed struct {
 	Loaded     map[string]LoadedImage // images Shoal brought in, by ref (pruned when unreferenced)
 	Networks   map[string]bool        // networks that exist, by name
 	OwnNets    map[string]bool        // networks this reconciler created, by name
+	DupNets    map[string]bool        // network names the Engine holds more than once
 	Applied    map[string]string      // app -> spec hash last applied by this reconciler
 	Failed     map[string]string      // app -> spec hash rolled back after failing its health gate
 }
@@ -64,6 +65,7 @@ func (r *Reconciler) Observe(ctx context.Context, dev *spec.Device) (*Observed, 
 		Images:     map[string]string{},
 		Networks:   map[string]bool{},
 		OwnNets:    map[string]bool{},
+		DupNets:    map[string]bool{},
 	}
 	// Inspect in parallel: exit code, restart count, health and resources are not in the list.
 	var (
@@ -130,6 +132,9 @@ func (r *Reconciler) Observe(ctx context.Context, dev *spec.Device) (*Observed, 
 		return nil, fmt.Errorf("%w: list networks: %w", ErrEngine, nerr)
 	}
 	for _, n := range nets {
+		if obs.Networks[n.Name] {
+			obs.DupNets[n.Name] = true
+		}
 		obs.Networks[n.Name] = true
 		if n.Labels[LabelManagedBy] == managedByValue && n.Labels[LabelPrefix] == r.o.Prefix {
 			obs.OwnNets[n.Name] = true

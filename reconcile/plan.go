@@ -57,6 +57,7 @@ type Plan struct {
 
 	hashes   map[string]string     // app -> spec hash, for Apply
 	observed map[string]*Container // app -> its container as observed, for reporting kept apps
+	dupNets  []string              // networks the device joins that the Engine holds twice, for Apply to settle
 }
 
 // Changes counts the actions that are not keep.
@@ -134,6 +135,9 @@ func PlanFor(dev *spec.Device, obs *Observed, prefix string) *Plan {
 	for _, n := range sortedKeys(nets) {
 		if !obs.Networks[n] && n != "bridge" && n != "host" && n != "none" {
 			p.Actions = append(p.Actions, Action{Kind: KindNetwork, Target: n, Reason: "network missing"})
+		}
+		if obs.DupNets[n] {
+			p.dupNets = append(p.dupNets, n)
 		}
 	}
 
