@@ -25,6 +25,9 @@ type reason struct {
 	where []string // "pkg.ReasonName (file:line)"
 }
 
+// notShoal are the directories whose code the agent and the hub do not run.
+var notShoal = map[string]bool{"examples": true, "bench": true, "demo": true, "lab": true}
+
 // file is one parsed Go file and its path relative to the module root.
 type file struct {
 	rel string
@@ -47,6 +50,11 @@ func codeReasons(t *testing.T, root string) (map[string]*reason, []string) {
 		name := d.Name()
 		if d.IsDir() {
 			if path != root && (strings.HasPrefix(name, ".") || name == "testdata" || name == "bin" || name == "node_modules") {
+				return filepath.SkipDir
+			}
+			// Not the agent's or the hub's: the example fleet's workloads,
+			// benchmarks, the demo and the VM lab.
+			if rel, _ := filepath.Rel(root, path); notShoal[filepath.ToSlash(rel)] {
 				return filepath.SkipDir
 			}
 			return nil
