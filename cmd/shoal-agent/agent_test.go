@@ -246,9 +246,12 @@ func TestAgentDaemonSIGHUPAndSIGTERM(t *testing.T) {
 	}
 }
 
+// waitUntil polls cond until it holds; the deadline is generous because the
+// machine running the tests may be loaded many times over (a daemon's
+// enrolment and attestation took over 20s at a load average of 30).
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(90 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
