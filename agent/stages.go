@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 
@@ -95,10 +96,17 @@ func appStatus(a reconcile.AppResult) api.AppStatus {
 
 // UpdateStage advances the A/B update state machine once per pass.
 type UpdateStage struct {
+	// U is the updater; nil on a device with no A/B slots configured,
+	// which cannot take a release and says so.
 	U *updater.Updater
 	// GateFor returns the health gate a trial boot must pass before it is
 	// committed, under the device's current spec (nil: no gate).
 	GateFor func(d *spec.Device) updater.Gate
+	// Logger gets the one line that says a release cannot be installed; nil discards.
+	Logger *slog.Logger
+
+	mu     sync.Mutex
+	warned string // the release last said to be out of reach
 }
 
 // Name implements Stage.
@@ -106,6 +114,9 @@ func (s *UpdateStage) Name() string { return "update" }
 
 // Converge implements Stage.
 func (s *UpdateStage) Converge(ctx context.Context, t Target) (StageResult, error) {
+	if s.U == nil {
+		return s.noSlots(t.Device.Release), nil
+	}
 	// A relative release URL names a file of the fleet repo: the updater's
 	// BaseDir is the checkout.
 	var gate updater.Gate
@@ -120,6 +131,27 @@ func (s *UpdateStage) Converge(ctx context.Context, t Target) (StageResult, erro
 		out.Summary += " (" + st.Waiting + ")"
 	}
 	return out, err
+}
+
+// noSlots is the stage on a device with no A/B slots: there is nothing to
+// install a release into, so a release in its spec is not its to take. That
+// is said in the stage's summary on every report and logged once per
+// release, and it does not hold the device back: its containers and trust
+// converge as on any device.
+func (s *UpdateStage) noSlots(rel *spec.Release) StageResult {
+	if rel == nil {
+		return StageResult{Converged: true, Summary: "no A/B updates configured"}
+	}
+	msg := fmt.Sprintf("release %q (%s) not installed: this device has no A/B slots (update.slot_a, slot_b and bootloader are not set in its config)", rel.Name, rel.Version)
+	s.mu.Lock()
+	first := s.warned != rel.Name
+	s.warned = rel.Name
+	s.mu.Unlock()
+	if first && s.Logger != nil {
+		s.Logger.Warn("the spec names a release this device cannot take; give it A/B slots (update.slot_a, update.slot_b, update.bootloader) to install releases",
+			"release", rel.Name, "version", rel.Version)
+	}
+	return StageResult{Converged: true, Summary: msg}
 }
 
 // converged: the device runs the release it should, with no update under
@@ -195,8 +227,21 @@ func (s *TrustStage) Converge(ctx context.Context, t Target) (StageResult, error
 	s.last = cs
 	s.mu.Unlock()
 	out := StageResult{Clock: &api.ClockStatus{State: string(cs.State), Trusted: cs.State == attest.ClockOK, Skew: cs.Offset, Source: "ntp"}}
-	out.Converged = cs.State == attest.ClockOK || len(d.Time.Servers) == 0
-	out.Summary = "clock " + string(cs.State)
+	// An unknown clock (no time server answered, as on many factory
+	// networks) holds nothing back: only what needs a trusted time waits for
+	// one, like a trial boot's commit under its health gate. A clock known
+	// to be wrong, skewed or below its lower bound, is a problem to report.
+	switch cs.State {
+	case attest.ClockOK:
+		out.Converged, out.Summary = true, "clock ok"
+	case attest.ClockUnknown:
+		out.Converged, out.Summary = true, "clock unknown (no time server answered)"
+		if len(d.Time.Servers) == 0 {
+			out.Summary = "clock unknown (no time servers configured)"
+		}
+	default:
+		out.Summary = cs.Err().Error()
+	}
 	if s.Attester == nil {
 		return out, nil
 	}

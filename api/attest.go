@@ -72,10 +72,14 @@ func (r *AttestRequest) Validate() error {
 
 // AttestResult is the hub's verdict on a quote, stored and returned to the device.
 type AttestResult struct {
-	APIVersion string    `json:"apiVersion"`
-	OK         bool      `json:"ok"`
-	Reasons    []string  `json:"reasons,omitempty"` // each failed condition, by name
-	Time       time.Time `json:"time"`
+	APIVersion string   `json:"apiVersion"`
+	OK         bool     `json:"ok"`
+	Reasons    []string `json:"reasons,omitempty"` // each failed condition, by name
+	// Unchecked lists, a sentence each, what the hub's policy left
+	// unchecked in a passing verdict (the PCR values of a release the
+	// device does not run): such a pass is not a full one.
+	Unchecked []string  `json:"unchecked,omitempty"`
+	Time      time.Time `json:"time"`
 }
 
 // Validate checks an attestation result.

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -92,6 +93,7 @@ type Clock struct {
 	o      ClockOptions
 	bounds map[string]time.Time
 	last   ClockStatus
+	logged ClockState // the state last logged: a state is logged when it changes
 
 	offset, rtt, bound, good prometheus.Gauge
 	state                    *prometheus.GaugeVec
@@ -253,6 +255,8 @@ func (c *Clock) Check(ctx context.Context) ClockStatus {
 
 	c.mu.Lock()
 	c.last = st
+	changed := st.State != c.logged
+	c.logged = st.State
 	c.mu.Unlock()
 	c.offset.Set(st.Offset.Seconds())
 	c.rtt.Set(st.RTT.Seconds())
@@ -261,10 +265,31 @@ func (c *Clock) Check(ctx context.Context) ClockStatus {
 		c.bound.Set(float64(bound.Unix()))
 	}
 	c.setStateMetric(st.State)
-	if st.State != ClockOK {
-		c.log.Warn("clock check", "state", st.State, "offset", st.Offset, "answers", st.Good, "servers", len(samples))
+	if changed {
+		c.logState(st)
 	}
 	return st
+}
+
+// logState logs a new clock state once; Check calls it only on a change,
+// so a device with no reachable time server does not warn on every pass.
+func (c *Clock) logState(st ClockStatus) {
+	attrs := []any{"state", st.State, "offset", st.Offset, "answers", st.Good, "servers", len(st.Samples)}
+	switch {
+	case st.State == ClockOK:
+		c.log.Info("clock within bounds", attrs...)
+	case st.State == ClockUnknown && len(st.Samples) == 0:
+		c.log.Info("clock unknown: no time servers configured; nothing that needs a trusted time will pass", attrs...)
+	case st.State == ClockUnknown:
+		errs := make([]string, 0, len(st.Samples))
+		for _, s := range st.Samples {
+			errs = append(errs, s.Server+": "+s.Err)
+		}
+		c.log.Warn("clock unknown: no time server answered; containers still converge, only what needs a trusted time waits",
+			append(attrs, "errors", strings.Join(errs, "; "))...)
+	default:
+		c.log.Warn("clock "+string(st.State), append(attrs, "err", st.Err())...)
+	}
 }
 
 func (c *Clock) setStateMetric(s ClockState) {

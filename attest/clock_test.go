@@ -1,9 +1,12 @@
 package attest
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -220,5 +223,48 @@ func TestClockTimePolicy(t *testing.T) {
 	c.SetTimePolicy(spec.TimePolicy{Servers: []string{srv}, MaxSkew: spec.Duration(5 * time.Second)})
 	if st := c.Check(context.Background()); st.State != ClockOK || st.MaxSkew != 5*time.Second {
 		t.Fatalf("3 s off with max 5 s: %+v", st)
+	}
+}
+
+// TestClockLogsChanges: a clock state is logged when it changes, not on
+// every check, so a device whose time servers are unreachable (a factory
+// network) warns once, not on every pass.
+func TestClockLogsChanges(t *testing.T) {
+	good := startNTP(t, ntpResponder{Offset: 10 * time.Millisecond, Stratum: 1})
+	dead := closedUDPAddr(t)
+	var buf bytes.Buffer
+	c := NewClock(ClockOptions{Servers: []string{dead}, MaxSkew: time.Second, Timeout: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	steps := []struct {
+		servers []string
+		checks  int
+		state   ClockState
+		logs    []string // lines logged by these checks, in order
+	}{
+		{[]string{dead}, 3, ClockUnknown, []string{`level=WARN msg="clock unknown: no time server answered`}},
+		{[]string{good}, 2, ClockOK, []string{`level=INFO msg="clock within bounds"`}},
+		{[]string{dead}, 2, ClockUnknown, []string{`level=WARN msg="clock unknown: no time server answered`}},
+		{nil, 2, ClockUnknown, nil}, // still unknown: nothing new to say
+	}
+	for i, s := range steps {
+		buf.Reset()
+		c.SetPolicy(s.servers, time.Second)
+		for range s.checks {
+			if st := c.Check(t.Context()); st.State != s.state {
+				t.Fatalf("step %d: state %s, want %s", i, st.State, s.state)
+			}
+		}
+		lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+		if buf.Len() == 0 {
+			lines = nil
+		}
+		if len(lines) != len(s.logs) {
+			t.Fatalf("step %d: %d checks logged %d lines, want %d:\n%s", i, s.checks, len(lines), len(s.logs), buf.String())
+		}
+		for j, want := range s.logs {
+			if !strings.Contains(lines[j], want) {
+				t.Errorf("step %d: line %q, want %q", i, lines[j], want)
+			}
+		}
 	}
 }

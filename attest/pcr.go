@@ -56,6 +56,10 @@ func extend(pcr, digest []byte) []byte {
 type Policy struct {
 	PCRs     []int
 	Expected map[int][]byte
+	// Unchecked says, a sentence each, what this policy deliberately does
+	// not check (the PCR values of a release the device does not run), so
+	// that a quote that meets it is reported as a pass with those caveats.
+	Unchecked []string
 }
 
 // PolicyFor builds the policy for a rendered device: the device's attestation
@@ -95,7 +99,7 @@ func PolicyFor(d *spec.Device) (Policy, error) {
 // SpecHash and ReleaseVersion) and, if the quote verifies, knows the device
 // really runs that commit and release.
 func (p Policy) WithApp(specHash, releaseVersion string) Policy {
-	out := Policy{PCRs: slices.Clone(p.PCRs), Expected: make(map[int][]byte, len(p.Expected)+1)}
+	out := Policy{PCRs: slices.Clone(p.PCRs), Expected: make(map[int][]byte, len(p.Expected)+1), Unchecked: slices.Clone(p.Unchecked)}
 	for k, v := range p.Expected {
 		out.Expected[k] = v
 	}

@@ -133,7 +133,7 @@ func (a *AttestVerifier) Verify(ctx context.Context, deviceID string, ak []byte,
 			return api.AttestResult{}, fmt.Errorf("attestation of device %q: %w", deviceID, err)
 		}
 	}
-	return api.AttestResult{OK: true}, nil
+	return api.AttestResult{OK: true, Unchecked: pol.Unchecked}, nil
 }
 
 func refused(err error) api.AttestResult {
@@ -259,7 +259,10 @@ func (p *FleetPolicy) KnownDevice(id string) error {
 
 // Policy is an AttestVerifier.Policy. A device the fleet cannot render, or
 // one claiming a release the fleet does not list while its own release
-// expects PCR values, is refused (attest.ErrPolicy).
+// expects PCR values, is refused (attest.ErrPolicy). A device that claims no
+// release at all (it has no A/B slots) while its spec names one with PCR
+// values is refused only where its spec requires attestation; elsewhere its
+// quote passes with those values listed in Policy.Unchecked.
 func (p *FleetPolicy) Policy(_ context.Context, deviceID string, req *api.AttestRequest) (attest.Policy, error) {
 	lf := p.cur.Load()
 	if lf == nil {
@@ -271,7 +274,20 @@ func (p *FleetPolicy) Policy(_ context.Context, deviceID string, req *api.Attest
 	}
 	pol := claimed(req, append([]int{attest.AppPCR}, d.Attestation.PCRs...))
 	rel := releaseByVersion(lf.f, req.ReleaseVersion)
-	if rel == nil && d.Release != nil && len(d.Release.PCRs) > 0 {
+	switch {
+	case rel != nil || d.Release == nil || len(d.Release.PCRs) == 0:
+	case req.ReleaseVersion == "" && d.Attestation.Required:
+		// A device with no A/B slots runs no release of the fleet's, so no
+		// release's PCR values describe its boot; where attestation is
+		// required the hub must vouch for the boot, and cannot.
+		return attest.Policy{}, fmt.Errorf("device %q runs no release (it claims none: no A/B slots), so the PCR values release %q expects cannot be checked, and its spec requires attestation: %w",
+			deviceID, d.Release.Name, attest.ErrPolicy)
+	case req.ReleaseVersion == "":
+		// The same device where attestation is not required: its quote is
+		// still checked (key, nonce, counters, the PCRs the spec lists, its
+		// spec hash), and the verdict says which values were not.
+		pol.Unchecked = append(pol.Unchecked, fmt.Sprintf("PCR values of release %q not checked: the device runs no release (no A/B slots)", d.Release.Name))
+	default:
 		return attest.Policy{}, fmt.Errorf("device %q claims release version %q, which the fleet at %s does not list, so the PCR values release %q expects cannot be checked: %w",
 			deviceID, req.ReleaseVersion, shortRev(lf.rev), d.Release.Name, attest.ErrPolicy)
 	}

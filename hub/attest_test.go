@@ -276,6 +276,9 @@ func writeFleet(t *testing.T, dir string, pcr7os1, pcr7os2 []byte) {
 		"fleet.yaml":         "spec:\n  attestation:\n    pcrs: [0, 7]\n",
 		"devices/dev-f.yaml": "spec:\n  release: os-1\n",
 		"devices/dev-g.yaml": "labels:\n  role: spare\n",
+		// Devices with no A/B slots (they claim no release) given os-1.
+		"devices/dev-n.yaml": "spec:\n  release: os-1\n",
+		"devices/dev-r.yaml": "spec:\n  release: os-1\n  attestation:\n    required: true\n",
 	}
 	for name, pcr7 := range map[string][]byte{"os-1": pcr7os1, "os-2": pcr7os2} {
 		version := map[string]string{"os-1": "1.0.0", "os-2": "2.0.0"}[name]
@@ -363,7 +366,7 @@ func TestFleetPolicy(t *testing.T) {
 		t.Cleanup(cl.CloseIdleConnections)
 		return cl
 	}
-	clF, clX := enrolAs("dev-f"), enrolAs("dev-x")
+	clF, clX, clN, clR := enrolAs("dev-f"), enrolAs("dev-x"), enrolAs("dev-n"), enrolAs("dev-r")
 	attestAs := func(t *testing.T, cl *client.Client, pcrs []int, version string) api.AttestResult {
 		t.Helper()
 		if err := at.ExtendApp(ctx, spec, version); err != nil {
@@ -389,12 +392,19 @@ func TestFleetPolicy(t *testing.T) {
 		pcrs    []int
 		version string
 		reasons []string // empty: accepted
+		// unchecked: what an accepted verdict must say it did not check.
+		unchecked string
 	}{
-		{"release value matches the measured PCR 7", clF, []int{0, 7}, "1.0.0", nil},
-		{"claimed release expects another PCR 7", clF, []int{0, 7}, "2.0.0", []string{"pcr-mismatch", "PCR 7"}},
-		{"quote does not cover PCR 7 of the spec", clF, []int{0}, "1.0.0", []string{"pcr-selection", "[0 7 23]"}},
-		{"claims a release the fleet does not list", clF, []int{0, 7}, "9.9.9", []string{"policy-invalid", `"9.9.9"`, `"os-1"`}},
-		{"device not in the fleet", clX, []int{0, 7}, "1.0.0", []string{"policy-invalid", "dev-x"}},
+		{"release value matches the measured PCR 7", clF, []int{0, 7}, "1.0.0", nil, ""},
+		{"claimed release expects another PCR 7", clF, []int{0, 7}, "2.0.0", []string{"pcr-mismatch", "PCR 7"}, ""},
+		{"quote does not cover PCR 7 of the spec", clF, []int{0}, "1.0.0", []string{"pcr-selection", "[0 7 23]"}, ""},
+		{"claims a release the fleet does not list", clF, []int{0, 7}, "9.9.9", []string{"policy-invalid", `"9.9.9"`, `"os-1"`}, ""},
+		{"device not in the fleet", clX, []int{0, 7}, "1.0.0", []string{"policy-invalid", "dev-x"}, ""},
+		// A device with no A/B slots runs no release: its quote passes but
+		// for the release's PCR values, which the verdict says it left out.
+		{"no release claimed, attestation optional", clN, []int{0, 7}, "", nil, `PCR values of release "os-1" not checked`},
+		{"no release claimed, quote misses a spec PCR", clN, []int{0}, "", []string{"pcr-selection"}, ""},
+		{"no release claimed, attestation required", clR, []int{0, 7}, "", []string{"policy-invalid", `"os-1"`, "requires attestation"}, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -402,6 +412,9 @@ func TestFleetPolicy(t *testing.T) {
 			if len(c.reasons) == 0 {
 				if !res.OK {
 					t.Fatalf("refused: %v", res.Reasons)
+				}
+				if got := strings.Join(res.Unchecked, "; "); (c.unchecked == "") != (got == "") || !strings.Contains(got, c.unchecked) {
+					t.Errorf("unchecked %q, want %q", got, c.unchecked)
 				}
 				return
 			}

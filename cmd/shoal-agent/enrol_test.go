@@ -95,13 +95,16 @@ func TestEnrolAttests(t *testing.T) {
 	f := newFleet(t)
 	f.commit(attestedFleet())
 	// A fleet whose release for d1 expects a PCR 7 value: a device claiming
-	// no release cannot meet it.
-	withRelease := newFleet(t)
+	// no release (no A/B slots) passes but for that value, unless its spec
+	// requires attestation: then it is refused.
+	withRelease, required := newFleet(t), newFleet(t)
 	files := attestedFleet()
 	files["devices/d1.yaml"] = "labels:\n  role: web\nspec:\n  release: os-1\n"
 	files["releases/os-1.yaml"] = "version: 1.0.0\nurl: https://releases.example/os-1.img\nsize: 1024\nsha256: " + strings.Repeat("ab", 32) +
 		"\nsignature: c2ln\npcrs:\n  \"7\": " + strings.Repeat("cd", 32) + "\n"
 	withRelease.commit(files)
+	files["devices/d1.yaml"] += "  attestation:\n    required: true\n"
+	required.commit(files)
 	cases := []struct {
 		name     string
 		verifier bool
@@ -113,7 +116,8 @@ func TestEnrolAttests(t *testing.T) {
 		{"hub checks the claim", true, nil, "", "(tpm key, attested, AK bound to EK)", ""},
 		{"hub holds quotes to the fleet", true, f, "", "(tpm key, attested, AK bound to EK)", ""},
 		{"hub has no verifier", false, nil, "", "(tpm key, not attested: the hub has no attestation verifier)", ""},
-		{"fleet release the device does not run", true, withRelease, "", "", "403 quote-invalid: enrolment attestation failed: policy-invalid"},
+		{"fleet release the device does not run", true, withRelease, "", "(tpm key, attested, AK bound to EK)", ""},
+		{"fleet release the device does not run and attestation required", true, required, "", "", "403 quote-invalid: enrolment attestation failed: policy-invalid"},
 		{"token unknown", true, nil, "shoal_enrol_not-a-real-token", "", "401 token-invalid"},
 	}
 	for _, c := range cases {

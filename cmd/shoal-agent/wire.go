@@ -217,7 +217,10 @@ func (p *parts) stages(cfg *agent.Config, log *slog.Logger) ([]agent.Stage, erro
 		return nil, err
 	}
 	trust.RunningVersion, p.version = version, version
-	if u != nil {
+	if u == nil {
+		// No A/B slots: the stage says so about any release the spec names.
+		stages = append(stages, &agent.UpdateStage{Logger: log.With("stage", "update")})
+	} else {
 		sink.collectors = append(sink.collectors, u.Collectors()...)
 		containers := p.containers
 		stages = append(stages, &agent.UpdateStage{U: u, GateFor: func(d *spec.Device) updater.Gate {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
 
 	"github.com/shoalfleet/shoal/agent"
 	"github.com/shoalfleet/shoal/api"
@@ -35,30 +36,9 @@ func TestAgentWiredConvergesContainers(t *testing.T) {
 
 	// The fleet repo ships the image as a tar with its sha256: no registry.
 	repo := t.TempDir()
-	rc, err := cli.ImageSave(context.Background(), []string{tag})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tarBytes, err := io.ReadAll(rc)
-	rc.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(tarBytes)
-	files := map[string]string{
-		"groups/all.yaml": "spec:\n  apps:\n    web: {}\n",
-		"devices/d1.yaml": "labels:\n  role: test\n",
-		"apps/web.yaml":   fmt.Sprintf("image:\n  ref: %s\n  source:\n    path: images/web.tar\n    sha256: %s\ncommand: [\"-listen\", \":8080\"]\nenv:\n  VERSION: \"1\"\nlabels:\n  %s: %s\n", tag, hex.EncodeToString(sum[:]), dockertest.LabelKey, label),
-		"images/web.tar":  string(tarBytes),
-		"fleet.cue":       "spec: network: \"" + "net-" + label + "\"\n",
-	}
-	for name, data := range files {
-		p := filepath.Join(repo, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	files := webFleet(t, cli, tag, label)
+	files["fleet.cue"] = "spec: network: \"" + "net-" + label + "\"\n"
+	writeFiles(t, repo, files)
 	testenv.GitCommitAll(t, repo, "one web app")
 
 	// A real hub (SQLite, mutual TLS) the device enrols with through the CLI.
@@ -122,7 +102,9 @@ func TestAgentWiredConvergesContainers(t *testing.T) {
 		t.Errorf("attestation in the report: %+v", rep.Attest)
 	}
 	// Each stage's result and the device's resources travel with the report.
-	if len(rep.Stages) != 2 || rep.Stages[0].Name != "containers" || !rep.Stages[0].Converged || rep.Stages[1].Name != "trust" {
+	// The update stage runs too: with no A/B slots it says there are no updates.
+	if len(rep.Stages) != 3 || rep.Stages[0].Name != "containers" || !rep.Stages[0].Converged || rep.Stages[1].Name != "trust" ||
+		rep.Stages[2].Name != "update" || rep.Stages[2].Summary != "no A/B updates configured" {
 		t.Errorf("stages in the report: %+v", rep.Stages)
 	}
 	if r := rep.Resources; r == nil || r.CPUs < 1 || r.MemTotal == 0 || r.StateDiskTotal == 0 {
@@ -131,6 +113,43 @@ func TestAgentWiredConvergesContainers(t *testing.T) {
 	// A second pass finds nothing to do and stays converged.
 	if code := run(context.Background(), []string{"--once", "--config", cfgPath}); code != exitOK {
 		t.Fatalf("second pass exit %d", code)
+	}
+}
+
+// webFleet is a fleet repo's files for device d1 running one app, web, from
+// the image tag saved as images/web.tar with its sha256 (no registry).
+func webFleet(t *testing.T, cli *client.Client, tag, label string) map[string]string {
+	t.Helper()
+	rc, err := cli.ImageSave(context.Background(), []string{tag})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tarBytes, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(tarBytes)
+	return map[string]string{
+		"groups/all.yaml": "spec:\n  apps:\n    web: {}\n",
+		"devices/d1.yaml": "labels:\n  role: test\n",
+		"apps/web.yaml": fmt.Sprintf("image:\n  ref: %s\n  source:\n    path: images/web.tar\n    sha256: %s\ncommand: [\"-listen\", \":8080\"]\nenv:\n  VERSION: \"1\"\nlabels:\n  %s: %s\n",
+			tag, hex.EncodeToString(sum[:]), dockertest.LabelKey, label),
+		"images/web.tar": string(tarBytes),
+	}
+}
+
+// writeFiles writes files (path: content) under dir.
+func writeFiles(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
+	for name, data := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

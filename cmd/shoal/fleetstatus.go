@@ -129,6 +129,14 @@ func seen(t time.Time) string {
 }
 
 func clockText(d web.Device) string {
+	switch d.ClockState {
+	case "ok":
+		return d.Skew.String()
+	case "skewed":
+		return "skewed " + d.Skew.String()
+	case "unknown", "untrusted":
+		return d.ClockState
+	}
 	switch {
 	case d.ClockTrusted == nil:
 		return "-"

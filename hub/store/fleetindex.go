@@ -64,11 +64,12 @@ type fleetEntry struct {
 	labels      string // device_view.labels, JSON as stored
 	state       string
 	updateState string
+	clockState  string // "" with no view row or no clock in the report
 
 	lastSeen, latestSeq, attestTime, enrolled, revoked, skewAbs int64
 
-	attestOK, reportAttestOK, clockTrusted int8
-	software, hasView, drifted, weak       bool
+	attestOK, reportAttestOK         int8
+	software, hasView, drifted, weak bool
 }
 
 type reportKey struct {
@@ -378,7 +379,7 @@ func (s *sqlStore) verifyIndex(ctx context.Context, v *viewState, from string, c
 }
 
 const entryCols = `SELECT d.id, d.key_kind, d.enrolled, d.revoked, d.latest_seq, d.state, d.groups, d.last_seen, d.attest_ok, d.attest_time,
-	v.seq, v.commit_attempted, v.commit_seen, v.update_state, v.drifted, v.clock_trusted, v.skew_abs, v.attest_ok, v.weak, v.labels
+	v.seq, v.commit_attempted, v.commit_seen, v.update_state, v.drifted, v.clock_state, v.skew_abs, v.attest_ok, v.weak, v.labels
 	FROM devices d LEFT JOIN device_view v ON v.id = d.id`
 
 // loadChunk bounds the IDs in one IN list (SQLite allows 32766 parameters).
@@ -430,10 +431,10 @@ func (s *sqlStore) loadEntries(ctx context.Context, v *viewState, ids []string) 
 func (s *sqlStore) scanEntry(ctx context.Context, v *viewState, r scanner) (fleetEntry, error) {
 	var e fleetEntry
 	var keyKind string
-	var attestOK, vseq, commitSeen, drifted, clockTrusted, skewAbs, reportAttest, weak sql.NullInt64
-	var attempted, updateState, labels sql.NullString
+	var attestOK, vseq, commitSeen, drifted, skewAbs, reportAttest, weak sql.NullInt64
+	var attempted, updateState, labels, clockState sql.NullString
 	if err := r.Scan(&e.id, &keyKind, &e.enrolled, &e.revoked, &e.latestSeq, &e.state, &e.groups, &e.lastSeen, &attestOK, &e.attestTime,
-		&vseq, &attempted, &commitSeen, &updateState, &drifted, &clockTrusted, &skewAbs, &reportAttest, &weak, &labels); err != nil {
+		&vseq, &attempted, &commitSeen, &updateState, &drifted, &clockState, &skewAbs, &reportAttest, &weak, &labels); err != nil {
 		return fleetEntry{}, err
 	}
 	e.software = keyKind == "software"
@@ -447,7 +448,7 @@ func (s *sqlStore) scanEntry(ctx context.Context, v *viewState, r scanner) (flee
 			vseq = sql.NullInt64{Int64: d.seq, Valid: true}
 			updateState = sql.NullString{String: d.ust, Valid: true}
 			drifted = sql.NullInt64{Int64: int64(d.drifted), Valid: true}
-			clockTrusted, reportAttest = d.clockTrusted, d.attestOK
+			clockState, reportAttest = sql.NullString{String: d.clockState, Valid: true}, d.attestOK
 			skewAbs = sql.NullInt64{Int64: d.skewAbs, Valid: true}
 			weak = sql.NullInt64{Int64: int64(d.weak), Valid: true}
 			labels = sql.NullString{String: d.labels, Valid: true}
@@ -456,13 +457,14 @@ func (s *sqlStore) scanEntry(ctx context.Context, v *viewState, r scanner) (flee
 	e.hasView = vseq.Valid
 	e.updateState = updateState.String
 	e.drifted = drifted.Int64 == 1
-	e.clockTrusted = tri(clockTrusted)
+	e.clockState = clockState.String
 	e.skewAbs = skewAbs.Int64
 	e.reportAttestOK = tri(reportAttest)
 	e.weak = weak.Int64 == 1
 	e.labels = labels.String
 	e.lid = s.lowerID(e.id)
 	e.state, e.groups, e.labels, e.updateState = v.str(e.state), v.str(e.groups), v.str(e.labels), v.str(e.updateState)
+	e.clockState = v.str(e.clockState)
 	return e, nil
 }
 
@@ -617,7 +619,7 @@ func (v *viewState) countIndex(q FleetQuery, fold bool) FleetCounts {
 	iAll, iConv, iUpd, iDeg, iStall, iWait := filterIndex[FilterAll], filterIndex[FilterConverged], filterIndex[FilterUpdating],
 		filterIndex[FilterDegraded], filterIndex[FilterStalled], filterIndex[FilterWaiting]
 	iTrial, iRB, iDrift, iOff, iAtt := filterIndex[FilterTrial], filterIndex[FilterRolledBack], filterIndex[FilterDrifted], filterIndex[FilterOffline], filterIndex[FilterAttestFailed]
-	iSkew, iWeak, iNever := filterIndex[FilterClockSkewed], filterIndex[FilterWeakIdentity], filterIndex[FilterNeverSeen]
+	iSkew, iUntrust, iWeak, iNever := filterIndex[FilterClockSkewed], filterIndex[FilterClockUntrust], filterIndex[FilterWeakIdentity], filterIndex[FilterNeverSeen]
 	for i := range v.entries {
 		e := &v.entries[i]
 		if !q.Revoked && e.revoked != 0 {
@@ -655,8 +657,11 @@ func (v *viewState) countIndex(q FleetQuery, fold bool) FleetCounts {
 			if e.drifted {
 				n[iDrift]++
 			}
-			if e.clockTrusted == 0 || e.skewAbs > maxSkew {
+			if isClockSkewed(e.clockState, e.skewAbs, maxSkew) {
 				n[iSkew]++
+			}
+			if e.clockState == clockUntrusted {
+				n[iUntrust]++
 			}
 		}
 		if e.lastSeen < offline {

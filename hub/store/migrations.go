@@ -211,6 +211,11 @@ var sqliteSchema = []string{
 		holder TEXT NOT NULL,
 		expires INTEGER NOT NULL
 	)`,
+	// 7: the device's clock state (ok, skewed, unknown, untrusted) beside
+	// clock_trusted, so that "clock skewed" means skewed. The view is a
+	// cache: deleting its rows rebuilds them from each latest report.
+	`ALTER TABLE device_view ADD COLUMN clock_state TEXT NOT NULL DEFAULT '';
+	DELETE FROM device_view`,
 }
 
 var postgresSchema = []string{
@@ -419,4 +424,9 @@ var postgresSchema = []string{
 		holder TEXT NOT NULL,
 		expires BIGINT NOT NULL
 	)`,
+	// 7: the device's clock state (ok, skewed, unknown, untrusted) beside
+	// clock_trusted, so that "clock skewed" means skewed. The view is a
+	// cache: deleting its rows rebuilds them from each latest report.
+	`ALTER TABLE device_view ADD COLUMN clock_state TEXT NOT NULL DEFAULT '';
+	DELETE FROM device_view`,
 }

@@ -44,13 +44,14 @@ const (
 	FilterOffline      = "offline"
 	FilterAttestFailed = "attest-failed"
 	FilterClockSkewed  = "clock-skewed"
+	FilterClockUntrust = "clock-untrusted"
 	FilterWeakIdentity = "weak-identity"
 	FilterNeverSeen    = "never-reported"
 )
 
 // Conditions are the filters that are not device states.
 var Conditions = []string{FilterTrial, FilterRolledBack, FilterDrifted, FilterOffline, FilterAttestFailed, FilterClockSkewed,
-	FilterWeakIdentity, FilterNeverSeen}
+	FilterClockUntrust, FilterWeakIdentity, FilterNeverSeen}
 
 // Filters lists every filter, in the order the page shows them: all, each
 // api.State, then the Conditions.
@@ -125,7 +126,10 @@ type FleetRow struct {
 	Drifted     bool
 	// ClockTrusted is nil when the report said nothing about the clock.
 	ClockTrusted *bool
-	Skew         time.Duration
+	// ClockState is the reported clock state (ok, skewed, unknown,
+	// untrusted); "" when the report said nothing about the clock.
+	ClockState string
+	Skew       time.Duration
 	// ReportAttestOK is the device's own view of its last attestation; nil if none.
 	ReportAttestOK *bool
 	Weak           bool // software key (enrolment or report)
@@ -204,11 +208,40 @@ type viewRow struct {
 	since                                int64
 	appsTotal, appsHealthy, drifted      int
 	clockTrusted                         sql.NullInt64
+	clockState                           string
 	skew, skewAbs                        int64
 	attestOK                             sql.NullInt64
 	weak                                 int
 	problemReason, problemMessage        string
 	labels                               string
+}
+
+// Clock states as the agent reports them (api.ClockStatus.State).
+const (
+	clockOK        = "ok"
+	clockSkewed    = "skewed"
+	clockUnknown   = "unknown"
+	clockUntrusted = "untrusted"
+)
+
+// reportedClockState is the report's clock state; an agent that sent only
+// Trusted said untrusted when it was anything but ok.
+func reportedClockState(c *api.ClockStatus) string {
+	switch c.State {
+	case clockOK, clockSkewed, clockUnknown, clockUntrusted:
+		return c.State
+	}
+	if c.Trusted {
+		return clockOK
+	}
+	return clockUntrusted
+}
+
+// isClockSkewed is the clock-skewed filter: the device says skewed, or its
+// measured offset is beyond the page's bound. An unknown clock (no time
+// server answered) or an untrusted one is not a skewed one.
+func isClockSkewed(state string, skewAbs, maxSkew int64) bool {
+	return state == clockSkewed || state == clockOK && skewAbs > maxSkew
 }
 
 func b2i(b bool) int {
@@ -241,6 +274,7 @@ func deriveView(id string, seq, received int64, body []byte) viewRow {
 	}
 	if c := b.Clock; c != nil {
 		r.clockTrusted = sql.NullInt64{Int64: int64(b2i(c.Trusted)), Valid: true}
+		r.clockState = reportedClockState(c)
 		r.skew = int64(c.Skew)
 		r.skewAbs = r.skew
 		if r.skewAbs < 0 {
@@ -270,15 +304,15 @@ func (s *sqlStore) putViewRows(ctx context.Context, changed []viewRow) error {
 	}
 	defer tx.Rollback()
 	up, err := s.txStmt(ctx, tx, `INSERT INTO device_view (id, seq, received, commit_attempted, commit_applied, commit_seen, spec_hash, release, target, slot,
-		update_state, update_since, apps_total, apps_healthy, drifted, clock_trusted, skew, skew_abs, attest_ok, weak, problem_reason, problem_message, labels)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		update_state, update_since, apps_total, apps_healthy, drifted, clock_trusted, skew, skew_abs, attest_ok, weak, problem_reason, problem_message, labels, clock_state)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, received = excluded.received, commit_attempted = excluded.commit_attempted,
 			commit_applied = excluded.commit_applied, commit_seen = excluded.commit_seen, spec_hash = excluded.spec_hash,
 			release = excluded.release, target = excluded.target, slot = excluded.slot, update_state = excluded.update_state,
 			update_since = excluded.update_since, apps_total = excluded.apps_total, apps_healthy = excluded.apps_healthy,
 			drifted = excluded.drifted, clock_trusted = excluded.clock_trusted, skew = excluded.skew, skew_abs = excluded.skew_abs,
 			attest_ok = excluded.attest_ok, weak = excluded.weak, problem_reason = excluded.problem_reason,
-			problem_message = excluded.problem_message, labels = excluded.labels
+			problem_message = excluded.problem_message, labels = excluded.labels, clock_state = excluded.clock_state
 		WHERE device_view.seq < excluded.seq`)
 	if err != nil {
 		return fmt.Errorf("write fleet view: %w", err)
@@ -286,7 +320,7 @@ func (s *sqlStore) putViewRows(ctx context.Context, changed []viewRow) error {
 	for _, v := range changed {
 		if _, err := up.ExecContext(ctx, v.id, v.seq, v.received, v.attempted, v.applied, v.commitSeen, v.specHash, v.release, v.target, v.slot,
 			v.ust, v.since, v.appsTotal, v.appsHealthy, v.drifted, v.clockTrusted, v.skew, v.skewAbs, v.attestOK, v.weak,
-			v.problemReason, v.problemMessage, v.labels); err != nil {
+			v.problemReason, v.problemMessage, v.labels, v.clockState); err != nil {
 			return fmt.Errorf("write fleet view of device %q: %w", v.id, err)
 		}
 	}
@@ -349,7 +383,9 @@ func filterSQL(f string, q FleetQuery) (string, []any) {
 	case FilterAttestFailed:
 		return "(d.attest_ok = 0 OR (d.attest_ok IS NULL AND v.attest_ok = 0))", nil
 	case FilterClockSkewed:
-		return "(v.clock_trusted = 0 OR v.skew_abs > ?)", []any{int64(q.MaxSkew)}
+		return "(v.clock_state = 'skewed' OR (v.clock_state = 'ok' AND v.skew_abs > ?))", []any{int64(q.MaxSkew)}
+	case FilterClockUntrust:
+		return "v.clock_state = 'untrusted'", nil
 	case FilterWeakIdentity:
 		return "(d.key_kind = 'software' OR v.weak = 1)", nil
 	case FilterNeverSeen:
@@ -403,7 +439,7 @@ func baseWhere(q FleetQuery) (string, []any) {
 const viewCols = `, v.id IS NOT NULL, COALESCE(v.commit_attempted, ''), COALESCE(v.commit_applied, ''), COALESCE(v.spec_hash, ''),
 	COALESCE(v.release, ''), COALESCE(v.target, ''), COALESCE(v.slot, ''), COALESCE(v.update_state, ''), COALESCE(v.update_since, 0),
 	COALESCE(v.apps_total, 0), COALESCE(v.apps_healthy, 0), COALESCE(v.drifted, 0), v.clock_trusted, COALESCE(v.skew, 0), v.attest_ok,
-	COALESCE(v.weak, 0), COALESCE(v.problem_reason, ''), COALESCE(v.problem_message, ''), COALESCE(v.labels, '{}')`
+	COALESCE(v.weak, 0), COALESCE(v.problem_reason, ''), COALESCE(v.problem_message, ''), COALESCE(v.labels, '{}'), COALESCE(v.clock_state, '')`
 
 func scanFleetRow(r scanner, q FleetQuery) (FleetRow, error) {
 	var fr FleetRow
@@ -415,7 +451,7 @@ func scanFleetRow(r scanner, q FleetQuery) (FleetRow, error) {
 	var drifted, weak int
 	err := r.Scan(&d.ID, &d.KeyKind, &d.CertSerial, &notAfter, &enrolled, &revoked, &latest, &d.State, &groups, &lastSeen, &attestOK, &attestTime, &d.AK, &d.Relay,
 		&reported, &fr.Attempted, &fr.Commit, &fr.SpecHash, &fr.Release, &fr.Target, &fr.Slot, &fr.UpdateState, &since,
-		&fr.AppsTotal, &fr.AppsHealthy, &drifted, &clockTrusted, &skew, &reportAttest, &weak, &fr.ProblemReason, &fr.ProblemMessage, &labels)
+		&fr.AppsTotal, &fr.AppsHealthy, &drifted, &clockTrusted, &skew, &reportAttest, &weak, &fr.ProblemReason, &fr.ProblemMessage, &labels, &fr.ClockState)
 	if err != nil {
 		return FleetRow{}, err
 	}

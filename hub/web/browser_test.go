@@ -122,12 +122,13 @@ func TestBrowser(t *testing.T) {
 		Commit:  api.CommitStatus{Attempted: c2, Applied: c1, SpecHash: "ab12cd34ef56"},
 		Apps:    []api.AppStatus{{Name: xssApp, State: "exited", Health: "unhealthy", Message: "exit 3"}},
 		Update:  &api.UpdateStatus{State: "rolled-back", Slot: "a", Version: "1.2.0", Target: "1.3.0", Since: since.Add(5 * time.Minute), Rollback: &api.Rollback{Check: "app web healthy", ExitCode: 3, LogTail: []string{"panic: no config"}}},
-		Clock:   &api.ClockStatus{Trusted: false},
+		Clock:   &api.ClockStatus{State: "untrusted"},
 		Problem: &api.Problem{Kind: "stalled", Reason: "spec-invalid", Message: "apps/web.yaml:12:9: apps.web.ports[0].host: conflicting values 80 and 8080"}})
 	attest(t, p2)
 	send(t, p3, api.Status{Seq: 1, State: api.StateUpdating, Groups: []string{"line-a"},
 		Commit: api.CommitStatus{Attempted: c2, Applied: c1},
-		Update: &api.UpdateStatus{State: "downloading", Slot: "a", Version: "1.2.0", Target: "1.3.0", Progress: 0.4}})
+		Update: &api.UpdateStatus{State: "downloading", Slot: "a", Version: "1.2.0", Target: "1.3.0", Progress: 0.4},
+		Clock:  &api.ClockStatus{State: "unknown"}})
 
 	do(t, ctx, "open the page",
 		browsertest.Navigate(th.URL+"/"),
@@ -145,13 +146,20 @@ func TestBrowser(t *testing.T) {
 
 	// Counts, each a filter.
 	counts := map[string]string{}
-	for _, f := range []string{"all", "converged", "updating", "stalled", "rolled-back", "clock-skewed", "attest-failed", "weak-identity"} {
+	for _, f := range []string{"all", "converged", "updating", "stalled", "rolled-back", "clock-skewed", "clock-untrusted", "attest-failed", "weak-identity"} {
 		counts[f] = textOf(t, ctx, `.chips a[data-filter="`+f+`"] b`)
 	}
-	want := map[string]string{"all": "3", "converged": "1", "updating": "1", "stalled": "1", "rolled-back": "1", "clock-skewed": "1", "attest-failed": "1", "weak-identity": "3"}
+	// An unknown clock (plant-03: no time server answered) is not a skewed one.
+	want := map[string]string{"all": "3", "converged": "1", "updating": "1", "stalled": "1", "rolled-back": "1", "clock-skewed": "0", "clock-untrusted": "1",
+		"attest-failed": "1", "weak-identity": "3"}
 	for f, w := range want {
 		if counts[f] != w {
 			t.Errorf("chip %s = %q, want %q", f, counts[f], w)
+		}
+	}
+	for id, clock := range map[string]string{"plant-01": "+120 ms", "plant-02": "untrusted", "plant-03": "unknown"} {
+		if got := textOf(t, ctx, `tr[data-device="`+id+`"] td[data-clock]`); got != clock {
+			t.Errorf("clock of %s in the table = %q, want %q", id, got, clock)
 		}
 	}
 

@@ -45,10 +45,14 @@ type Device struct {
 	Weak        bool              `json:"weakIdentity,omitempty"`
 	Relay       string            `json:"relay,omitempty"` // the site relay its latest report came through
 
-	ClockTrusted *bool         `json:"clockTrusted,omitempty"`
-	Skew         time.Duration `json:"skewNs"`
-	SkewBad      bool          `json:"clockSkewed,omitempty"`
-	Problem      *api.Problem  `json:"problem,omitempty"`
+	ClockTrusted *bool `json:"clockTrusted,omitempty"`
+	// ClockState is ok, skewed, unknown (no time server answered) or
+	// untrusted (below a verified lower bound); "" when none was reported.
+	ClockState string        `json:"clockState,omitempty"`
+	Skew       time.Duration `json:"skewNs"`
+	// SkewBad: skewed by the device's policy, or its offset beyond the page's bound.
+	SkewBad bool         `json:"clockSkewed,omitempty"`
+	Problem *api.Problem `json:"problem,omitempty"`
 	// LastReceipt is the latest receipt from an offline bundle; Offline
 	// work is set when it is newer than the device's last report, so work
 	// done with no network shows before the device reports it.
@@ -91,14 +95,14 @@ func (s *server) device(r store.FleetRow) Device {
 		Attempted: r.Attempted, Commit: r.Commit, SpecHash: r.SpecHash, Release: r.Release, Target: r.Target,
 		Slot: r.Slot, UpdateState: r.UpdateState, UpdateSince: r.UpdateSince, AppsHealthy: r.AppsHealthy,
 		AppsTotal: r.AppsTotal, Drifted: r.Drifted, Seq: r.LatestSeq, LastSeen: r.LastSeen, Offline: r.Offline,
-		KeyKind: r.KeyKind, Weak: r.Weak, ClockTrusted: r.ClockTrusted, Skew: r.Skew, Attestation: "none", Relay: r.Relay}
+		KeyKind: r.KeyKind, Weak: r.Weak, ClockTrusted: r.ClockTrusted, ClockState: r.ClockState, Skew: r.Skew, Attestation: "none", Relay: r.Relay}
 	switch {
 	case r.AttestOK != nil && *r.AttestOK, r.AttestOK == nil && r.ReportAttestOK != nil && *r.ReportAttestOK:
 		d.Attestation = "ok"
 	case r.AttestOK != nil, r.ReportAttestOK != nil:
 		d.Attestation = "failed"
 	}
-	d.SkewBad = (r.ClockTrusted != nil && !*r.ClockTrusted) || r.Skew > s.o.MaxSkew || r.Skew < -s.o.MaxSkew
+	d.SkewBad = r.ClockState == "skewed" || r.ClockState == "ok" && (r.Skew > s.o.MaxSkew || r.Skew < -s.o.MaxSkew)
 	if r.ProblemReason != "" || r.ProblemMessage != "" {
 		d.Problem = &api.Problem{Reason: r.ProblemReason, Message: r.ProblemMessage}
 	}
@@ -219,7 +223,7 @@ type overview struct {
 var filterLabels = func() map[string]string {
 	m := map[string]string{store.FilterAll: "All", store.FilterTrial: "In trial", store.FilterRolledBack: "Rolled back",
 		store.FilterDrifted: "Drifted", store.FilterOffline: "Offline", store.FilterAttestFailed: "Attestation failed",
-		store.FilterClockSkewed: "Clock skewed", store.FilterWeakIdentity: "Software identity", store.FilterNeverSeen: "Never reported"}
+		store.FilterClockSkewed: "Clock skewed", store.FilterClockUntrust: "Clock untrusted", store.FilterWeakIdentity: "Software identity", store.FilterNeverSeen: "Never reported"}
 	for _, st := range api.States {
 		m[string(st)] = st.Label()
 	}
@@ -228,7 +232,7 @@ var filterLabels = func() map[string]string {
 
 // badFilters are drawn in the warning colour when non-zero.
 var badFilters = map[string]bool{store.FilterDegraded: true, store.FilterStalled: true, store.FilterRolledBack: true, store.FilterDrifted: true,
-	store.FilterOffline: true, store.FilterAttestFailed: true, store.FilterClockSkewed: true}
+	store.FilterOffline: true, store.FilterAttestFailed: true, store.FilterClockSkewed: true, store.FilterClockUntrust: true}
 
 // stateTitle is the tooltip of a state: what it means.
 func stateTitle(s string) string {
@@ -368,6 +372,8 @@ type Verdict struct {
 	Time    time.Time `json:"time"`
 	OK      bool      `json:"ok"`
 	Reasons []string  `json:"reasons,omitempty"`
+	// Unchecked: what the hub's policy did not check in a pass.
+	Unchecked []string `json:"unchecked,omitempty"`
 }
 
 // ReportRow is one recent report.
@@ -476,7 +482,7 @@ func (s *server) detail(r *http.Request, id string) (DeviceDetail, error) {
 		v := Verdict{Time: a.Time, OK: a.OK}
 		var res api.AttestResult
 		if json.Unmarshal(a.Result, &res) == nil {
-			v.Reasons = res.Reasons
+			v.Reasons, v.Unchecked = res.Reasons, res.Unchecked
 		}
 		dd.Verdicts = append(dd.Verdicts, v)
 	}

@@ -93,7 +93,7 @@ func ids(rows []store.FleetRow) []string {
 // fleetFixture enrols and reports a small fleet with one device per condition.
 func fleetFixture(t *testing.T, s store.Store) {
 	t.Helper()
-	for _, id := range []string{"conv-1", "upd-1", "trial-1", "stall-1", "rb-1", "drift-1", "skew-1", "untrusted-1", "attest-1", "wait-1", "silent-1", "odd_%!-1"} {
+	for _, id := range []string{"conv-1", "upd-1", "trial-1", "stall-1", "rb-1", "drift-1", "skew-1", "skewed-1", "untrusted-1", "unknown-1", "attest-1", "wait-1", "silent-1", "odd_%!-1"} {
 		enrolled(t, s, id)
 	}
 	run := func(id string) api.Status {
@@ -126,9 +126,18 @@ func fleetFixture(t *testing.T, s store.Store) {
 	skew := run("skew-1")
 	skew.Clock.Skew = -5 * time.Second
 	put(t, s, skew, nil)
+	// By its own policy (the device's max_skew), whatever the page's bound.
+	skewed := run("skewed-1")
+	skewed.Clock = &api.ClockStatus{State: "skewed", Skew: 3 * time.Second}
+	put(t, s, skewed, nil)
+	// An agent that sends only trusted: false meant anything but ok.
 	untrusted := run("untrusted-1")
 	untrusted.Clock.Trusted = false
 	put(t, s, untrusted, nil)
+	// No time server answered: neither skewed nor untrusted.
+	unknown := run("unknown-1")
+	unknown.Clock = &api.ClockStatus{State: "unknown"}
+	put(t, s, unknown, nil)
 	att := run("attest-1")
 	att.Attest = &api.AttestStatus{OK: false, Reasons: []string{"pcr 7 mismatch"}}
 	put(t, s, att, nil)
@@ -152,15 +161,16 @@ func testViewFilters(t *testing.T, s store.Store) {
 		q    store.FleetQuery
 		want []string
 	}{
-		{"converged", store.FleetQuery{Filter: store.FilterConverged}, []string{"attest-1", "conv-1", "drift-1", "odd_%!-1", "skew-1", "untrusted-1"}},
+		{"converged", store.FleetQuery{Filter: store.FilterConverged}, []string{"attest-1", "conv-1", "drift-1", "odd_%!-1", "skew-1", "skewed-1", "unknown-1", "untrusted-1"}},
 		{"updating", store.FleetQuery{Filter: store.FilterUpdating}, []string{"trial-1", "upd-1"}},
 		{"trial", store.FleetQuery{Filter: store.FilterTrial}, []string{"trial-1"}},
 		{"degraded", store.FleetQuery{Filter: store.FilterDegraded}, []string{"rb-1"}},
 		{"stalled", store.FleetQuery{Filter: store.FilterStalled}, []string{"stall-1"}},
 		{"rolled back", store.FleetQuery{Filter: store.FilterRolledBack}, []string{"rb-1"}},
 		{"drifted", store.FleetQuery{Filter: store.FilterDrifted}, []string{"drift-1"}},
-		{"clock skewed", store.FleetQuery{Filter: store.FilterClockSkewed}, []string{"skew-1", "untrusted-1"}},
-		{"clock skewed, wider bound", store.FleetQuery{Filter: store.FilterClockSkewed, MaxSkew: 10 * time.Second}, []string{"untrusted-1"}},
+		{"clock skewed", store.FleetQuery{Filter: store.FilterClockSkewed}, []string{"skew-1", "skewed-1"}},
+		{"clock skewed, wider bound", store.FleetQuery{Filter: store.FilterClockSkewed, MaxSkew: 10 * time.Second}, []string{"skewed-1"}},
+		{"clock untrusted", store.FleetQuery{Filter: store.FilterClockUntrust}, []string{"untrusted-1"}},
 		{"attestation failed", store.FleetQuery{Filter: store.FilterAttestFailed}, []string{"attest-1"}},
 		{"waiting", store.FleetQuery{Filter: store.FilterWaiting}, []string{"wait-1"}},
 		{"never reported", store.FleetQuery{Filter: store.FilterNeverSeen}, []string{"silent-1"}},
@@ -219,7 +229,7 @@ func testViewFilters(t *testing.T, s store.Store) {
 	want := store.FleetRow{Attempted: "c2", Commit: "c2", SpecHash: "h2", Release: "1.2.0", Target: "1.3.0", Slot: "a", UpdateState: "rolled-back", AppsTotal: 2, AppsHealthy: 2}
 	if !r.Reported || r.Attempted != want.Attempted || r.Commit != want.Commit || r.SpecHash != want.SpecHash || r.Release != want.Release ||
 		r.Target != want.Target || r.Slot != want.Slot || r.UpdateState != want.UpdateState || r.AppsTotal != 2 || r.AppsHealthy != 2 ||
-		r.State != "degraded" || !slices.Equal(r.Groups, []string{"line-a"}) || r.ClockTrusted == nil || !*r.ClockTrusted || r.Skew != 100*time.Millisecond {
+		r.State != "degraded" || !slices.Equal(r.Groups, []string{"line-a"}) || r.ClockTrusted == nil || !*r.ClockTrusted || r.ClockState != "ok" || r.Skew != 100*time.Millisecond {
 		t.Errorf("FleetDevice(rb-1) = %+v", r)
 	}
 	r, err = v.FleetDevice(t.Context(), "conv-1", store.FleetQuery{Now: now})
@@ -228,6 +238,11 @@ func testViewFilters(t *testing.T, s store.Store) {
 	}
 	if r.AttestOK == nil || !*r.AttestOK || r.Labels["tier"] != "gold" {
 		t.Errorf("FleetDevice(conv-1): attest %v labels %v", r.AttestOK, r.Labels)
+	}
+	for id, state := range map[string]string{"skewed-1": "skewed", "unknown-1": "unknown", "untrusted-1": "untrusted"} {
+		if r, err := v.FleetDevice(t.Context(), id, store.FleetQuery{Now: now}); err != nil || r.ClockState != state {
+			t.Errorf("FleetDevice(%s): clock state %q, %v; want %q", id, r.ClockState, err, state)
+		}
 	}
 	r, err = v.FleetDevice(t.Context(), "stall-1", store.FleetQuery{Now: now})
 	if err != nil || r.ProblemReason != "spec-invalid" || r.Attempted != "c3" || r.Commit != "c2" {
@@ -244,7 +259,7 @@ func testViewFilters(t *testing.T, s store.Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cnt.Counts[store.FilterAll] != 11 || cnt.Counts[store.FilterWaiting] != 0 {
+	if cnt.Counts[store.FilterAll] != 13 || cnt.Counts[store.FilterWaiting] != 0 {
 		t.Errorf("after revoke: counts %v", cnt.Counts)
 	}
 }
@@ -507,7 +522,7 @@ func testViewCountsMatchSQL(t *testing.T, hub1, hub2 store.Store) {
 	}
 	c = check("reported", time.Now())
 	expect("reported", c, map[string]int{store.FilterAll: 12, store.FilterNeverSeen: 1, store.FilterOffline: 1, store.FilterConverged: 2,
-		store.FilterWaiting: 3, store.FilterTrial: 1, store.FilterRolledBack: 1, store.FilterDrifted: 1, store.FilterClockSkewed: 2,
+		store.FilterWaiting: 3, store.FilterTrial: 1, store.FilterRolledBack: 1, store.FilterDrifted: 1, store.FilterClockSkewed: 1, store.FilterClockUntrust: 1,
 		store.FilterAttestFailed: 1, store.FilterWeakIdentity: 5})
 
 	if err := hub1.PutAttestation(ctx, store.Attestation{DeviceID: "dev-01", Time: time.Now(), OK: false, Result: []byte(`{}`)}); err != nil {
