@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -33,6 +34,10 @@ func Start(t testing.TB, stateDir string) *TPM {
 	if stateDir == "" {
 		stateDir = t.TempDir()
 	}
+	if strings.Contains(stateDir, ",") {
+		// swtpm splits its options at commas.
+		t.Fatalf("swtpm state dir %q has a comma, which swtpm cannot take (a test name with a comma?)", stateDir)
+	}
 	for range 5 {
 		port := freePortPair(t)
 		cmd := exec.Command(bin, "socket", "--tpm2",
@@ -48,7 +53,17 @@ func Start(t testing.TB, stateDir string) *TPM {
 		exited := make(chan error, 1)
 		go func() { exited <- cmd.Wait() }()
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		if waitListening(addr, exited, 10*time.Second) {
+		up, gone := waitListening(addr, exited, 10*time.Second)
+		if up {
+			// What answered may be another process that took the port
+			// first, this swtpm failing to bind it and exiting.
+			select {
+			case <-exited:
+				up, gone = false, true
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		if up {
 			var once sync.Once
 			stop := func() {
 				once.Do(func() {
@@ -59,8 +74,10 @@ func Start(t testing.TB, stateDir string) *TPM {
 			t.Cleanup(stop)
 			return &TPM{Addr: addr, State: stateDir, stop: stop}
 		}
-		_ = cmd.Process.Kill()
-		<-exited
+		if !gone { // an swtpm that exited (a port taken meanwhile) was waited for already
+			_ = cmd.Process.Kill()
+			<-exited
+		}
 		t.Logf("swtpm on port %d did not come up (%s); retrying", port, out.String())
 	}
 	t.Fatal("swtpm did not start")
@@ -86,9 +103,9 @@ func freePortPair(t testing.TB) int {
 	}
 }
 
-// waitListening polls until addr accepts a connection, the process exits,
-// or limit passes.
-func waitListening(addr string, exited <-chan error, limit time.Duration) bool {
+// waitListening polls until addr accepts a connection (up), the process
+// exits (gone: its exit was taken from exited), or limit passes.
+func waitListening(addr string, exited <-chan error, limit time.Duration) (up, gone bool) {
 	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -96,13 +113,13 @@ func waitListening(addr string, exited <-chan error, limit time.Duration) bool {
 	for {
 		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 			c.Close()
-			return true
+			return true, false
 		}
 		select {
 		case <-exited:
-			return false
+			return false, true
 		case <-deadline.C:
-			return false
+			return false, false
 		case <-tick.C:
 		}
 	}
