@@ -30,7 +30,7 @@ func FuzzDecode(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		for _, v := range []validator{new(api.Status), new(api.EnrolRequest), new(api.RenewRequest), new(api.AttestRequest), new(api.PokeRequest), new(api.TokenRequest), new(api.TokenRevokeRequest), new(api.ReceiptBatch)} {
+		for _, v := range []validator{new(api.Status), new(api.EnrolRequest), new(api.RenewRequest), new(api.AttestRequest), new(api.PokeRequest), new(api.TokenRequest), new(api.TokenRevokeRequest), new(api.ReceiptBatch), new(api.RelayStatus), new(api.RelayPokes)} {
 			if err := decodeBody(bytes.NewReader(b), v); err == nil {
 				if err := v.Validate(); err != nil {
 					t.Fatalf("%T decoded but does not validate: %v", v, err)

@@ -408,6 +408,17 @@ func TestRelaySite(t *testing.T) {
 	if _, err := d.cl.Nonce(ctx); err != nil {
 		t.Fatalf("nonce from the hub through the relay: %v", err)
 	}
+	// Its metrics are lint-clean.
+	if code, body := d.get(t, s.relayURL+"/metrics", nil); code != 200 {
+		t.Fatalf("/metrics: %d", code)
+	} else {
+		for _, name := range []string{"shoal_relay_backlog_reports", "shoal_relay_cache_bytes", "shoal_relay_reports_forwarded_total", "shoal_relay_upstream_up"} {
+			if !strings.Contains(string(body), "# TYPE "+name+" ") {
+				t.Errorf("/metrics lacks %s", name)
+			}
+		}
+		testenv.CheckMetrics(t, "the relay's /metrics", body)
+	}
 	// The relay's health reaches the hub.
 	waitFor(t, 20*time.Second, "relay status at the hub", func() bool {
 		rl, err := s.st.Relay(ctx, "site-a")

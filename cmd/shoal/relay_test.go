@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
@@ -29,6 +30,7 @@ import (
 	"github.com/shoalfleet/shoal/api/client"
 	"github.com/shoalfleet/shoal/hub/store"
 	"github.com/shoalfleet/shoal/internal/testenv"
+	"github.com/shoalfleet/shoal/provision"
 )
 
 // proc is a process the test starts, stops gracefully or kills with -9.
@@ -454,6 +456,76 @@ func TestRelayProcesses(t *testing.T) {
 		}
 		if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
 			t.Fatalf("cache/tmp holds %d files after restart", len(ents))
+		}
+	})
+
+	t.Run("offline site updated from a USB bundle", func(t *testing.T) {
+		d := s.simDevice("o1", ra)
+		s.hub.stop() // the uplink is down for this whole story
+		defer s.startHub()
+		// A new fleet commit with a new release, on a stick; the relay cannot
+		// fetch either, and the release's origin is gone.
+		rel2 := bytes.Repeat([]byte("release two\n"), 100_000)
+		sum := sha256.Sum256(rel2)
+		relFile := filepath.Join(s.dir, "os2.img")
+		os.WriteFile(relFile, rel2, 0o600)
+		head := s.repo.Commit(map[string]string{
+			"releases/os.yaml": fmt.Sprintf("version: 2.0.0\nurl: %s/os2.img\nsize: %d\nsha256: %x\nsignature: c2ln\n", s.origin.URL, len(rel2), sum),
+			"fleet.yaml":       "spec:\n  release: os\n  update:\n    offline_ok: true\n",
+		}, "fleet: release 2.0.0")
+		s.origin.Config.Handler = http.NotFoundHandler()
+		key, err := provision.GenerateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		bundle := filepath.Join(s.dir, "site.shoal")
+		bf, _ := os.Create(bundle)
+		if _, err := provision.Create(t.Context(), bf, provision.CreateOptions{FleetDir: s.repo.Dir, Devices: []string{"d1"}, Key: key,
+			Release: true, ReleaseFile: relFile, TempDir: s.dir}); err != nil {
+			t.Fatal(err)
+		}
+		bf.Close()
+		pub, _ := provision.MarshalPublicKey(key.Public().(ed25519.PublicKey))
+		keys := filepath.Join(s.dir, "bundle-keys.pem")
+		os.WriteFile(keys, pub, 0o600)
+		polled := make(chan *api.Poke, 1)
+		go func() {
+			for t.Context().Err() == nil {
+				p, err := d.cl.WaitPoke(t.Context(), 0)
+				if err == nil && p != nil && p.Reason == api.ReasonRelayImport {
+					polled <- p
+					return
+				}
+			}
+		}()
+		time.Sleep(300 * time.Millisecond) // the device's poll is in place (a missed poke only fails the wait below)
+		out, err := exec.Command(s.shoal, "relay", "import", bundle, "--state", ra.state, "--bundle-keys", keys, "--fleet", s.repo.URL()).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), head) {
+			t.Fatalf("shoal relay import: %v\n%s", err, out)
+		}
+		select {
+		case p := <-polled:
+			if p.Commit != head {
+				t.Fatalf("import poke for commit %q, want %s", p.Commit, head)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("no poke after the import")
+		}
+		resp, err := d.hc.Get(ra.url() + "/v1/artifacts?url=" + url.QueryEscape(s.origin.URL+"/os2.img"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !bytes.Equal(b, rel2) {
+			t.Fatalf("the imported release from the relay: %d, %d bytes", resp.StatusCode, len(b))
+		}
+		// A bundle signed by another key changes nothing.
+		other, _ := provision.GenerateKey()
+		opub, _ := provision.MarshalPublicKey(other.Public().(ed25519.PublicKey))
+		os.WriteFile(keys, opub, 0o600)
+		if out, err := exec.Command(s.shoal, "relay", "import", bundle, "--state", ra.state, "--bundle-keys", keys).CombinedOutput(); err == nil {
+			t.Fatalf("a bundle signed by an untrusted key was imported: %s", out)
 		}
 	})
 
