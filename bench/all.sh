@@ -19,7 +19,7 @@ BENCHSTAT=golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
 QUICK=${QUICK:-}
 COUNT=6
 [ -n "$QUICK" ] && COUNT=1
-ALL="spec agent reconcile updater attest hub web provision release"
+ALL="spec agent reconcile updater attest hub web provision release relay"
 AREAS=${AREAS:-$ALL}
 
 tmp=$(mktemp -d)
@@ -162,6 +162,17 @@ area_hub() {
   echo '```'
   echo "$out" | grep '^|'
   echo '```'
+}
+
+area_relay() {
+  # A hub, a relay, an origin and Debian's nginx on loopback: 50 devices
+  # fetch one release through the relay, from the origin, and from nginx;
+  # status reports through the relay and straight to the hub.
+  local cmd="go run ./bench/relayload $(q '-devices 50 -size 256' '-devices 10 -size 32') -report-devices 50 -reports $(q 40 10)"
+  echo "  $cmd" >&2
+  local out
+  out=$($cmd 2>"$tmp/relayload.err") || { cat "$tmp/relayload.err" >&2; echo "$out" >&2; return 1; }
+  echo "$out" | awk -v cmd="$cmd" '/^\| / { printf "%s `%s` |\n", $0, cmd }'
 }
 
 area_web() {

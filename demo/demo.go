@@ -87,6 +87,7 @@ type demo struct {
 	hc     *http.Client
 	op     string
 	procs  []*exec.Cmd
+	hub    *exec.Cmd            // the running hub
 	agents map[string]*exec.Cmd // device ID -> its running shoal-agent
 	cfgs   map[string]string    // device ID -> its config file
 	boot   string               // the canary's slots and boot files
@@ -301,6 +302,9 @@ func (d *demo) script(ctx context.Context) error {
 	if err := d.onStep(ctx, "invalid"); err != nil {
 		return err
 	}
+	if err := d.site(ctx); err != nil {
+		return err
+	}
 	if r := d.o.Result; r != nil {
 		*r = Result{ID: d.id, Dir: d.dir, Converged: converged, ReleaseCommit: d.releaseCommit, CanaryUpdate: d.canaryUpdate, FirstCommit: first, NewCommit: next, BadCommit: bad, Latest: latest, RolledBack: victim, Rollback: rb,
 			TPM: d.tpm, NoTPM: d.noTPM, FailedTrial: d.failedUpdate, FailedProblem: d.failedProblem}
@@ -511,7 +515,7 @@ func (d *demo) startHub(ctx context.Context) error {
 	addr := l.Addr().String()
 	l.Close()
 	d.hubURL = "https://" + addr
-	if _, err := d.start(ctx, "hub", "shoal", "hub", "--listen", addr, "--db", db, "--host", "127.0.0.1", "--poll-wait", "20s", "--open-access"); err != nil {
+	if d.hub, err = d.start(ctx, "hub", "shoal", "hub", "--listen", addr, "--db", db, "--host", "127.0.0.1", "--poll-wait", "20s", "--open-access"); err != nil {
 		return err
 	}
 	// The hub writes its CA into the database on first start: wait for it and /healthz.

@@ -55,6 +55,7 @@ func TestDemoShort(t *testing.T) {
 		"trial-failed": {{"devices/gw-01", "rolled-back", false}, {"devices/gw-01", "Rolled back: bootloader-fallback", false},
 			{"devices/gw-01", "the bootloader started slot b instead of a", false}, {"devices/gw-01", `release "2026.12.0"`, false}},
 		"rollback": {{"devices/plant-01", `rolled-back: app "mqtt-broker"`, false}, {"devices/plant-01", "health-failed", false}},
+		"relay":    {{"relays", "site-north", false}, {"devices/plant-01", "site relay", false}},
 		"invalid": {{"", "stalled", false}, {"devices/gw-01", "spec-invalid", false}, {"devices/gw-02", "spec-invalid", false},
 			{"devices/plant-01", "The newest commit was not applied", false}},
 	}
