@@ -80,7 +80,16 @@ type AttestResult struct {
 	// device does not run): such a pass is not a full one.
 	Unchecked []string  `json:"unchecked,omitempty"`
 	Time      time.Time `json:"time"`
+	// CheckedPCRs are the PCRs (besides the application PCR) whose values
+	// the hub held to expected ones: the release's, from the fleet repo the
+	// hub follows. Empty on a passed verdict means the quote was only
+	// proved fresh and signed by the device's key, with its claimed spec
+	// and release: the boot PCRs were not checked.
+	CheckedPCRs []int `json:"checkedPCRs,omitempty"`
 }
+
+// PCRsChecked reports whether a verdict held boot PCR values to expected ones.
+func (r *AttestResult) PCRsChecked() bool { return len(r.CheckedPCRs) > 0 }
 
 // Validate checks an attestation result.
 func (r *AttestResult) Validate() error {

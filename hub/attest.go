@@ -133,7 +133,20 @@ func (a *AttestVerifier) Verify(ctx context.Context, deviceID string, ak []byte,
 			return api.AttestResult{}, fmt.Errorf("attestation of device %q: %w", deviceID, err)
 		}
 	}
-	return api.AttestResult{OK: true, Unchecked: pol.Unchecked}, nil
+	return api.AttestResult{OK: true, Unchecked: pol.Unchecked, CheckedPCRs: checkedPCRs(pol)}, nil
+}
+
+// checkedPCRs are the PCRs a policy holds to expected values, the
+// application PCR (the device's own claim) aside.
+func checkedPCRs(p attest.Policy) []int {
+	var out []int
+	for i := range p.Expected {
+		if i != attest.AppPCR {
+			out = append(out, i)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func refused(err error) api.AttestResult {

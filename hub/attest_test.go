@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,12 @@ func TestRealVerifier(t *testing.T) {
 			}
 			if res.OK != c.ok || (!c.ok && !strings.Contains(strings.Join(res.Reasons, " "), c.reason)) {
 				t.Fatalf("result %+v", res)
+			}
+			// No fleet, so no PCR values to hold the quote to: passed, but
+			// never as if the boot PCRs were checked.
+			d, err := th.Store.Device(ctx, "dev-att")
+			if err != nil || len(res.CheckedPCRs) != 0 || d.AttestPCRs {
+				t.Fatalf("checked PCRs %v, stored %v (%v): want none without a PCR policy", res.CheckedPCRs, d.AttestPCRs, err)
 			}
 		})
 	}
@@ -415,6 +422,16 @@ func TestFleetPolicy(t *testing.T) {
 				}
 				if got := strings.Join(res.Unchecked, "; "); (c.unchecked == "") != (got == "") || !strings.Contains(got, c.unchecked) {
 					t.Errorf("unchecked %q, want %q", got, c.unchecked)
+				}
+				// The release's PCR 7 value was checked, and the hub says
+				// so; with no release, none was.
+				id, want := map[*client.Client]string{clF: "dev-f", clN: "dev-n"}[c.cl], []int{7}
+				if c.unchecked != "" {
+					want = nil
+				}
+				d, err := st.Device(ctx, id)
+				if !slices.Equal(res.CheckedPCRs, want) || err != nil || d.AttestPCRs != (want != nil) {
+					t.Fatalf("checked PCRs %v, stored %v (%v): want %v", res.CheckedPCRs, d.AttestPCRs, err, want)
 				}
 				return
 			}

@@ -375,7 +375,7 @@ func (h *Hub) handleAttest(w http.ResponseWriter, r *http.Request, d store.Devic
 		return
 	}
 	body, _ := json.Marshal(&res)
-	a := store.Attestation{DeviceID: d.ID, Time: res.Time, OK: res.OK, Result: body}
+	a := store.Attestation{DeviceID: d.ID, Time: res.Time, OK: res.OK, PCRsChecked: res.PCRsChecked(), Result: body}
 	if res.OK {
 		a.AK = req.AKPublic // registers the AK on a device's first good quote
 	}
@@ -384,7 +384,7 @@ func (h *Hub) handleAttest(w http.ResponseWriter, r *http.Request, d store.Devic
 		return
 	}
 	h.devs.drop(d.ID)
-	h.log.Info("attestation", "device", d.ID, "ok", res.OK, "reasons", res.Reasons)
+	h.log.Info("attestation", "device", d.ID, "ok", res.OK, "reasons", res.Reasons, "checkedPCRs", res.CheckedPCRs)
 	writeJSON(w, http.StatusOK, &res)
 }
 

@@ -198,7 +198,16 @@ func printDevice(w io.Writer, dd web.DeviceDetail) {
 	if p := d.Problem; p != nil {
 		fmt.Fprintf(w, "problem    %s: %s\n", p.Reason, p.Message)
 	}
-	fmt.Fprintf(w, "attest     %s\nclock      %s\n", d.Attestation, clockText(d))
+	fmt.Fprintf(w, "attest     %s", web.AttestText(d.Attestation))
+	if len(dd.Verdicts) > 0 {
+		switch v := dd.Verdicts[0]; {
+		case v.OK && len(v.CheckedPCRs) > 0:
+			fmt.Fprintf(w, " (PCRs %s held to the release's values, %s)", strings.Trim(fmt.Sprint(v.CheckedPCRs), "[]"), v.Time.UTC().Format(time.RFC3339))
+		case v.OK:
+			fmt.Fprintf(w, " (%s: the quote is fresh and signed, but the hub had no PCR values to hold it to: no --fleet, or the release lists no pcrs)", v.Time.UTC().Format(time.RFC3339))
+		}
+	}
+	fmt.Fprintf(w, "\nclock      %s\n", clockText(d))
 	if len(dd.Verdicts) > 0 && !dd.Verdicts[0].OK {
 		for _, r := range dd.Verdicts[0].Reasons {
 			fmt.Fprintf(w, "  failed   %s\n", r)

@@ -185,3 +185,25 @@ func startWebHub(t *testing.T) (store.Store, *hub.Hub, string) {
 	t.Cleanup(func() { cancel(); <-done })
 	return st, h, "https://" + l.Addr().String()
 }
+
+// TestPrintDeviceAttestation: shoal fleet device says "PCRs not checked"
+// for a verdict that held no PCR values, never "passed".
+func TestPrintDeviceAttestation(t *testing.T) {
+	at := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, c := range []struct {
+		dd      web.DeviceDetail
+		want    string
+		mustNot string
+	}{
+		{web.DeviceDetail{Device: web.Device{ID: "a", Attestation: web.AttestPCRsNotChecked}, Verdicts: []web.Verdict{{Time: at, OK: true}}},
+			"attest     PCRs not checked (2025-01-02T03:04:05Z: the quote is fresh and signed, but the hub had no PCR values", "passed"},
+		{web.DeviceDetail{Device: web.Device{ID: "b", Attestation: web.AttestOK}, Verdicts: []web.Verdict{{Time: at, OK: true, CheckedPCRs: []int{0, 7}}}},
+			"attest     passed (PCRs 0 7 held to the release's values", "not checked"},
+	} {
+		var b bytes.Buffer
+		printDevice(&b, c.dd)
+		if !strings.Contains(b.String(), c.want) || strings.Contains(b.String(), c.mustNot) {
+			t.Errorf("device %s:\n%s\nwant %q, not %q", c.dd.Device.ID, b.String(), c.want, c.mustNot)
+		}
+	}
+}

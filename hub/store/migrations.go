@@ -216,6 +216,11 @@ var sqliteSchema = []string{
 	// cache: deleting its rows rebuilds them from each latest report.
 	`ALTER TABLE device_view ADD COLUMN clock_state TEXT NOT NULL DEFAULT '';
 	DELETE FROM device_view`,
+	// 8: whether a passed attestation held PCR values to expected ones
+	// (1), or only proved the quote fresh and signed (0: the hub had no
+	// PCR policy for the device). NULL for verdicts stored before: unknown,
+	// shown as not checked.
+	`ALTER TABLE devices ADD COLUMN attest_pcrs INTEGER`,
 }
 
 var postgresSchema = []string{
@@ -429,4 +434,9 @@ var postgresSchema = []string{
 	// cache: deleting its rows rebuilds them from each latest report.
 	`ALTER TABLE device_view ADD COLUMN clock_state TEXT NOT NULL DEFAULT '';
 	DELETE FROM device_view`,
+	// 8: whether a passed attestation held PCR values to expected ones
+	// (1), or only proved the quote fresh and signed (0: the hub had no
+	// PCR policy for the device). NULL for verdicts stored before: unknown,
+	// shown as not checked.
+	`ALTER TABLE devices ADD COLUMN attest_pcrs INTEGER`,
 }

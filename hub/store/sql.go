@@ -335,7 +335,7 @@ func (s *sqlStore) updateDevice(ctx context.Context, id, query string, args ...a
 	return n, tx.Commit()
 }
 
-const deviceCols = `id, key_kind, cert_serial, cert_not_after, enrolled, revoked, latest_seq, state, groups, last_seen, attest_ok, attest_time, ak, relay`
+const deviceCols = `id, key_kind, cert_serial, cert_not_after, enrolled, revoked, latest_seq, state, groups, last_seen, attest_ok, attest_time, ak, relay, attest_pcrs`
 
 type scanner interface{ Scan(...any) error }
 
@@ -344,10 +344,11 @@ func scanDevice(r scanner) (Device, error) {
 	var notAfter, enrolled, revoked, lastSeen, attestTime int64
 	var latest int64
 	var groups string
-	var attestOK sql.NullInt64
-	if err := r.Scan(&d.ID, &d.KeyKind, &d.CertSerial, &notAfter, &enrolled, &revoked, &latest, &d.State, &groups, &lastSeen, &attestOK, &attestTime, &d.AK, &d.Relay); err != nil {
+	var attestOK, attestPCRs sql.NullInt64
+	if err := r.Scan(&d.ID, &d.KeyKind, &d.CertSerial, &notAfter, &enrolled, &revoked, &latest, &d.State, &groups, &lastSeen, &attestOK, &attestTime, &d.AK, &d.Relay, &attestPCRs); err != nil {
 		return Device{}, err
 	}
+	d.AttestPCRs = attestPCRs.Valid && attestPCRs.Int64 == 1
 	d.CertNotAfter, d.Enrolled, d.Revoked, d.LastSeen, d.AttestTime = fromNanos(notAfter), fromNanos(enrolled), fromNanos(revoked), fromNanos(lastSeen), fromNanos(attestTime)
 	d.LatestSeq = uint64(latest)
 	d.Groups = parseList(groups)
@@ -586,7 +587,11 @@ func (s *sqlStore) PutAttestation(ctx context.Context, a Attestation) error {
 	if a.OK {
 		ok = 1
 	}
-	res, err := tx.ExecContext(ctx, s.q(`UPDATE devices SET attest_ok = ?, attest_time = ?, ak = COALESCE(ak, ?) WHERE id = ? AND revoked = 0`), ok, nanos(a.Time), a.AK, a.DeviceID)
+	pcrs := 0
+	if a.OK && a.PCRsChecked {
+		pcrs = 1
+	}
+	res, err := tx.ExecContext(ctx, s.q(`UPDATE devices SET attest_ok = ?, attest_pcrs = ?, attest_time = ?, ak = COALESCE(ak, ?) WHERE id = ? AND revoked = 0`), ok, pcrs, nanos(a.Time), a.AK, a.DeviceID)
 	if err != nil {
 		return fmt.Errorf("put attestation of device %q: %w", a.DeviceID, err)
 	}

@@ -55,9 +55,12 @@ type Device struct {
 	Groups       []string // from the latest report
 	LastSeen     time.Time
 	AttestOK     *bool // nil until the first attestation
-	AttestTime   time.Time
-	AK           []byte // attestation key registered at enrolment or first attestation; nil if none
-	Relay        string // the relay the latest report came through; "" straight to the hub
+	// AttestPCRs: the last attestation held the PCR values to expected
+	// ones (see Attestation.PCRsChecked); false also when not known.
+	AttestPCRs bool
+	AttestTime time.Time
+	AK         []byte // attestation key registered at enrolment or first attestation; nil if none
+	Relay      string // the relay the latest report came through; "" straight to the hub
 }
 
 // Report is one stored status report.
@@ -82,8 +85,11 @@ type Attestation struct {
 	DeviceID string
 	Time     time.Time
 	OK       bool
-	Result   []byte // api.AttestResult JSON
-	AK       []byte // registers the device's attestation key if it has none yet
+	// PCRsChecked: the quote's PCR values were held to expected ones, not
+	// only proved fresh and signed by the device's key.
+	PCRsChecked bool
+	Result      []byte // api.AttestResult JSON
+	AK          []byte // registers the device's attestation key if it has none yet
 }
 
 // Poke is news for devices: all devices when Group and Devices are empty.

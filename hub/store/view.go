@@ -446,15 +446,16 @@ func scanFleetRow(r scanner, q FleetQuery) (FleetRow, error) {
 	var d Device
 	var notAfter, enrolled, revoked, lastSeen, attestTime, latest, since, skew int64
 	var groups, labels string
-	var attestOK, clockTrusted, reportAttest sql.NullInt64
+	var attestOK, attestPCRs, clockTrusted, reportAttest sql.NullInt64
 	var reported bool
 	var drifted, weak int
-	err := r.Scan(&d.ID, &d.KeyKind, &d.CertSerial, &notAfter, &enrolled, &revoked, &latest, &d.State, &groups, &lastSeen, &attestOK, &attestTime, &d.AK, &d.Relay,
+	err := r.Scan(&d.ID, &d.KeyKind, &d.CertSerial, &notAfter, &enrolled, &revoked, &latest, &d.State, &groups, &lastSeen, &attestOK, &attestTime, &d.AK, &d.Relay, &attestPCRs,
 		&reported, &fr.Attempted, &fr.Commit, &fr.SpecHash, &fr.Release, &fr.Target, &fr.Slot, &fr.UpdateState, &since,
 		&fr.AppsTotal, &fr.AppsHealthy, &drifted, &clockTrusted, &skew, &reportAttest, &weak, &fr.ProblemReason, &fr.ProblemMessage, &labels, &fr.ClockState)
 	if err != nil {
 		return FleetRow{}, err
 	}
+	d.AttestPCRs = attestPCRs.Valid && attestPCRs.Int64 == 1
 	d.CertNotAfter, d.Enrolled, d.Revoked, d.LastSeen, d.AttestTime = fromNanos(notAfter), fromNanos(enrolled), fromNanos(revoked), fromNanos(lastSeen), fromNanos(attestTime)
 	d.LatestSeq = uint64(latest)
 	d.Groups = parseList(groups)

@@ -496,3 +496,57 @@ func TestBrowserRollbackKept(t *testing.T) {
 		t.Errorf("update rollback = %q", upd)
 	}
 }
+
+// TestBrowserAttestationPCRs: a verdict that held the boot PCRs to the
+// release's values says "passed"; one the hub could only check for
+// freshness and signature (no PCR policy: no --fleet) says "PCRs not
+// checked", never "passed", on the overview, the device page and in the
+// JSON API.
+func TestBrowserAttestationPCRs(t *testing.T) {
+	ctx := browser(t, 1280, 900)
+	v := &verdicts{m: map[string]api.AttestResult{
+		"checked":   {OK: true, CheckedPCRs: []int{0, 7}},
+		"unchecked": {OK: true},
+		"refused":   {OK: false, Reasons: []string{"pcr-mismatch: PCR 7"}},
+	}}
+	th := startHub(t, openSQLite(t), web.Options{OpenAccess: true}, v)
+	for _, id := range []string{"checked", "unchecked", "refused"} {
+		cl := th.enrol(t, id)
+		send(t, cl, api.Status{Seq: 1, State: api.StateConverged})
+		attest(t, cl)
+	}
+	do(t, ctx, "overview", browsertest.Navigate(th.URL+"/"), chromedp.WaitVisible(css(`tr[data-device="refused"]`)))
+	for id, want := range map[string]string{"checked": "passed", "unchecked": "PCRs not checked", "refused": "failed"} {
+		if got := textOf(t, ctx, `tr[data-device="`+id+`"] [data-attestation]`); !strings.HasPrefix(got, want) {
+			t.Errorf("overview: %s's attestation = %q, want %q", id, got, want)
+		}
+	}
+	for id, want := range map[string]string{"checked": "PCRs 0, 7 held to the release's values", "unchecked": "PCRs not checked"} {
+		do(t, ctx, "device "+id, browsertest.Navigate(th.URL+"/devices/"+id), chromedp.WaitVisible(css(`[data-field="attestation"]`)))
+		got := textOf(t, ctx, `[data-field="attestation"]`)
+		if !strings.Contains(got, want) || (id == "unchecked" && strings.Contains(got, "passed")) {
+			t.Errorf("device page of %s: attestation %q, want %q", id, got, want)
+		}
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(th.CAPEM())
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}}}
+	t.Cleanup(hc.CloseIdleConnections)
+	resp, err := hc.Get(th.URL + "/api/v1/fleet") // open access: loopback needs no token
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f web.Fleet
+	err = json.NewDecoder(resp.Body).Decode(&f)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, d := range f.Devices {
+		got[d.ID] = d.Attestation
+	}
+	if got["checked"] != web.AttestOK || got["unchecked"] != web.AttestPCRsNotChecked || got["refused"] != web.AttestFailed {
+		t.Errorf("API attestation fields %v", got)
+	}
+}

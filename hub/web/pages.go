@@ -40,7 +40,7 @@ type Device struct {
 	Seq         uint64            `json:"seq"`
 	LastSeen    time.Time         `json:"lastSeen,omitzero"`
 	Offline     bool              `json:"offline,omitempty"`
-	Attestation string            `json:"attestation"` // ok | failed | none
+	Attestation string            `json:"attestation"` // one of the Attest* values
 	KeyKind     string            `json:"keyKind"`
 	Weak        bool              `json:"weakIdentity,omitempty"`
 	Relay       string            `json:"relay,omitempty"` // the site relay its latest report came through
@@ -58,6 +58,28 @@ type Device struct {
 	// done with no network shows before the device reports it.
 	LastReceipt *Receipt `json:"lastReceipt,omitempty"`
 	OfflineWork bool     `json:"offlineWork,omitempty"`
+}
+
+// Device.Attestation values: the hub's last verdict on the device's quote.
+const (
+	AttestOK             = "ok"               // passed, and the boot PCRs held to the release's values
+	AttestPCRsNotChecked = "pcrs-not-checked" // passed, but the hub had no PCR values to hold the quote to
+	AttestUnverified     = "unverified"       // no verdict of the hub's; the device reports it passed
+	AttestFailed         = "failed"
+	AttestNone           = "none"
+)
+
+// AttestText says an Attestation value for a person.
+func AttestText(a string) string {
+	switch a {
+	case AttestOK:
+		return "passed"
+	case AttestPCRsNotChecked:
+		return "PCRs not checked"
+	case AttestUnverified:
+		return "not verified by the hub"
+	}
+	return a
 }
 
 // Receipt is a device's receipt for an offline bundle, as the hub recorded it.
@@ -95,12 +117,16 @@ func (s *server) device(r store.FleetRow) Device {
 		Attempted: r.Attempted, Commit: r.Commit, SpecHash: r.SpecHash, Release: r.Release, Target: r.Target,
 		Slot: r.Slot, UpdateState: r.UpdateState, UpdateSince: r.UpdateSince, AppsHealthy: r.AppsHealthy,
 		AppsTotal: r.AppsTotal, Drifted: r.Drifted, Seq: r.LatestSeq, LastSeen: r.LastSeen, Offline: r.Offline,
-		KeyKind: r.KeyKind, Weak: r.Weak, ClockTrusted: r.ClockTrusted, ClockState: r.ClockState, Skew: r.Skew, Attestation: "none", Relay: r.Relay}
+		KeyKind: r.KeyKind, Weak: r.Weak, ClockTrusted: r.ClockTrusted, ClockState: r.ClockState, Skew: r.Skew, Attestation: AttestNone, Relay: r.Relay}
 	switch {
-	case r.AttestOK != nil && *r.AttestOK, r.AttestOK == nil && r.ReportAttestOK != nil && *r.ReportAttestOK:
-		d.Attestation = "ok"
+	case r.AttestOK != nil && *r.AttestOK && r.AttestPCRs:
+		d.Attestation = AttestOK
+	case r.AttestOK != nil && *r.AttestOK:
+		d.Attestation = AttestPCRsNotChecked
+	case r.AttestOK == nil && r.ReportAttestOK != nil && *r.ReportAttestOK:
+		d.Attestation = AttestUnverified
 	case r.AttestOK != nil, r.ReportAttestOK != nil:
-		d.Attestation = "failed"
+		d.Attestation = AttestFailed
 	}
 	d.SkewBad = r.ClockState == "skewed" || r.ClockState == "ok" && (r.Skew > s.o.MaxSkew || r.Skew < -s.o.MaxSkew)
 	if r.ProblemReason != "" || r.ProblemMessage != "" {
@@ -367,11 +393,13 @@ type ClockPoint struct {
 	Source  string        `json:"source,omitempty"`
 }
 
-// Verdict is one hub attestation verdict.
+// Verdict is one hub attestation verdict. CheckedPCRs are the PCRs held to
+// expected values; a passed verdict without them did not check the boot PCRs.
 type Verdict struct {
-	Time    time.Time `json:"time"`
-	OK      bool      `json:"ok"`
-	Reasons []string  `json:"reasons,omitempty"`
+	Time        time.Time `json:"time"`
+	OK          bool      `json:"ok"`
+	Reasons     []string  `json:"reasons,omitempty"`
+	CheckedPCRs []int     `json:"checkedPCRs,omitempty"`
 	// Unchecked: what the hub's policy did not check in a pass.
 	Unchecked []string `json:"unchecked,omitempty"`
 }
@@ -482,7 +510,7 @@ func (s *server) detail(r *http.Request, id string) (DeviceDetail, error) {
 		v := Verdict{Time: a.Time, OK: a.OK}
 		var res api.AttestResult
 		if json.Unmarshal(a.Result, &res) == nil {
-			v.Reasons, v.Unchecked = res.Reasons, res.Unchecked
+			v.Reasons, v.CheckedPCRs, v.Unchecked = res.Reasons, res.CheckedPCRs, res.Unchecked
 		}
 		dd.Verdicts = append(dd.Verdicts, v)
 	}
@@ -656,9 +684,17 @@ var funcs = template.FuncMap{
 		}
 		return s
 	},
-	"ago":     ago,
-	"ts":      func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05Z") },
-	"iso":     func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"ago":    ago,
+	"ts":     func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05Z") },
+	"iso":    func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"attest": AttestText,
+	"ints": func(xs []int) string {
+		s := make([]string, len(xs))
+		for i, x := range xs {
+			s[i] = strconv.Itoa(x)
+		}
+		return strings.Join(s, ", ")
+	},
 	"skew":    fmtSkew,
 	"join":    strings.Join,
 	"label":   func(f string) string { return filterLabels[f] },

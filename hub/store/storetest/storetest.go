@@ -398,8 +398,24 @@ func testAttestations(t *testing.T, s store.Store) {
 		t.Errorf("attestations %+v", as)
 	}
 	d, _ := s.Device(ctx, "dev-at")
-	if d.AttestOK == nil || !*d.AttestOK || !d.AttestTime.Equal(t0.Add(time.Minute)) || string(d.AK) != "ak0" {
-		t.Errorf("device attestation: %v %v, AK %q (the first registered stays)", d.AttestOK, d.AttestTime, d.AK)
+	if d.AttestOK == nil || !*d.AttestOK || !d.AttestTime.Equal(t0.Add(time.Minute)) || string(d.AK) != "ak0" || d.AttestPCRs {
+		t.Errorf("device attestation: %v %v, AK %q (the first registered stays), PCRs checked %v", d.AttestOK, d.AttestTime, d.AK, d.AttestPCRs)
+	}
+	// Whether the boot PCRs were held to expected values goes with the
+	// latest verdict, on the device and in the fleet view.
+	for i, pcrs := range []bool{true, false, true} {
+		if err := s.PutAttestation(ctx, store.Attestation{DeviceID: "dev-at", Time: t0.Add(time.Duration(2+i) * time.Minute), OK: true, PCRsChecked: pcrs, Result: []byte(`{"ok":true}`)}); err != nil {
+			t.Fatal(err)
+		}
+		d, _ := s.Device(ctx, "dev-at")
+		if d.AttestPCRs != pcrs {
+			t.Errorf("verdict %d: device's PCRs checked = %v, want %v", i, d.AttestPCRs, pcrs)
+		}
+		if v, ok := s.(store.Viewer); ok {
+			if fr, err := v.FleetDevice(ctx, "dev-at", store.FleetQuery{}); err != nil || fr.AttestPCRs != pcrs {
+				t.Errorf("verdict %d: fleet row's PCRs checked = %v (%v), want %v", i, fr.AttestPCRs, err, pcrs)
+			}
+		}
 	}
 }
 
