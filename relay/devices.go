@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -158,6 +159,18 @@ func (d *devices) active(since time.Time) int {
 		}
 	}
 	return n
+}
+
+// ids lists the devices the relay knows, sorted.
+func (d *devices) ids() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]string, 0, len(d.m))
+	for id := range d.m {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // flush writes the records changed since the last flush.

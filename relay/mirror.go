@@ -154,7 +154,7 @@ func (m *mirror) importBundle(ctx context.Context, bundle string) error {
 	var err error
 	if _, serr := os.Stat(filepath.Join(m.dir(), "HEAD")); serr != nil {
 		_, err = m.run(ctx, "init", "--bare", "--quiet", m.dir())
-		if err == nil {
+		if err == nil && m.o.URL != "" {
 			_, err = m.run(ctx, "-C", m.dir(), "remote", "add", "--mirror=fetch", "origin", m.o.URL)
 		}
 	}

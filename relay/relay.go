@@ -93,6 +93,9 @@ type Relay struct {
 	proxy   http.Handler
 	started time.Time
 
+	indexedMu sync.Mutex
+	indexed   map[string]string // device -> mirror commit its images were indexed at
+
 	bg       context.Context
 	cancel   context.CancelFunc
 	stopping chan struct{}
@@ -428,8 +431,29 @@ func (r *Relay) syncMirror(ctx context.Context, pokeOnNew bool) {
 }
 
 // reindex learns the artifacts the mirror's followed branch names: every
-// release, and every app image tar fetched by URL.
-func (r *Relay) reindex() {
+// release, and every app image tar fetched by URL of the devices it knows.
+func (r *Relay) reindex() { r.index(r.devs.ids()) }
+
+// firstAtCommit reports whether device id has not had its images indexed at
+// the mirror's current commit yet, and marks it: a device asking for what
+// the fleet does not name costs one render per commit, no more.
+func (r *Relay) firstAtCommit(id string) bool {
+	commit := r.mirror.status().commit
+	r.indexedMu.Lock()
+	defer r.indexedMu.Unlock()
+	if r.indexed == nil || len(r.indexed) > 100_000 {
+		r.indexed = map[string]string{}
+	}
+	if r.indexed[id] == commit {
+		return false
+	}
+	r.indexed[id] = commit
+	return true
+}
+
+// index learns the releases and the image tars of devices ids at the
+// mirror's head.
+func (r *Relay) index(ids []string) {
 	fsys, commit, err := gitfs.OpenBare(r.mirror.dir(), "refs/heads/"+r.mirror.o.Branch)
 	if err != nil {
 		if _, serr := os.Stat(r.mirror.dir()); serr == nil {
@@ -449,11 +473,15 @@ func (r *Relay) reindex() {
 			as = append(as, artifact{URL: rel.URL, SHA256: rel.SHA256, Size: rel.Size})
 		}
 	}
-	for _, res := range fl.RenderAll(1) {
-		if res.Device == nil {
+	// Images only for the devices this relay serves: rendering the whole
+	// fleet would hold up the pokes waiting on this index.
+	for _, id := range ids {
+		dev, err := fl.Render(id)
+		if err != nil {
+			r.log.Debug("device does not render; its images are not indexed", "device", id, "err", err)
 			continue
 		}
-		for _, app := range res.Device.Apps {
+		for _, app := range dev.Apps {
 			if src := app.Image.Source; src != nil && web(src.URL) {
 				as = append(as, artifact{URL: src.URL, SHA256: src.SHA256})
 			}

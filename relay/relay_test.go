@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -105,6 +106,10 @@ func newSite(t *testing.T, opts ...func(*relay.Options)) *site {
 	sum := sha256.Sum256(s.release)
 	s.relSHA = hex.EncodeToString(sum[:])
 	s.origin = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/web.tar" {
+			w.Write(webTar)
+			return
+		}
 		s.served.Add(1)
 		http.ServeContent(w, r, "os.img", time.Time{}, bytes.NewReader(s.release))
 	}))
@@ -128,9 +133,11 @@ func newSite(t *testing.T, opts ...func(*relay.Options)) *site {
 // commit commits a fleet naming the release at the origin, with label tag.
 func (s *site) commit(tag string) string {
 	return s.repo.Commit(map[string]string{
-		"fleet.yaml":       "spec:\n  labels:\n    tag: " + tag + "\n",
+		"fleet.yaml":       "# " + tag + "\nspec: {}\n",
 		"devices/d1.yaml":  "labels:\n  role: gw\n",
 		"releases/os.yaml": fmt.Sprintf("version: 1.0.0\nurl: %s/os.img\nsize: %d\nsha256: %s\nsignature: c2ln\n", s.origin.URL, len(s.release), s.relSHA),
+		"apps/web.yaml":    fmt.Sprintf("image:\n  ref: example/web:1\n  source:\n    url: %s/web.tar\n    sha256: %x\n", s.origin.URL, sha256.Sum256(webTar)),
+		"groups/gw.yaml":   "selector:\n  match_labels:\n    role: gw\nspec:\n  apps:\n    web: {}\n",
 	}, "fleet "+tag)
 }
 
@@ -165,6 +172,9 @@ func (s *site) startRelay() {
 	}
 	t.Cleanup(s.stop)
 }
+
+// webTar stands for an app's image tar, fetched by URL.
+var webTar = bytes.Repeat([]byte("image tar\n"), 1000)
 
 // device is an enrolled device talking to the relay.
 type device struct {
@@ -299,6 +309,12 @@ func TestRelaySite(t *testing.T) {
 		t.Fatalf("d2 reporting as d1: %v", err)
 	}
 
+	// A device cannot slip another's certificate into what the relay forwards.
+	code, body := d2.get(t, s.relayURL+"/v1/devices/d1/reports", map[string]string{api.HeaderDeviceCert: base64.StdEncoding.EncodeToString([]byte(d.cert.Certificate))})
+	if code != 403 || !strings.Contains(string(body), `may not read device \"d1\"`) {
+		t.Fatalf("d2 forwarding d1's certificate header: %d %s", code, body)
+	}
+
 	// Pokes: an operator's poke reaches the device through the relay.
 	got := make(chan *api.Poke, 1)
 	go func() {
@@ -360,6 +376,11 @@ func TestRelaySite(t *testing.T) {
 	code, b := d.get(t, s.relayURL+"/v1/artifacts/sha256/"+s.relSHA, map[string]string{"Range": "bytes=100-199"})
 	if code != 206 || !bytes.Equal(b, s.release[100:200]) {
 		t.Fatalf("range by digest: %d %q", code, b)
+	}
+	// An app's image tar, by the URL d1's rendered spec names.
+	code, b = d.get(t, s.relayURL+"/v1/artifacts?url="+url.QueryEscape(s.origin.URL+"/web.tar"), nil)
+	if code != 200 || !bytes.Equal(b, webTar) {
+		t.Fatalf("image tar through the relay: %d %q", code, b[:min(len(b), 80)])
 	}
 	code, b = d.get(t, s.relayURL+"/v1/artifacts?url="+url.QueryEscape("https://elsewhere.example/x.img"), nil)
 	if code != 404 || !strings.Contains(string(b), api.ReasonArtifactUnknown) {

@@ -247,11 +247,11 @@ func (r *Relay) handlePoll(w http.ResponseWriter, req *http.Request) {
 // handleArtifact serves an artifact the fleet repo names, by its origin URL
 // (?url=) or its sha256, from the cache (fetching it once when missing).
 func (r *Relay) handleArtifact(w http.ResponseWriter, req *http.Request) {
-	if _, ok := r.device(w, req); !ok {
+	c, ok := r.device(w, req)
+	if !ok {
 		return
 	}
 	var a artifact
-	var ok bool
 	if sha := req.PathValue("sha"); sha != "" {
 		if !hexRE.MatchString(sha) {
 			writeErr(w, http.StatusBadRequest, api.ReasonBadRequest, "sha256: want 64 lowercase hex digits")
@@ -265,6 +265,11 @@ func (r *Relay) handleArtifact(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 		a, ok = r.cache.lookupURL(u)
+		if !ok && r.mirror != nil && r.firstAtCommit(c.Subject.CommonName) {
+			// A device new to this relay since the last commit: its images.
+			r.index([]string{c.Subject.CommonName})
+			a, ok = r.cache.lookupURL(u)
+		}
 	}
 	if !ok {
 		writeErr(w, http.StatusNotFound, api.ReasonArtifactUnknown, "no artifact by that URL or digest in the relay's fleet repo mirror: fetch it from its origin")
