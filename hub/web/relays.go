@@ -19,9 +19,14 @@ type Relay struct {
 	LastSeen     time.Time        `json:"lastSeen,omitzero"`
 	Health       string           `json:"health"` // ok | stale | never | revoked
 	DeviceCount  int              `json:"deviceCount"`
+	Devices      []string         `json:"devices,omitempty"` // the first maxListed of them
+	More         int              `json:"more,omitempty"`    // how many more
 	BacklogBad   bool             `json:"backlogBad,omitempty"`
 	Status       *api.RelayStatus `json:"status,omitempty"`
 }
+
+// maxListed bounds the device IDs listed per relay on the page.
+const maxListed = 30
 
 // relayStale is how long without a status before a relay shows as stale:
 // relays report every 30s by default.
@@ -36,6 +41,16 @@ func (s *server) relays(r *http.Request) ([]Relay, error) {
 	out := make([]Relay, 0, len(rs))
 	for _, rl := range rs {
 		v := Relay{ID: rl.ID, Hosts: rl.Hosts, Revoked: !rl.Revoked.IsZero(), CertNotAfter: rl.CertNotAfter, LastSeen: rl.LastSeen, DeviceCount: rl.DeviceCount}
+		if rl.DeviceCount > 0 {
+			ids, err := s.st.RelayDevices(r.Context(), rl.ID)
+			if err != nil {
+				return nil, err
+			}
+			if len(ids) > maxListed {
+				v.More, ids = len(ids)-maxListed, ids[:maxListed]
+			}
+			v.Devices = ids
+		}
 		if len(rl.Status) > 0 {
 			var st api.RelayStatus
 			if json.Unmarshal(rl.Status, &st) == nil {

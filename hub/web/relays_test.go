@@ -56,7 +56,7 @@ func TestRelaysPage(t *testing.T) {
 		return w.Body.String()
 	}
 	page := get("/relays")
-	for _, want := range []string{`data-relay="site-a"`, "3.0 GiB of 20.0 GiB", "7 report(s)", "01234567", `data-relay="site-b"`, "never"} {
+	for _, want := range []string{`data-relay="site-a"`, `<a href="/devices/dev-1">dev-1</a>`, "3.0 GiB of 20.0 GiB", "7 report(s)", "01234567", `data-relay="site-b"`, "never"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("relays page lacks %q", want)
 		}
@@ -65,7 +65,7 @@ func TestRelaysPage(t *testing.T) {
 	if err := json.Unmarshal([]byte(get("/api/v1/relays")), &list); err != nil || len(list) != 2 {
 		t.Fatalf("relays JSON: %v %v", list, err)
 	}
-	if a := list[0]; a.Health != "ok" || a.DeviceCount != 1 || !a.BacklogBad || a.Status.Cache.Items != 2 {
+	if a := list[0]; a.Health != "ok" || a.DeviceCount != 1 || len(a.Devices) != 1 || a.Devices[0] != "dev-1" || !a.BacklogBad || a.Status.Cache.Items != 2 {
 		t.Errorf("site-a: %+v", a)
 	}
 	if b := list[1]; b.Health != "never" || b.DeviceCount != 0 {

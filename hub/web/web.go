@@ -36,6 +36,7 @@ type Store interface {
 	Attestations(ctx context.Context, id string, limit int) ([]store.Attestation, error)
 	CheckOperatorToken(ctx context.Context, hash []byte, now time.Time) error
 	ListRelays(ctx context.Context) ([]store.Relay, error)
+	RelayDevices(ctx context.Context, relayID string) ([]string, error)
 }
 
 // Options configure the page. Store is required; the zero value of the rest works.
