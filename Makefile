@@ -5,7 +5,7 @@ BIN       := bin
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X github.com/shoalfleet/shoal/internal/version.Version=$(VERSION)
 
-.PHONY: all build test deps lint fmt-check vet staticcheck gotest demo bench release clean
+.PHONY: all build test deps lint fmt-check vet staticcheck gotest demo example-images bench release clean
 PLATFORMS := linux/arm64 linux/arm/v7 linux/amd64
 
 all: build
@@ -36,6 +36,12 @@ gotest:
 ## demo: a simulated factory fleet end to end (DEMO_DEVICES=N, default 7; DEMO_STEPS=1 runs the script once and exits).
 demo:
 	$(GO) run ./demo
+
+## example-images: build the example apps (examples/) into FROM-scratch images through the Docker Engine
+## and save them as tars into FLEET, a copy of fleet-repo-example (go run ./examples/imagebuild -help).
+example-images:
+	@test -n "$(FLEET)" || { echo "usage: make example-images FLEET=DIR   (DIR: a copy of fleet-repo-example)"; exit 2; }
+	$(GO) run ./examples/imagebuild -fleet '$(FLEET)'
 
 ## bench: run every area's benchmarks (Go ones -count 6, through benchstat) and rewrite docs/bench/*.md and
 ## docs/BENCHMARKS.md; about an hour. QUICK=1: short runs in minutes. AREAS="attest web": only those areas.

@@ -20,8 +20,9 @@ func shoal(t *testing.T, args ...string) (int, string, string) {
 }
 
 func TestFleetCommands(t *testing.T) {
-	bad := t.TempDir()
-	copyDir(t, "../../fleet-repo-example", bad)
+	// The example with its images (stand-ins for what examples/imagebuild makes).
+	example := testenv.ExampleFleet(t, "../../fleet-repo-example")
+	bad := testenv.ExampleFleet(t, "../../fleet-repo-example")
 	if err := os.WriteFile(filepath.Join(bad, "apps/metrics-exporter.yaml"), []byte("image:\n  ref: x@sha256:"+strings.Repeat("a", 64)+"\nports:\n  - host: 70000\n    container: 1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -33,8 +34,11 @@ func TestFleetCommands(t *testing.T) {
 		stderr   []string
 		noStdout bool
 	}{
-		{name: "validate example", args: []string{"validate", "../../fleet-repo-example"}, code: 0,
-			stdout: []string{"7 devices, 3 groups, 3 apps, 3 releases: ok"}},
+		{name: "validate example", args: []string{"validate", example}, code: 0,
+			stdout: []string{"7 devices, 3 groups, 2 apps, 3 releases: ok"}},
+		// As checked out, with no images built: the tars are named missing.
+		{name: "validate example without its images", args: []string{"validate", "../../fleet-repo-example"}, code: 1,
+			stderr: []string{"apps/sensor-aggregator.yaml:14:5: image.source.path: images/sensor-aggregator.tar: no such file in the fleet repo"}},
 		{name: "validate invalid", args: []string{"validate", bad}, code: 1,
 			stderr: []string{"apps/metrics-exporter.yaml:4:11: ports[0].host: invalid value 70000"},
 			stdout: []string{"error(s)"}},
@@ -138,21 +142,20 @@ func TestValidateBadInput(t *testing.T) {
 		data  string
 		wants []string
 	}{
-		{"yaml syntax error", "apps/mqtt-broker.yaml", "image:\n  ref: [oops\n", []string{"apps/mqtt-broker.yaml:2:8: YAML syntax:", "did not find expected"}},
-		{"yaml bad indentation", "apps/mqtt-broker.yaml", "image:\n  ref: x\nenv:\n  A: b\n B: c\nrestart: always\n", []string{"apps/mqtt-broker.yaml:5:2: YAML syntax:", "indentation"}},
-		{"unclosed bracket on the last line", "apps/mqtt-broker.yaml", "image:\n  ref: x\ncap_drop: [ALL", []string{"apps/mqtt-broker.yaml:3:11: YAML syntax:", "never closed"}},
-		{"duplicate key", "apps/mqtt-broker.yaml", "image:\n  ref: x\nrestart: always\nrestart: always\n", []string{`apps/mqtt-broker.yaml:4:1: duplicate key "restart" (first at line 3)`}},
-		{"unknown field", "apps/mqtt-broker.yaml", "image:\n  ref: x@sha256:" + sha + "\nportz: []\n", []string{"apps/mqtt-broker.yaml:3:1: portz: unknown field"}},
-		{"bad sha256", "apps/mqtt-broker.yaml", "image:\n  ref: x\n  source:\n    path: a.tar\n    sha256: xyz\n", []string{"apps/mqtt-broker.yaml:5:13: image.source.sha256"}},
-		{"port out of range", "apps/mqtt-broker.yaml", "image:\n  ref: x@sha256:" + sha + "\nports:\n  - host: 70000\n    container: 1\n", []string{"apps/mqtt-broker.yaml:4:11: ports[0].host"}},
+		{"yaml syntax error", "apps/metrics-exporter.yaml", "image:\n  ref: [oops\n", []string{"apps/metrics-exporter.yaml:2:8: YAML syntax:", "did not find expected"}},
+		{"yaml bad indentation", "apps/metrics-exporter.yaml", "image:\n  ref: x\nenv:\n  A: b\n B: c\nrestart: always\n", []string{"apps/metrics-exporter.yaml:5:2: YAML syntax:", "indentation"}},
+		{"unclosed bracket on the last line", "apps/metrics-exporter.yaml", "image:\n  ref: x\ncap_drop: [ALL", []string{"apps/metrics-exporter.yaml:3:11: YAML syntax:", "never closed"}},
+		{"duplicate key", "apps/metrics-exporter.yaml", "image:\n  ref: x\nrestart: always\nrestart: always\n", []string{`apps/metrics-exporter.yaml:4:1: duplicate key "restart" (first at line 3)`}},
+		{"unknown field", "apps/metrics-exporter.yaml", "image:\n  ref: x@sha256:" + sha + "\nportz: []\n", []string{"apps/metrics-exporter.yaml:3:1: portz: unknown field"}},
+		{"bad sha256", "apps/metrics-exporter.yaml", "image:\n  ref: x\n  source:\n    path: a.tar\n    sha256: xyz\n", []string{"apps/metrics-exporter.yaml:5:13: image.source.sha256"}},
+		{"port out of range", "apps/metrics-exporter.yaml", "image:\n  ref: x@sha256:" + sha + "\nports:\n  - host: 70000\n    container: 1\n", []string{"apps/metrics-exporter.yaml:4:11: ports[0].host"}},
 		{"group and device conflict", "devices/plant-01.yaml", "labels:\n  role: server\nspec:\n  attestation:\n    required: false\n", []string{"devices/plant-01.yaml:5:15", "groups/plant.yaml", "conflicting values"}},
-		{"duplicate app", "apps/mqtt-broker.cue", "image: ref: \"x@sha256:" + sha + "\"\n", []string{"apps/mqtt-broker", `duplicate app "mqtt-broker"`}},
+		{"duplicate app", "apps/metrics-exporter.cue", "image: ref: \"x@sha256:" + sha + "\"\n", []string{"apps/metrics-exporter", `duplicate app "metrics-exporter"`}},
 		{"release not semver", "releases/server-os-2026.10.0.yaml", "version: latest\nurl: x\nsize: 1\nsha256: " + sha + "\nsignature: x\n", []string{"releases/server-os-2026.10.0.yaml:1:10: version"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			copyDir(t, "../../fleet-repo-example", dir)
+			dir := testenv.ExampleFleet(t, "../../fleet-repo-example")
 			if err := os.WriteFile(filepath.Join(dir, tc.file), []byte(tc.data), 0o644); err != nil {
 				t.Fatal(err)
 			}

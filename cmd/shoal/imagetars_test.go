@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/shoalfleet/shoal/internal/dockertest"
+	"github.com/shoalfleet/shoal/internal/testenv"
 )
 
 // TestValidateImageTars: `shoal validate` checks the image tars a fleet repo
@@ -56,17 +57,16 @@ func TestValidateImageTars(t *testing.T) {
 		{"docker save tar", app(tag, "images/app.tar", sum(saved)), nil},
 		{"oci layout", app("riverside/oci-app:2.0", "images/oci.tar", sum(oci.Bytes())), nil},
 		{"wrong sha256", app(tag, "images/app.tar", strings.Repeat("a", 64)),
-			[]string{"apps/mqtt-broker.yaml:6:5: image.source.sha256: images/app.tar has sha256 " + sum(saved) + ", not " + strings.Repeat("a", 64)}},
+			[]string{"apps/metrics-exporter.yaml:6:5: image.source.sha256: images/app.tar has sha256 " + sum(saved) + ", not " + strings.Repeat("a", 64)}},
 		{"tag not in the tar", app("riverside/other:9", "images/app.tar", sum(saved)),
-			[]string{"apps/mqtt-broker.yaml:3:3: image.ref: images/app.tar does not hold riverside/other:9 (it holds " + tag + ")", "docker save -o images/app.tar riverside/other:9"}},
+			[]string{"apps/metrics-exporter.yaml:3:3: image.ref: images/app.tar does not hold riverside/other:9 (it holds " + tag + ")", "docker save -o images/app.tar riverside/other:9"}},
 		{"missing tar", app(tag, "images/gone.tar", sum(saved)),
-			[]string{"apps/mqtt-broker.yaml:5:5: image.source.path: images/gone.tar: no such file in the fleet repo"}},
+			[]string{"apps/metrics-exporter.yaml:5:5: image.source.path: images/gone.tar: no such file in the fleet repo"}},
 		{"not an image tar", "", nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			copyDir(t, "../../fleet-repo-example", dir)
+			dir := testenv.ExampleFleet(t, "../../fleet-repo-example")
 			os.MkdirAll(filepath.Join(dir, "images"), 0o755)
 			os.WriteFile(filepath.Join(dir, "images/app.tar"), saved, 0o644)
 			os.WriteFile(filepath.Join(dir, "images/oci.tar"), oci.Bytes(), 0o644)
@@ -74,9 +74,9 @@ func TestValidateImageTars(t *testing.T) {
 			if tc.name == "not an image tar" {
 				readme, _ := os.ReadFile(filepath.Join(dir, "README.md"))
 				data = app(tag, "README.md", sum(readme))
-				tc.wants = []string{"apps/mqtt-broker.yaml:5:5: image.source.path: README.md: not an image tar"}
+				tc.wants = []string{"apps/metrics-exporter.yaml:5:5: image.source.path: README.md: not an image tar"}
 			}
-			if err := os.WriteFile(filepath.Join(dir, "apps/mqtt-broker.yaml"), []byte(data), 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, "apps/metrics-exporter.yaml"), []byte(data), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			code, out, errs := shoal(t, "validate", dir)
