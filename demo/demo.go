@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
 
 	"github.com/shoalfleet/shoal/api"
@@ -91,6 +93,8 @@ type demo struct {
 	agents map[string]*exec.Cmd // device ID -> its running shoal-agent
 	cfgs   map[string]string    // device ID -> its config file
 	boot   string               // the canary's slots and boot files
+	// imageSums are the sha256 of the example apps' image tars in the repo.
+	imageSums map[string]string
 	// releaseCommit is the commit that rolled the release out, once it has.
 	releaseCommit string
 	canaryUpdate  *api.UpdateStatus
@@ -165,7 +169,7 @@ func (d *demo) script(ctx context.Context) error {
 	} else {
 		d.say("no TPM simulator (it needs cgo, gcc and libssl-dev: %s); devices use software keys, which the hub flags as weaker", d.noTPM)
 	}
-	d.say("building the testapp image and writing the fleet repo (groups workshop, plant, canary; %s)", strings.Join(d.devices, ", "))
+	d.say("building the example apps from source (examples/imagebuild: sensor-aggregator, metrics-exporter, FROM scratch) and writing the fleet repo (groups workshop, plant, canary; %s)", strings.Join(d.devices, ", "))
 	if err := d.writeRepo(ctx); err != nil {
 		return err
 	}
@@ -195,19 +199,22 @@ func (d *demo) script(ctx context.Context) error {
 		kind = "a software-key quote (weaker)"
 	}
 	d.say("all %d devices converged on %s, each attested to the hub by %s", len(d.devices), first[:8], kind)
-
-	// A new app version for every device, announced by a poke.
-	if err := d.writeFile("apps/metrics-exporter.yaml", appYAML(d, "metrics-exporter", "2", false)); err != nil {
+	if err := d.sayVolumes(ctx); err != nil {
 		return err
 	}
-	next, err := d.commit(ctx, "apps: metrics-exporter 2")
+
+	// A change to an app every device runs, announced by a poke.
+	if err := d.writeFile("apps/metrics-exporter.yaml", appYAML(d, "metrics-exporter", exporterMemory2)); err != nil {
+		return err
+	}
+	next, err := d.commit(ctx, "apps: metrics-exporter gets "+exporterMemory2+" of memory")
 	if err != nil {
 		return err
 	}
 	if err := d.shoal(ctx, "poke", "--commit", next); err != nil {
 		return err
 	}
-	d.say("committed metrics-exporter version 2 as %s and poked the fleet", next[:8])
+	d.say("committed metrics-exporter with %s of memory (was %s) as %s and poked the fleet", exporterMemory2, exporterMemory, next[:8])
 	converged, err := d.waitAll(ctx, "converge on the new commit", func(_ string, s api.Status) bool {
 		return s.State == api.StateConverged && s.Commit.Applied == next
 	})
@@ -241,7 +248,7 @@ func (d *demo) script(ctx context.Context) error {
 	if err := d.shoal(ctx, "poke", "--device", victim, "--commit", broken); err != nil {
 		return err
 	}
-	d.say("committed a broken %s (answers 503 on /healthz) for %s only as %s", app, victim, broken[:8])
+	d.say("committed a broken %s for %s only as %s (%s)", app, victim, broken[:8], brokenWhy[app])
 	var rb *api.Rollback
 	if _, err := d.wait(ctx, "roll back "+victim, []string{victim}, func(_ string, s api.Status) bool {
 		for _, a := range s.Apps {
@@ -280,7 +287,7 @@ func (d *demo) script(ctx context.Context) error {
 	d.say("override removed; all %d devices converged on %s", len(d.devices), good[:8])
 
 	// An invalid commit: every device keeps its last good commit and says why.
-	if err := d.writeFile("apps/metrics-exporter.yaml", strings.Replace(appYAML(d, "metrics-exporter", "2", false), "restart: unless-stopped", "restart: sometimes", 1)); err != nil {
+	if err := d.writeFile("apps/metrics-exporter.yaml", strings.Replace(appYAML(d, "metrics-exporter", exporterMemory2), "restart: unless-stopped", "restart: sometimes", 1)); err != nil {
 		return err
 	}
 	bad, err := d.commit(ctx, "apps: an invalid restart policy")
@@ -334,10 +341,24 @@ func firstLine(s string) string {
 // appFor is the app the broken version replaces on a device of this role.
 func appFor(role string) string {
 	if role == "server" {
-		return "mqtt-broker"
+		return "metrics-exporter"
 	}
 	return "sensor-aggregator"
 }
+
+// brokenSpec is the device-file override that breaks each app the way a bad
+// change would: a configuration the program refuses at start, so it exits
+// and never gets healthy; brokenWhy says so in the narration.
+var (
+	brokenSpec = map[string]string{
+		"sensor-aggregator": "      env:\n        WINDOW: \"0s\"\n",
+		"metrics-exporter":  "      command: [\"--rootfs\", \"/mnt/not-mounted\"]\n",
+	}
+	brokenWhy = map[string]string{
+		"sensor-aggregator": "WINDOW=0s, which it refuses at start",
+		"metrics-exporter":  "--rootfs pointing where nothing is mounted, so it exits at start",
+	}
+)
 
 // build builds shoal as shipped (static) and shoal-agent with the TPM
 // simulator (cgo, -tags tpmsim), or static when that build fails.
@@ -366,38 +387,56 @@ func (d *demo) build(ctx context.Context) error {
 	return gobuild("0", "github.com/shoalfleet/shoal/cmd/shoal-agent")
 }
 
-// imageRef and imageSum describe the testapp image saved into the fleet repo.
-var imageTar = "images/testapp.tar"
+// The example apps' images (examples/), built from source and saved into the
+// fleet repo as tars with their sha256: nothing is pulled.
+var exampleApps = []string{"sensor-aggregator", "metrics-exporter"}
 
-func (d *demo) imageRef() string { return d.id + "/testapp:1" }
+// exporterMemory is metrics-exporter's memory limit, exporterMemory2 the
+// one the demo's second commit gives it.
+const exporterMemory, exporterMemory2 = "64m", "96m"
+
+func (d *demo) imageRef(app string) string { return d.id + "/" + app + ":1.0.0" }
+
+// buildImages runs examples/imagebuild (as an operator would) to build the
+// example apps' images, labelled and named after this run.
+func (d *demo) buildImages(ctx context.Context) error {
+	cmd := exec.CommandContext(ctx, "go", "run", "github.com/shoalfleet/shoal/examples/imagebuild",
+		"-ref-prefix", d.id+"/", "-label", dockertest.LabelKey+"="+d.id)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go run ./examples/imagebuild: %w\n%s", err, out)
+	}
+	return nil
+}
 
 func (d *demo) writeRepo(ctx context.Context) error {
 	d.repo = filepath.Join(d.dir, "fleet")
-	if _, err := dockertest.BuildImage(ctx, d.cli, d.imageRef(), dockertest.Labels(d.id)); err != nil {
+	if err := d.buildImages(ctx); err != nil {
 		return err
 	}
-	rc, err := d.cli.ImageSave(ctx, []string{d.imageRef()})
-	if err != nil {
-		return fmt.Errorf("save image: %w", err)
-	}
-	tarBytes, err := io.ReadAll(rc)
-	rc.Close()
-	if err != nil {
-		return fmt.Errorf("save image: %w", err)
-	}
-	sum := sha256.Sum256(tarBytes)
-	imageSum = hex.EncodeToString(sum[:])
+	d.imageSums = map[string]string{}
 	files := map[string]string{
 		"fleet.cue": "api_version: \"shoal/v1\"\ndescription: \"Riverside plant (demo): workshop gateways and plant servers\"\n" +
 			"defaults: update: offline_ok: true\n",
-		"groups/workshop.yaml":        "description: Workshop floor gateways\nselector:\n  match_labels:\n    role: gateway\nspec:\n  apps:\n    sensor-aggregator: {}\n    metrics-exporter: {}\n",
-		"groups/plant.yaml":           "description: Plant servers\nselector:\n  match_labels:\n    role: server\nspec:\n  apps:\n    mqtt-broker: {}\n    metrics-exporter: {}\n",
-		"groups/canary.yaml":          "description: Canary devices, updated first\nselector:\n  devices: [gw-01]\npriority: 10\n",
-		"apps/sensor-aggregator.yaml": appYAML(d, "sensor-aggregator", "1", false),
-		"apps/mqtt-broker.yaml":       appYAML(d, "mqtt-broker", "1", false),
-		"apps/metrics-exporter.yaml":  appYAML(d, "metrics-exporter", "1", false),
-		imageTar:                      string(tarBytes),
+		"groups/workshop.yaml": "description: Workshop floor gateways\nselector:\n  match_labels:\n    role: gateway\nspec:\n  apps:\n    sensor-aggregator: {}\n    metrics-exporter: {}\n",
+		"groups/plant.yaml":    "description: Plant servers\nselector:\n  match_labels:\n    role: server\nspec:\n  apps:\n    metrics-exporter: {}\n",
+		"groups/canary.yaml":   "description: Canary devices, updated first\nselector:\n  devices: [gw-01]\npriority: 10\n",
 	}
+	for _, app := range exampleApps {
+		rc, err := d.cli.ImageSave(ctx, []string{d.imageRef(app)})
+		if err != nil {
+			return fmt.Errorf("save image: %w", err)
+		}
+		tarBytes, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			return fmt.Errorf("save image: %w", err)
+		}
+		sum := sha256.Sum256(tarBytes)
+		d.imageSums[app] = hex.EncodeToString(sum[:])
+		files["images/"+app+".tar"] = string(tarBytes)
+	}
+	files["apps/sensor-aggregator.yaml"] = appYAML(d, "sensor-aggregator", "")
+	files["apps/metrics-exporter.yaml"] = appYAML(d, "metrics-exporter", exporterMemory)
 	for _, id := range d.devices {
 		files["devices/"+id+".yaml"] = deviceYAML(d, id, "")
 	}
@@ -409,34 +448,60 @@ func (d *demo) writeRepo(ctx context.Context) error {
 	return d.git(ctx, "init", "-q", "-b", "main")
 }
 
-var imageSum string
-
-// appYAML is an app running testapp with a healthcheck and no host ports
-// (every device shares one Engine); broken makes /healthz answer 503.
-func appYAML(d *demo, name, version string, broken bool) string {
-	cmd := `["-listen", ":8080"]`
-	if broken {
-		cmd = `["-listen", ":8080", "-unhealthy"]`
-	}
-	return fmt.Sprintf(`description: "%s (testapp stands in for it; nothing can be pulled here)"
-image:
+// appYAML is one of the example apps from its tar in the repo, with a
+// quick healthcheck (the program's own --health) and no host ports (every
+// device shares one Engine). memory sets metrics-exporter's limit.
+func appYAML(d *demo, name, memory string) string {
+	head := fmt.Sprintf(`image:
   ref: %s
   source:
-    path: %s
+    path: images/%s.tar
     sha256: %s
-command: %s
-env:
-  VERSION: "%s"
 restart: unless-stopped
+read_only: true
+cap_drop: [ALL]
 healthcheck:
-  test: ["CMD", "%s", "-probe", "http://127.0.0.1:8080/healthz"]
+  test: ["CMD", "/%s", "--health"]
   interval: 1s
   timeout: 5s
   retries: 2
 health_timeout: 25s
 labels:
   %s: %s
-`, name, d.imageRef(), imageTar, imageSum, cmd, version, dockertest.AppBinary, dockertest.LabelKey, d.id)
+`, d.imageRef(name), name, d.imageSums[name], name, dockertest.LabelKey, d.id)
+	if name == "sensor-aggregator" {
+		return "description: sensor readings in over HTTP and UDP, window averages out (examples/sensor-aggregator)\n" + head +
+			"env:\n  LOG_LEVEL: info\nvolumes:\n  - source: aggregator-buffer\n    target: /var/lib/aggregator\n"
+	}
+	return "description: the host's metrics for Prometheus (examples/metrics-exporter)\n" + head +
+		"command: [\"--rootfs\", \"/host\"]\nvolumes:\n  - source: /\n    target: /host\n    read_only: true\nmemory: " + memory + "\n"
+}
+
+// sayVolumes narrates the sensor aggregators' named volumes: one per
+// device, each under the device's container prefix, on the one Engine.
+func (d *demo) sayVolumes(ctx context.Context) error {
+	vs, err := d.cli.VolumeList(ctx, volume.ListOptions{Filters: filters.NewArgs(filters.Arg("name", d.id+"-"))})
+	if err != nil {
+		return fmt.Errorf("list volumes: %w", err)
+	}
+	var names []string
+	for _, v := range vs.Volumes {
+		if strings.HasSuffix(v.Name, "-aggregator-buffer") {
+			names = append(names, v.Name)
+		}
+	}
+	sort.Strings(names)
+	gateways := 0
+	for _, id := range d.devices {
+		if d.role[id] == "gateway" {
+			gateways++
+		}
+	}
+	if len(names) != gateways {
+		return fmt.Errorf("sensor-aggregator volumes %v, want one for each of the %d gateways", names, gateways)
+	}
+	d.say("each gateway's sensor-aggregator keeps its windows in a volume of its own on the one Engine: %s", strings.Join(names, ", "))
+	return nil
 }
 
 // deviceYAML is a device file: its role, its own network (devices share one
@@ -444,7 +509,7 @@ labels:
 func deviceYAML(d *demo, id, broken string) string {
 	s := fmt.Sprintf("description: %s (simulated)\nlabels:\n  role: %s\nspec:\n  network: %s-%s\n", id, d.role[id], d.id, id)
 	if broken != "" {
-		s += fmt.Sprintf("  apps:\n    %s:\n      command: [\"-listen\", \":8080\", \"-unhealthy\"]\n      env:\n        VERSION: \"3\"\n", broken)
+		s += fmt.Sprintf("  apps:\n    %s:\n%s", broken, brokenSpec[broken])
 	}
 	return s
 }
@@ -735,6 +800,13 @@ func (d *demo) close() error {
 		}
 		if err := dockertest.RemoveLabelled(ctx, d.cli, d.id); err != nil {
 			errs = append(errs, err)
+		}
+		// Named volumes carry each device's container prefix (ours, then the device).
+		vs, _ := d.cli.VolumeList(ctx, volume.ListOptions{Filters: filters.NewArgs(filters.Arg("name", d.id+"-"))})
+		for _, v := range vs.Volumes {
+			if err := d.cli.VolumeRemove(ctx, v.Name, true); err != nil {
+				errs = append(errs, fmt.Errorf("remove volume %s: %w", v.Name, err))
+			}
 		}
 		ns, _ := d.cli.NetworkList(ctx, network.ListOptions{Filters: filters.NewArgs(filters.Arg("name", d.id+"-"))})
 		for _, n := range ns {

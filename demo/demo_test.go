@@ -14,6 +14,7 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/volume"
 
 	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/internal/browsertest"
@@ -52,9 +53,9 @@ func TestDemoShort(t *testing.T) {
 			{"devices/plant-01", "passed · verified by the hub", false}},
 		"release": {{"devices/gw-01", "2026.11.0", false}, {"devices/gw-01", "tpm key", false},
 			{"devices/gw-01", "passed · verified by the hub", false}},
-		"trial-failed": {{"devices/gw-01", "rolled-back", false}, {"devices/gw-01", "Rolled back: bootloader-fallback", false},
+		"trial-failed": {{"devices/gw-01", "rolled-back", false}, {"devices/gw-01", "Rolled back", false}, {"devices/gw-01", "bootloader-fallback", false},
 			{"devices/gw-01", "the bootloader started slot b instead of a", false}, {"devices/gw-01", `release "2026.12.0"`, false}},
-		"rollback": {{"devices/plant-01", `rolled-back: app "mqtt-broker"`, false}, {"devices/plant-01", "health-failed", false}},
+		"rollback": {{"devices/plant-01", `rolled-back: app "metrics-exporter"`, false}, {"devices/plant-01", "health-failed", false}},
 		"relay":    {{"relays", "site-north", false}, {"devices/plant-01", "site relay", false}},
 		"invalid": {{"", "stalled", false}, {"devices/gw-01", "spec-invalid", false}, {"devices/gw-02", "spec-invalid", false},
 			{"devices/plant-01", "The newest commit was not applied", false}},
@@ -131,9 +132,12 @@ func TestDemoShort(t *testing.T) {
 	}
 	if res.RolledBack != "plant-01" || res.Rollback == nil || res.Rollback.Check != "health-failed" {
 		t.Errorf("rollback: device %q, %+v", res.RolledBack, res.Rollback)
+	} else if tail := strings.Join(res.Rollback.LogTail, "\n"); !strings.Contains(tail, "/mnt/not-mounted") {
+		t.Errorf("rollback log tail %q lacks the exporter's own error", tail)
 	}
-	for _, line := range []string{"all 3 devices converged on " + res.NewCommit[:8], "shoal_slot=b upgrade_available=1", "gw-01 committed 2026.11.0", "rolled mqtt-broker back", "reports spec-invalid",
-		"attested to the hub by a TPM quote", "GRUB passed its boot limit and fell back to slot b", "2026.12.0 is marked bad"} {
+	for _, line := range []string{"all 3 devices converged on " + res.NewCommit[:8], "shoal_slot=b upgrade_available=1", "gw-01 committed 2026.11.0", "rolled metrics-exporter back", "reports spec-invalid",
+		"attested to the hub by a TPM quote", "GRUB passed its boot limit and fell back to slot b", "2026.12.0 is marked bad",
+		"keeps its windows in a volume of its own on the one Engine: " + res.ID + "-gw-01-aggregator-buffer, " + res.ID + "-gw-02-aggregator-buffer"} {
 		if !strings.Contains(out.String(), line) {
 			t.Errorf("narration lacks %q", line)
 		}
@@ -148,6 +152,9 @@ func TestDemoShort(t *testing.T) {
 	}
 	if ns, err := cli.NetworkList(bg, network.ListOptions{Filters: byName}); err != nil || len(ns) != 0 {
 		t.Errorf("networks left: %d (%v)", len(ns), err)
+	}
+	if vs, err := cli.VolumeList(bg, volume.ListOptions{Filters: byName}); err != nil || len(vs.Volumes) != 0 {
+		t.Errorf("volumes left: %d (%v)", len(vs.Volumes), err)
 	}
 	if is, err := cli.ImageList(bg, image.ListOptions{All: true, Filters: byLabel}); err != nil || len(is) != 0 {
 		t.Errorf("images left: %d (%v)", len(is), err)
