@@ -187,69 +187,71 @@ func Commands(doc, program string) []Command {
 }
 
 // pipelines splits a shell line into the words of each simple command:
-// at ; & | && || and around $( ) (also inside double quotes), with quotes
-// and redirections removed and a comment cut.
+// at ; & | && || and ( ), with quotes and redirections removed and a comment
+// cut. A command substitution $( ) is a command of its own, and a word
+// ("$()") of the command around it.
 func pipelines(line string) [][]string {
-	var (
-		out   [][]string
+	type frame struct {
 		words []string
 		word  strings.Builder
 		has   bool // word has content (possibly an empty quoted string)
 		quote rune
-		outer []rune // the quote each open $( ) was opened in
+	}
+	var (
+		out   [][]string
+		stack []*frame
+		f     = &frame{}
 	)
 	endWord := func() {
-		if has {
-			words = append(words, word.String())
+		if f.has {
+			f.words = append(f.words, f.word.String())
 		}
-		word.Reset()
-		has = false
+		f.word.Reset()
+		f.has = false
 	}
 	endCmd := func() {
 		endWord()
-		if len(words) > 0 {
-			out = append(out, words)
+		if len(f.words) > 0 {
+			out = append(out, f.words)
 		}
-		words = nil
+		f.words = nil
 	}
 	rs := []rune(line)
 	for i := 0; i < len(rs); i++ {
 		r := rs[i]
 		switch {
-		case r == '$' && i+1 < len(rs) && rs[i+1] == '(' && quote != '\'':
-			// A command substitution: a command of its own.
-			endCmd()
-			outer = append(outer, quote)
-			quote = 0
+		case r == '$' && i+1 < len(rs) && rs[i+1] == '(' && f.quote != '\'':
+			stack = append(stack, f)
+			f = &frame{}
 			i++
-		case r == ')' && quote == 0 && len(outer) > 0:
+		case r == ')' && f.quote == 0 && len(stack) > 0:
 			endCmd()
-			quote, outer = outer[len(outer)-1], outer[:len(outer)-1]
-			has = quote != 0
-		case quote != 0:
-			if r == quote {
-				quote = 0
+			f, stack = stack[len(stack)-1], stack[:len(stack)-1]
+			f.word.WriteString("$()")
+			f.has = true
+		case f.quote != 0:
+			if r == f.quote {
+				f.quote = 0
 			} else {
-				word.WriteRune(r)
+				f.word.WriteRune(r)
 			}
 		case r == '\'' || r == '"':
-			quote, has = r, true
+			f.quote, f.has = r, true
 		case r == '\\' && i+1 < len(rs):
 			i++
-			word.WriteRune(rs[i])
-			has = true
-		case r == '#' && !has:
-			endCmd()
-			return out
+			f.word.WriteRune(rs[i])
+			f.has = true
+		case r == '#' && !f.has:
+			i = len(rs)
 		case r == ' ' || r == '\t':
 			endWord()
 		case r == ';' || r == '&' || r == '|' || r == ')' || r == '(' || r == '`':
 			endCmd()
 		case r == '>' || r == '<':
 			// A redirection (2>&1, > file, <<EOF): drop it and its target.
-			if w := word.String(); has && strings.Trim(w, "0123456789") == "" {
-				word.Reset()
-				has = false
+			if w := f.word.String(); f.has && strings.Trim(w, "0123456789") == "" {
+				f.word.Reset()
+				f.has = false
 			}
 			endWord()
 			for i+1 < len(rs) && (rs[i+1] == '>' || rs[i+1] == '&' || rs[i+1] == '<' || rs[i+1] == '-') {
@@ -262,10 +264,15 @@ func pipelines(line string) [][]string {
 				i++
 			}
 		default:
-			word.WriteRune(r)
-			has = true
+			f.word.WriteRune(r)
+			f.has = true
 		}
 	}
-	endCmd()
-	return out
+	for {
+		endCmd()
+		if len(stack) == 0 {
+			return out
+		}
+		f, stack = stack[len(stack)-1], stack[:len(stack)-1]
+	}
 }

@@ -16,6 +16,7 @@ func TestCommands(t *testing.T) {
 		"SHOAL_HUB=https://h:8443 sudo shoal fleet status --state converged | grep gw-01",
 		"export FP=\"$(shoal hub ca --fingerprint 2>/dev/null)\"",
 		"TOKEN=$(shoal token create --device gw-01 | awk '/^token:/ {print $2}')",
+		"shoal-agent enrol --token $(awk '/^token:/ {print $2}' tok) --ca-fingerprint \"$(cat fp)\" --hub h",
 		"$TRIAL/bin/shoal hub --db sqlite://$TRIAL/hub.db \\",
 		"    --listen 127.0.0.1:8443 > $TRIAL/hub.log 2>&1 &",
 		"cat > agent.yaml <<'EOF'",
@@ -34,11 +35,19 @@ func TestCommands(t *testing.T) {
 		{Args: []string{"fleet", "status", "--state", "converged"}, Line: 4},
 		{Args: []string{"hub", "ca", "--fingerprint"}, Line: 5},
 		{Args: []string{"token", "create", "--device", "gw-01"}, Line: 6},
-		{Args: []string{"hub", "--db", "sqlite://$TRIAL/hub.db", "--listen", "127.0.0.1:8443"}, Line: 7},
-		{Args: []string{"render", "--device", "gw 01", "."}, Line: 12},
+		{Args: []string{"hub", "--db", "sqlite://$TRIAL/hub.db", "--listen", "127.0.0.1:8443"}, Line: 8},
+		{Args: []string{"render", "--device", "gw 01", "."}, Line: 13},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Commands:\n got %+v\nwant %+v", got, want)
+	}
+	agent := Commands(doc, "shoal-agent")
+	wantAgent := []Command{
+		{Args: []string{"enrol", "--token", "$()", "--ca-fingerprint", "$()", "--hub", "h"}, Line: 7},
+		{Args: []string{"status"}, Line: 13},
+	}
+	if !reflect.DeepEqual(agent, wantAgent) {
+		t.Errorf("Commands:\n got %+v\nwant %+v", agent, wantAgent)
 	}
 }
 
