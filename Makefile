@@ -5,7 +5,7 @@ BIN       := bin
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X github.com/shoalfleet/shoal/internal/version.Version=$(VERSION)
 
-.PHONY: all build test deps lint fmt-check vet staticcheck gotest demo example-images bench release clean
+.PHONY: all build test deps lint fmt-check vet staticcheck gotest demo example-images bench release hub-image clean
 PLATFORMS := linux/arm64 linux/arm/v7 linux/amd64
 
 all: build
@@ -56,6 +56,10 @@ release:
 	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$arm $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $$out/ ./cmd/shoal-agent ./cmd/shoal || exit 1; \
 	  for b in $$out/*; do printf '%-32s %6.1f MiB\n' $$b $$(echo "$$(stat -c %s $$b) / 1048576" | bc -l); done; \
 	done
+
+## hub-image: the hub's container image (shoal-hub:$(VERSION)) from a static binary on an empty base; no registry needed.
+hub-image:
+	GO='$(GO)' VERSION='$(VERSION)' deploy/hub-image.sh -t shoal-hub:$(VERSION)
 
 clean:
 	rm -rf $(BIN)

@@ -203,6 +203,18 @@ area_release() {
     else
       printf "| %s, %s, static stripped | %s MiB | — | — | `make release` |\n", bin, plat, mib
   }'
+  # The hub's container image against the static binary it wraps; built
+  # through the docker CLI with no registry, then removed.
+  if docker info >/dev/null 2>&1; then
+    local tag=shoal-hub-bench:$$ img bin
+    echo "  deploy/hub-image.sh -t $tag" >&2
+    if deploy/hub-image.sh -q -t "$tag" >/dev/null 2>&1; then
+      img=$(docker image inspect -f '{{.Size}}' "$tag")
+      bin=$(stat -c %s bin/hub-image/root/shoal)
+      docker rmi "$tag" >/dev/null
+      awk -v i="$img" -v b="$bin" 'BEGIN { printf "| hub container image (deploy/Dockerfile.hub: scratch, CA certificates, /tmp), linux/amd64 | %.1f MiB | the static `shoal` it holds: %.1f MiB | %.3f× | `deploy/hub-image.sh -t T`; `docker image inspect -f {{.Size}} T` |\n", i/1048576, b/1048576, i/b }'
+    fi
+  fi
 }
 
 # block AREA replaces the "make bench" block of docs/bench/AREA.md with stdin.

@@ -38,6 +38,8 @@ done
 pg_missing && missing+=(postgresql)
 # The TPM simulator (attest/tpmsim, the demo's agent) is C linked against libcrypto.
 [ -f /usr/include/openssl/rand.h ] || missing+=(libssl-dev)
+# The hub's container image carries the host's CA bundle (deploy/hub-image.sh).
+[ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "test-deps: all test packages present"

@@ -5,7 +5,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"net/http"
-	"net/http/cgi"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -143,7 +142,7 @@ func TestHTTPTokenAuth(t *testing.T) {
 	r := newGitRepo(t)
 	want := r.Commit(map[string]string{"f": "x"}, "x")
 	const token = "tok-9f8e7d6c5b4a"
-	h := gitHTTPBackend(t, filepath.Dir(r.Dir))
+	h := testenv.GitHTTPBackend(t, filepath.Dir(r.Dir))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if _, p, ok := req.BasicAuth(); !ok || p != token {
 			w.Header().Set("WWW-Authenticate", `Basic realm="fleet"`)
@@ -182,16 +181,6 @@ func TestHTTPTokenAuth(t *testing.T) {
 	}
 }
 
-// gitHTTPBackend serves the repos under root with git's own http-backend.
-func gitHTTPBackend(t *testing.T, root string) http.Handler {
-	t.Helper()
-	backend := "/usr/lib/git-core/git-http-backend"
-	if _, err := os.Stat(backend); err != nil {
-		testenv.Missing(t, "git-http-backend", "apt-get install git")
-	}
-	return &cgi.Handler{Path: backend, Env: []string{"GIT_PROJECT_ROOT=" + root, "GIT_HTTP_EXPORT_ALL=1"}}
-}
-
 // TestHTTPSPrivateCA fetches over HTTPS from a server whose certificate a
 // private CA issued: refused without the CA bundle, fetched with it, and
 // checked by the clock UseClock gives, not the system's (a device booted
@@ -199,7 +188,7 @@ func gitHTTPBackend(t *testing.T, root string) http.Handler {
 func TestHTTPSPrivateCA(t *testing.T) {
 	r := newGitRepo(t)
 	want := r.Commit(map[string]string{"f": "x"}, "x")
-	srv := httptest.NewTLSServer(gitHTTPBackend(t, filepath.Dir(r.Dir)))
+	srv := httptest.NewTLSServer(testenv.GitHTTPBackend(t, filepath.Dir(r.Dir)))
 	t.Cleanup(srv.Close)
 	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
 	t.Cleanup(func() { UseClock(nil) })

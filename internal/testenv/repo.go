@@ -2,6 +2,8 @@ package testenv
 
 import (
 	"bytes"
+	"net/http"
+	"net/http/cgi"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -73,3 +75,15 @@ func (r *Repo) Commit(files map[string]string, msg string, extra ...string) stri
 
 // URL is the repository's file:// URL.
 func (r *Repo) URL() string { return "file://" + r.Dir }
+
+// GitHTTPBackend serves the repositories under root over Git's smart HTTP
+// protocol with git's own http-backend (a CGI program): mount it on an
+// httptest server, TLS or not, to fetch root/NAME as URL/NAME.
+func GitHTTPBackend(t testing.TB, root string) http.Handler {
+	t.Helper()
+	backend := "/usr/lib/git-core/git-http-backend"
+	if _, err := os.Stat(backend); err != nil {
+		Missing(t, "git-http-backend", "apt-get install git")
+	}
+	return &cgi.Handler{Path: backend, Env: []string{"GIT_PROJECT_ROOT=" + root, "GIT_HTTP_EXPORT_ALL=1"}}
+}
