@@ -19,7 +19,7 @@ BENCHSTAT=golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
 QUICK=${QUICK:-}
 COUNT=6
 [ -n "$QUICK" ] && COUNT=1
-ALL="spec agent reconcile updater attest hub web provision release relay"
+ALL="spec agent reconcile updater attest hub web provision release relay sensor"
 AREAS=${AREAS:-$ALL}
 
 tmp=$(mktemp -d)
@@ -215,6 +215,13 @@ area_release() {
       awk -v i="$img" -v b="$bin" 'BEGIN { printf "| hub container image (deploy/Dockerfile.hub: scratch, CA certificates, /tmp), linux/amd64 | %.1f MiB | the static `shoal` it holds: %.1f MiB | %.3f× | `deploy/hub-image.sh -t T`; `docker image inspect -f {{.Size}} T` |\n", i/1048576, b/1048576, i/b }'
     fi
   fi
+}
+
+area_sensor() {
+  local cmd="go run ./bench/sensorload -sensors 2000 -rate 1 -duration $(q 30s 10s) -conns 64"
+  echo "  $cmd" >&2
+  # sensorload prints its table rows (ours, baseline, ratio, command).
+  $cmd 2>"$tmp/sensorload.err" || { cat "$tmp/sensorload.err" >&2; return 1; }
 }
 
 # block AREA replaces the "make bench" block of docs/bench/AREA.md with stdin.

@@ -32,6 +32,7 @@ import (
 // options are the command line.
 type options struct {
 	listen, udp, state, logLevel string
+	udpBuffer                    int
 	cfg                          Config
 	health                       bool
 	healthTimeout                time.Duration
@@ -44,6 +45,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
 	fs.StringVar(&o.listen, "listen", ":8080", "HTTP address: POST /readings, GET /aggregates, /metrics, /healthz")
 	fs.StringVar(&o.udp, "udp", ":9999", "UDP address for line readings (\"\" = no UDP input)")
+	fs.IntVar(&o.udpBuffer, "udp-buffer", 4<<20, "bytes of UDP receive buffer to ask the kernel for")
 	// The bounds and the window also come from the environment, so that a
 	// fleet can set them per device without repeating the command line.
 	var err error
@@ -178,6 +180,14 @@ func serve(ctx context.Context, o *options, log *slog.Logger, ready func(httpAdd
 			hl.Close()
 			p.Close(context.Background())
 			return fmt.Errorf("listen udp %s: %w", o.udp, err)
+		}
+		// A burst of datagrams beyond the socket's buffer is lost in the
+		// kernel before the pipeline sees it; ask for room (the kernel
+		// caps it at net.core.rmem_max).
+		if c, ok := uc.(*net.UDPConn); ok {
+			if err := c.SetReadBuffer(o.udpBuffer); err != nil {
+				log.Warn("udp receive buffer", "bytes", o.udpBuffer, "err", err)
+			}
 		}
 	}
 	srv := &http.Server{Handler: handler(p, m, o.cfg.Window, log), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
