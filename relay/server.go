@@ -48,6 +48,16 @@ func (r *Relay) Handler() http.Handler {
 	return r.recover(mux)
 }
 
+// MetricsHandler serves /metrics and /healthz alone, for a plain-HTTP
+// listener of the operator's (shoal relay run --metrics-addr): nothing of
+// the device API goes over it.
+func (r *Relay) MetricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", r.handleHealth)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
 func (r *Relay) recover(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		defer func() {

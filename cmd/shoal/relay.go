@@ -122,7 +122,8 @@ CA) and talk to the hub for them:
 - with --mqtt, each device's status is published retained (QoS 1) to
   TOPIC/devices/ID/status and its changes to TOPIC/devices/ID/events.
 
-/healthz and /metrics are served on --listen (and on --metrics-addr when set).`,
+/healthz and /metrics are served on --listen, and on --metrics-addr (plain HTTP,
+those two alone) when set.`,
 		Args: exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if hubURL == "" || state == "" {
@@ -163,7 +164,7 @@ CA) and talk to the hub for them:
 					r.Close()
 					return fmt.Errorf("--metrics-addr: %w", err)
 				}
-				msrv := &http.Server{Handler: r.Handler(), ReadHeaderTimeout: 10 * time.Second}
+				msrv := &http.Server{Handler: r.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
 				go msrv.Serve(ml)
 				defer msrv.Close()
 			}

@@ -93,6 +93,7 @@ type relaySite struct {
 type relayProc struct {
 	*proc
 	id, addr, state string
+	metrics         string // --metrics-addr: /metrics and /healthz only, plain HTTP
 }
 
 func buildBinaries(t *testing.T, dir string) (string, string) {
@@ -223,8 +224,11 @@ func (s *relaySite) addRelay(id string) *relayProc {
 }
 
 func (s *relaySite) startRelay(rp *relayProc) {
+	if rp.metrics == "" {
+		rp.metrics = freeAddr(s.t)
+	}
 	rp.proc = startProc(s.t, "relay "+rp.id, s.shoal, "relay", "run", "--hub", "https://"+s.hubAddr, "--state", rp.state, "--listen", rp.addr,
-		"--fleet", s.repo.URL(), "--fleet-interval", "1h", "--poll-wait", "5s", "--status-interval", "1s", "--log-level", "debug")
+		"--fleet", s.repo.URL(), "--fleet-interval", "1h", "--poll-wait", "5s", "--status-interval", "1s", "--log-level", "debug", "--metrics-addr", rp.metrics)
 	waitUntil(s.t, 30*time.Second, "relay "+rp.id, func() bool {
 		resp, err := (&http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}).Get("https://" + rp.addr + "/healthz")
 		if err != nil {
@@ -526,6 +530,19 @@ func TestRelayProcesses(t *testing.T) {
 		os.WriteFile(keys, opub, 0o600)
 		if out, err := exec.Command(s.shoal, "relay", "import", bundle, "--state", ra.state, "--bundle-keys", keys).CombinedOutput(); err == nil {
 			t.Fatalf("a bundle signed by an untrusted key was imported: %s", out)
+		}
+	})
+
+	t.Run("metrics address serves no device API", func(t *testing.T) {
+		for path, want := range map[string]int{"/metrics": 200, "/healthz": 200, "/v1/enrol": 404, "/git/fleet.git/info/refs": 404} {
+			resp, err := http.Get("http://" + ra.metrics + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != want && !(want == 404 && resp.StatusCode == 405) {
+				t.Errorf("%s on --metrics-addr: %d, want %d", path, resp.StatusCode, want)
+			}
 		}
 	})
 
