@@ -215,6 +215,11 @@ func removeByPrefix(ctx context.Context, cli *client.Client, prefix string) erro
 	ns, err := cli.NetworkList(ctx, network.ListOptions{Filters: f})
 	errs = append(errs, err)
 	for _, n := range ns {
+		// Another test's devices may have joined a network of the example
+		// fleet (plant) that these agents made: it stays while they use it.
+		if ins, err := cli.NetworkInspect(ctx, n.ID, network.InspectOptions{}); err == nil && len(ins.Containers) > 0 {
+			continue
+		}
 		errs = append(errs, cli.NetworkRemove(ctx, n.ID))
 	}
 	return errors.Join(errs...)
