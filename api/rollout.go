@@ -204,3 +204,78 @@ func (a *RolloutAction) Validate() error {
 	}
 	return nil
 }
+
+// RolloutView is a rollout as the operator API (shoal rollout status) and
+// the status page show it.
+type RolloutView struct {
+	APIVersion string    `json:"apiVersion"`
+	ID         int64     `json:"id"`
+	Commit     string    `json:"commit"`
+	Status     string    `json:"status"` // running | paused | halted | aborted | done | superseded
+	Reason     string    `json:"reason,omitempty"`
+	Urgent     bool      `json:"urgent,omitempty"`
+	Paused     bool      `json:"paused,omitempty"`  // an operator asked for a pause
+	Aborted    bool      `json:"aborted,omitempty"` // an operator aborted it
+	Created    time.Time `json:"created"`
+	Updated    time.Time `json:"updated"`
+	// Now is the hub's time the view was made at (bake time left is from it).
+	Now    time.Time          `json:"now"`
+	Counts RolloutCounts      `json:"counts"`
+	Tracks []RolloutTrackView `json:"tracks"`
+	Events []RolloutEventView `json:"events,omitempty"`
+}
+
+// RolloutCounts counts devices by their standing on the rollout's commit.
+type RolloutCounts struct {
+	Members  int `json:"members"`
+	Healthy  int `json:"healthy"`
+	Failed   int `json:"failed"`
+	Pending  int `json:"pending"`
+	Admitted int `json:"admitted"`
+	Granted  int `json:"granted"`
+	// FailedGates counts failed devices by the gate they failed.
+	FailedGates map[string]int `json:"failedGates,omitempty"`
+}
+
+// RolloutTrackView is one track: devices under one policy, with its waves.
+type RolloutTrackView struct {
+	Name  string            `json:"name"`
+	Waves []RolloutWaveView `json:"waves"`
+}
+
+// RolloutWaveView is one wave.
+type RolloutWaveView struct {
+	Index     int                 `json:"index"` // 1-based
+	Name      string              `json:"name"`
+	State     string              `json:"state"` // waiting | open | baking | passed | halted
+	Approval  bool                `json:"approval,omitempty"`
+	Approved  bool                `json:"approved,omitempty"`
+	Opened    time.Time           `json:"opened,omitempty"`
+	BakeStart time.Time           `json:"bakeStart,omitempty"`
+	Ended     time.Time           `json:"ended,omitempty"`
+	Bake      time.Duration       `json:"bake"`               // nanoseconds
+	BakeLeft  time.Duration       `json:"bakeLeft,omitempty"` // while baking
+	Threshold string              `json:"threshold"`
+	Note      string              `json:"note,omitempty"`
+	Counts    RolloutCounts       `json:"counts"`
+	Devices   []RolloutDeviceView `json:"devices,omitempty"`
+}
+
+// RolloutDeviceView is one member device.
+type RolloutDeviceView struct {
+	ID       string   `json:"id"`
+	Verdict  string   `json:"verdict"` // pending | healthy | failed
+	Gates    []string `json:"gates,omitempty"`
+	Admitted bool     `json:"admitted,omitempty"`
+	Granted  bool     `json:"granted,omitempty"`
+	Why      string   `json:"why,omitempty"`  // wave | revert | urgent
+	Flag     string   `json:"flag,omitempty"` // ungranted
+}
+
+// RolloutEventView is one thing that happened in a rollout.
+type RolloutEventView struct {
+	Time    time.Time `json:"time"`
+	Device  string    `json:"device,omitempty"`
+	Kind    string    `json:"kind"`
+	Message string    `json:"message"`
+}

@@ -163,17 +163,54 @@ type FleetPolicy struct {
 	// Load reads the fleet repo: its files and a revision naming them (a
 	// commit). Refresh skips parsing when the revision has not changed;
 	// "" means always parse.
-	Load   func(ctx context.Context) (fsys fs.FS, revision string, err error)
+	Load   func(ctx context.Context) (FleetRevision, error)
 	Logger *slog.Logger // nil discards
 
 	mu  sync.Mutex // one refresh at a time
 	cur atomic.Pointer[loadedFleet]
+	// refreshNow asks Run for a refresh before its next tick.
+	refreshNow chan struct{}
+}
+
+// FleetRevision is one read of the fleet repo.
+type FleetRevision struct {
+	FS fs.FS
+	// Revision is the commit; "" for a directory, which has none (and so
+	// no rollouts: devices report commits).
+	Revision string
+	// Message is the commit message; rollout trailers are read from it.
+	Message string
 }
 
 type loadedFleet struct {
 	f   *spec.Fleet
 	rev string
+	msg string
 	at  time.Time
+}
+
+// Current returns the fleet in use, its revision and commit message; a nil
+// fleet before the first load.
+func (p *FleetPolicy) Current() (*spec.Fleet, string, string) {
+	if lf := p.cur.Load(); lf != nil {
+		return lf.f, lf.rev, lf.msg
+	}
+	return nil, "", ""
+}
+
+// RefreshSoon asks Run to read the fleet again now (a device asked for a
+// grant for a commit the hub has not seen). It never blocks.
+func (p *FleetPolicy) RefreshSoon() {
+	p.mu.Lock()
+	ch := p.refreshNow
+	p.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 }
 
 // Revision returns the revision of the fleet in use, "" before the first load.
@@ -196,18 +233,19 @@ func (p *FleetPolicy) log() *slog.Logger {
 func (p *FleetPolicy) Refresh(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	fsys, rev, err := p.Load(ctx)
+	fr, err := p.Load(ctx)
 	if err != nil {
 		return fmt.Errorf("fleet: %w", err)
 	}
+	rev := fr.Revision
 	if cur := p.cur.Load(); cur != nil && rev != "" && cur.rev == rev {
 		return nil
 	}
-	f, err := spec.Load(fsys)
+	f, err := spec.Load(fr.FS)
 	if err != nil {
 		return fmt.Errorf("fleet at %s: %w", shortRev(rev), err)
 	}
-	p.cur.Store(&loadedFleet{f: f, rev: rev, at: time.Now()})
+	p.cur.Store(&loadedFleet{f: f, rev: rev, msg: fr.Message, at: time.Now()})
 	p.log().Info("fleet loaded for attestation policy", "revision", rev, "devices", len(f.DeviceIDs()), "releases", len(f.ReleaseNames()))
 	return nil
 }
@@ -232,16 +270,23 @@ func (p *FleetPolicy) Run(ctx context.Context, pokes Pokes, interval, check time
 	if pokes != nil {
 		seen, _ = pokes.LatestPoke(ctx)
 	}
+	now := make(chan struct{}, 1)
+	p.mu.Lock()
+	p.refreshNow = now
+	p.mu.Unlock()
 	next := time.Now().Add(interval)
 	t := time.NewTicker(check)
 	defer t.Stop()
 	for {
+		asked := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-now:
+			asked = true
 		}
-		due := !time.Now().Before(next)
+		due := asked || !time.Now().Before(next)
 		if pokes != nil {
 			if id, err := pokes.LatestPoke(ctx); err == nil && id != seen {
 				seen, due = id, true

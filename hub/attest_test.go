@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -339,9 +338,9 @@ func TestFleetPolicy(t *testing.T) {
 	testenv.Git(t, repo, "init", "-q", "-b", "main")
 	writeFleet(t, repo, measured, other[:])
 	testenv.GitCommitAll(t, repo, "fleet")
-	fp := &FleetPolicy{Load: func(context.Context) (fs.FS, string, error) {
+	fp := &FleetPolicy{Load: func(context.Context) (FleetRevision, error) {
 		f, rev, err := gitfs.Open(repo, "HEAD")
-		return f, rev, err
+		return FleetRevision{FS: f, Revision: rev}, err
 	}}
 	if err := fp.Refresh(ctx); err != nil {
 		t.Fatal(err)

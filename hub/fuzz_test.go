@@ -25,12 +25,14 @@ func FuzzDecode(f *testing.F) {
 		`{"apiVersion":"shoal.api/v1","pcrs":{"-1":""}}`,
 		`{"apiVersion":"shoal.receipt/v1","receipts":[{"deviceID":"d"}]}`,
 		`{"apiVersion":"shoal.api/v1","token":"t","csr":"x","keyKind":"tpm","ek":{"area":"AA=="},"activation":{"secret":"AA=="}}`,
+		`{"apiVersion":"shoal.api/v1","commit":"abc","specHash":"def","nonce":"AAAAAAAAAAAAAAAAAAAAAA=="}`,
+		`{"apiVersion":"shoal.api/v1","action":"approve","commit":"abc","wave":"2"}`,
 		`[]`, `null`, `{} {}`, `{"seq":-1}`, "\x00",
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		for _, v := range []validator{new(api.Status), new(api.EnrolRequest), new(api.RenewRequest), new(api.AttestRequest), new(api.PokeRequest), new(api.TokenRequest), new(api.TokenRevokeRequest), new(api.ReceiptBatch), new(api.RelayStatus), new(api.RelayPokes)} {
+		for _, v := range []validator{new(api.Status), new(api.EnrolRequest), new(api.RenewRequest), new(api.AttestRequest), new(api.PokeRequest), new(api.TokenRequest), new(api.TokenRevokeRequest), new(api.ReceiptBatch), new(api.RelayStatus), new(api.RelayPokes), new(api.GrantRequest), new(api.RolloutAction)} {
 			if err := decodeBody(bytes.NewReader(b), v); err == nil {
 				if err := v.Validate(); err != nil {
 					t.Fatalf("%T decoded but does not validate: %v", v, err)
@@ -70,6 +72,9 @@ func FuzzHandler(f *testing.F) {
 		{"POST", "/v1/hooks/git", "", `{"after":"abc"}`},
 		{"GET", "/v1/poke?after=-1", "", ``},
 		{"GET", "/healthz", "", ``},
+		{"POST", "/v1/admin/rollouts/action", "Bearer " + op, `{"apiVersion":"shoal.api/v1","action":"pause"}`},
+		{"GET", "/v1/admin/rollouts/current?commit=abc", "Bearer " + op, ``},
+		{"POST", "/v1/rollout/grant", "", `{"apiVersion":"shoal.api/v1"}`},
 		{"DELETE", "/v1/status", "", ``},
 	} {
 		f.Add(s.method, s.path, s.auth, []byte(s.body))

@@ -49,6 +49,7 @@ func (h *Hub) Handler() http.Handler {
 	route("/v1/attest/nonce", map[string]http.HandlerFunc{"POST": h.handleNonce})
 	route("/v1/attest", map[string]http.HandlerFunc{"POST": h.device(h.handleAttest)})
 	route("/v1/poke", map[string]http.HandlerFunc{"GET": h.device(h.handlePoll)})
+	route("/v1/rollout/grant", map[string]http.HandlerFunc{"POST": h.device(h.handleGrant)})
 	route("/v1/devices/{id}", map[string]http.HandlerFunc{"GET": h.device(h.handleOwnDevice)})
 	route("/v1/devices/{id}/reports", map[string]http.HandlerFunc{"GET": h.device(h.handleOwnReports)})
 	// Relay API: a relay's own certificate, nothing forwarded.
@@ -67,6 +68,8 @@ func (h *Hub) Handler() http.Handler {
 	route("/v1/admin/receipts", map[string]http.HandlerFunc{"POST": h.operator(h.handleReceipts)})
 	route("/v1/admin/relays", map[string]http.HandlerFunc{"GET": h.operator(h.handleRelays)})
 	route("/v1/admin/relays/{id}/revoke", map[string]http.HandlerFunc{"POST": h.operator(h.handleRelayRevoke)})
+	route("/v1/admin/rollouts/current", map[string]http.HandlerFunc{"GET": h.operator(h.handleRolloutStatus)})
+	route("/v1/admin/rollouts/action", map[string]http.HandlerFunc{"POST": h.operator(h.handleRolloutAction)})
 	route("/v1/hooks/git", map[string]http.HandlerFunc{"POST": h.operator(h.handleWebhook)})
 	// Plumbing.
 	route("/healthz", map[string]http.HandlerFunc{"GET": h.handleHealth})

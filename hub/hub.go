@@ -70,6 +70,16 @@ type Options struct {
 	// a device: an error (its text for the operator) refuses the token with
 	// 422 device-not-in-fleet. FleetPolicy.KnownDevice checks the --fleet repo.
 	KnownDevice func(id string) error
+	// Fleet is the fleet repo the hub follows (--fleet). With it the hub
+	// runs the rollout controller and answers grant requests from the
+	// rollout state; without it every grant request is granted.
+	Fleet *FleetPolicy
+	// RolloutTick is how often the rollout controller steps (default 500ms).
+	RolloutTick time.Duration
+	// RolloutLease is how long the hub deciding rollouts holds its lease
+	// without renewing it (default 15s): how long the others wait after
+	// it dies.
+	RolloutLease time.Duration
 	// Web is mounted at / for the status page (hub/web); nil serves JSON 404s.
 	Web http.Handler
 	// Registerer receives the hub's metrics besides its own /metrics registry.
@@ -96,6 +106,7 @@ type Hub struct {
 	m     *metrics
 	pokes *broadcaster
 	devs  *devCache // nil for a shared store that does not announce device changes
+	ro    *rollouts // nil without Options.Fleet
 	watch deviceWatcher
 	// relays caches relay rows for relayAuth, fwd verified forwarded certificates.
 	relays relayCache
@@ -179,6 +190,9 @@ func New(ctx context.Context, o Options) (*Hub, error) {
 	} else if h.srvTC, err = auth.serverCert(o.Hosts, o.Now()); err != nil {
 		return nil, fmt.Errorf("hub: %w", err)
 	}
+	if o.Fleet != nil {
+		h.ro = newRollouts(h, o.Fleet, o.RolloutTick, o.RolloutLease)
+	}
 	h.reg = prometheus.NewRegistry()
 	h.m = newMetrics(h)
 	cs := h.m.collectors()
@@ -254,6 +268,10 @@ func (h *Hub) Run(ctx context.Context, l net.Listener) error {
 	if h.watch != nil {
 		h.wg.Add(1)
 		go func() { defer h.wg.Done(); h.watchDevices(bg, h.watch) }()
+	}
+	if h.ro != nil {
+		h.wg.Add(1)
+		go func() { defer h.wg.Done(); h.ro.run(bg) }()
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(l, "", "") }()

@@ -219,8 +219,6 @@ func (c *Counts) add(m *Member) {
 		c.Admitted++
 	}
 	switch {
-	case m.Flag != "":
-		c.Pending++
 	case m.Verdict == Healthy:
 		c.Healthy++
 	case m.Verdict == Failed:

@@ -65,10 +65,13 @@ const (
 	GateOS          = "os_committed"
 	GateAttestation = "attestation"
 	GateClock       = "clock"
+	// GateGranted fails a device that reports the commit applied though
+	// the hub never granted it.
+	GateGranted = "granted"
 )
 
 // Gates lists every gate.
-var Gates = []string{GateConverged, GateApps, GateOS, GateAttestation, GateClock}
+var Gates = []string{GateConverged, GateApps, GateOS, GateAttestation, GateClock, GateGranted}
 
 // Target is what a device should reach: the commit, and the OS release
 // version the commit moves it to ("" when its release does not change).

@@ -144,6 +144,8 @@ type Revision struct {
 	Commit string    // 40-hex commit id
 	Time   time.Time // committer time: a lower bound for a clock with no RTC
 	Signer string    // the trusted key that signed it, when a policy is set
+	// Message is the commit message (the hub reads rollout trailers from it).
+	Message string
 	// Rewritten: the commit does not descend from the one passed as since.
 	Rewritten bool
 	FS        fs.FS // the commit's files, read from the object store
@@ -499,7 +501,7 @@ func (s *Source) evaluate(repo *git.Repository, h plumbing.Hash, since string) (
 		}
 		s.verified = c.Hash
 	}
-	rev := &Revision{Commit: c.Hash.String(), Time: c.Committer.When, FS: &treeFS{root: tree, when: c.Committer.When}}
+	rev := &Revision{Commit: c.Hash.String(), Time: c.Committer.When, Message: c.Message, FS: &treeFS{root: tree, when: c.Committer.When}}
 	if since != "" && since != rev.Commit {
 		ok, known := isAncestor(repo, plumbing.NewHash(since), c)
 		switch {

@@ -439,6 +439,21 @@ func (c *Client) Reports(ctx context.Context, limit int) ([]api.Status, error) {
 	return out, nil
 }
 
+// Grant asks the hub whether the device may converge on a commit (see
+// api.GrantRequest). The answer is a grant to check (rollout/grant) or why
+// to wait; a refusal (such as a commit that is not the one rolled out)
+// comes back as an *api.Error.
+func (c *Client) Grant(ctx context.Context, req *api.GrantRequest) (*api.GrantResponse, error) {
+	var res api.GrantResponse
+	if err := c.call(ctx, "POST", "/v1/rollout/grant", req, &res); err != nil {
+		return nil, fmt.Errorf("rollout grant: %w", err)
+	}
+	if err := res.Validate(); err != nil {
+		return nil, fmt.Errorf("rollout grant: %w", err)
+	}
+	return &res, nil
+}
+
 // Nonce asks the hub for a fresh attestation nonce.
 func (c *Client) Nonce(ctx context.Context) (*api.Nonce, error) {
 	var n api.Nonce

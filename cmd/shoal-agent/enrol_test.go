@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -44,9 +43,9 @@ func verifierFor(t *testing.T, st store.Store, repo string, fleet bool) *hub.Att
 	}
 	v.Counters = st
 	if fleet {
-		fp := &hub.FleetPolicy{Load: func(context.Context) (fs.FS, string, error) {
+		fp := &hub.FleetPolicy{Load: func(context.Context) (hub.FleetRevision, error) {
 			f, rev, err := gitfs.Open(repo, "HEAD")
-			return f, rev, err
+			return hub.FleetRevision{FS: f, Revision: rev}, err
 		}}
 		if err := fp.Refresh(t.Context()); err != nil {
 			t.Fatal(err)

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -187,6 +186,7 @@ whether its EK had a certificate and its issuer.`,
 				}
 				av.Policy = fp.Policy
 				o.KnownDevice = fp.KnownDevice
+				o.Fleet = fp
 				fctx, stop := context.WithCancel(ctx)
 				done := make(chan struct{})
 				go func() { defer close(done); fp.Run(fctx, st, fleetRefresh, 2*time.Second) }()
@@ -416,15 +416,15 @@ func fleetPolicy(loc, branch string, af fleetAuthFlags, log *slog.Logger) (*hub.
 		if _, _, err := gitfs.Open(loc, rev); err != nil {
 			return nil, nil, usageError{fmt.Errorf("--fleet %s: %v: a fleet directory must be a Git repository with a commit; the hub reads its committed %s, never uncommitted files", loc, err, rev)}
 		}
-		load := func(context.Context) (fs.FS, string, error) {
+		load := func(context.Context) (hub.FleetRevision, error) {
 			fsys, hash, err := gitfs.Open(loc, rev)
 			if err != nil {
-				return nil, "", err
+				return hub.FleetRevision{}, err
 			}
 			if _, err := sig.Verify(fsys.Commit()); err != nil {
-				return nil, "", fmt.Errorf("%s of %s: %w", rev, loc, err)
+				return hub.FleetRevision{}, fmt.Errorf("%s of %s: %w", rev, loc, err)
 			}
-			return fsys, hash, nil
+			return hub.FleetRevision{FS: fsys, Revision: hash, Message: fsys.Commit().Message}, nil
 		}
 		return &hub.FleetPolicy{Logger: log, Load: load}, func() {}, nil
 	}
@@ -459,14 +459,14 @@ func fleetPolicy(loc, branch string, af fleetAuthFlags, log *slog.Logger) (*hub.
 		return nil, nil, usageError{fmt.Errorf("--fleet: %w", err)}
 	}
 	var mu sync.Mutex // a Source is not safe for concurrent use
-	load := func(ctx context.Context) (fs.FS, string, error) {
+	load := func(ctx context.Context) (hub.FleetRevision, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		rev, err := src.Fetch(ctx, "")
 		if err != nil {
-			return nil, "", err
+			return hub.FleetRevision{}, err
 		}
-		return rev.FS, rev.Commit, nil
+		return hub.FleetRevision{FS: rev.FS, Revision: rev.Commit, Message: rev.Message}, nil
 	}
 	return &hub.FleetPolicy{Logger: log, Load: load}, cleanup, nil
 }

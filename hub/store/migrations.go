@@ -221,6 +221,9 @@ var sqliteSchema = []string{
 	// PCR policy for the device). NULL for verdicts stored before: unknown,
 	// shown as not checked.
 	`ALTER TABLE devices ADD COLUMN attest_pcrs INTEGER`,
+	// 9: the members that joined a rollout and wait for a wave (wave -1),
+	// found with one index lookup on every controller step.
+	`CREATE INDEX rollout_members_wave ON rollout_members (rollout_id, wave)`,
 }
 
 var postgresSchema = []string{
@@ -439,4 +442,7 @@ var postgresSchema = []string{
 	// PCR policy for the device). NULL for verdicts stored before: unknown,
 	// shown as not checked.
 	`ALTER TABLE devices ADD COLUMN attest_pcrs INTEGER`,
+	// 9: the members that joined a rollout and wait for a wave (wave -1),
+	// found with one index lookup on every controller step.
+	`CREATE INDEX rollout_members_wave ON rollout_members (rollout_id, wave)`,
 }

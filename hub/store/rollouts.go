@@ -129,6 +129,8 @@ type Rollouts interface {
 	// JoinRollout adds m (with Wave -1) unless the device is a member; it
 	// reports whether it added it.
 	JoinRollout(ctx context.Context, m RolloutMember) (bool, error)
+	// UnplacedMembers returns the members that joined and wait for a wave (Wave -1).
+	UnplacedMembers(ctx context.Context, id int64) ([]RolloutMember, error)
 	// GrantMember records the grant of an admitted member, once: a member
 	// granted before keeps its grant ID and time. It returns the member as
 	// stored and whether this call granted it; a member not admitted comes
@@ -421,6 +423,27 @@ func (s *sqlStore) RolloutMembers(ctx context.Context, id int64) ([]RolloutMembe
 		m, err := scanMember(rows)
 		if err != nil {
 			return nil, fmt.Errorf("members of rollout %d: %w", id, err)
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+func (s *sqlStore) UnplacedMembers(ctx context.Context, id int64) ([]RolloutMember, error) {
+	st, err := s.prep(ctx, s.r, `SELECT `+memberCols+` FROM rollout_members WHERE rollout_id = ? AND wave = -1`)
+	if err != nil {
+		return nil, fmt.Errorf("unplaced members of rollout %d: %w", id, err)
+	}
+	rows, err := st.QueryContext(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("unplaced members of rollout %d: %w", id, err)
+	}
+	defer rows.Close()
+	var out []RolloutMember
+	for rows.Next() {
+		m, err := scanMember(rows)
+		if err != nil {
+			return nil, fmt.Errorf("unplaced members of rollout %d: %w", id, err)
 		}
 		out = append(out, m)
 	}

@@ -191,6 +191,9 @@ func testRollouts(t *testing.T, s store.Store) {
 	if m, _ := s.RolloutMember(ctx, id1, "d3"); m.Wave != -1 || m.Verdict != "pending" {
 		t.Fatalf("joined member = %+v", m)
 	}
+	if un, err := s.UnplacedMembers(ctx, id1); err != nil || len(un) != 1 || un[0].DeviceID != "d3" {
+		t.Fatalf("unplaced = %+v, %v", un, err)
+	}
 	// Events, newest first.
 	if err := s.AddRolloutEvents(ctx, []store.RolloutEvent{{RolloutID: id1, Time: t0, DeviceID: "d9", Kind: "not-target", Message: "third"}}); err != nil {
 		t.Fatal(err)
