@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/rand"
+	crand "crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -129,7 +131,7 @@ func (d *simDevice) report(t *testing.T, st api.State, commit, specHash string, 
 func (d *simDevice) ask(t *testing.T, commit, specHash string) (*api.GrantBody, *api.GrantWait, error) {
 	t.Helper()
 	nonce := make([]byte, 16)
-	_, _ = rand.Read(nonce)
+	_, _ = crand.Read(nonce)
 	res, err := d.cl.Grant(t.Context(), &api.GrantRequest{APIVersion: api.Version, Commit: commit, SpecHash: specHash, Applied: d.at, AppliedSpec: d.spec, Nonce: nonce})
 	if err != nil {
 		return nil, nil, err
@@ -489,5 +491,97 @@ func TestRolloutNoFleetGrants(t *testing.T) {
 	}
 	if _, err := th.RolloutView(t.Context(), "", false); !errors.Is(err, ErrNoRollout) {
 		t.Fatalf("view: %v", err)
+	}
+}
+
+// TestRolloutDisruptionBudget: 3 sites of 4 devices, max_unavailable 1 per
+// site. Simulated devices (real reports and grant requests over mutual
+// TLS) take a random while to update once granted; a sampler counts, every
+// few milliseconds, the devices of each site that hold a grant and are not
+// healthy yet. It never sees two at one site.
+func TestRolloutDisruptionBudget(t *testing.T) {
+	rf := newRolloutFleet(t, 12, `  spread_by: [site]
+  disruption_budget: {group_by: [site], max_unavailable: 1}
+  waves:
+    - {name: first, limit: 3, bake: 0s}
+    - {name: rest, bake: 0s}
+`)
+	th, ds, c1 := rolloutHub(t, openSQLite(t), rf)
+	waitRollout(t, th, c1, "done", func(v api.RolloutView) bool { return v.Status == rollout.Done })
+	c2 := rf.version("2", "web 2")
+	var mu sync.Mutex
+	updating := map[string]string{} // device → site, while granted and not healthy
+	maxSeen := 0
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tk := time.NewTicker(2 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tk.C:
+			}
+			mu.Lock()
+			per := map[string]int{}
+			for _, site := range updating {
+				per[site]++
+				maxSeen = max(maxSeen, per[site])
+			}
+			mu.Unlock()
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(ds))
+	for i, d := range ds {
+		site := fmt.Sprintf("s%d", i%3)
+		spec2 := rf.specHash(d.id)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				g, _, err := d.ask(t, c2, spec2)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if g == nil {
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(20 * time.Millisecond):
+					}
+					continue
+				}
+				mu.Lock()
+				updating[d.id] = site
+				mu.Unlock()
+				d.report(t, api.StateUpdating, c1, d.spec, func(s *api.Status) { s.Commit.Attempted = c2 })
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Duration(50+rand.N(200)) * time.Millisecond):
+				}
+				mu.Lock()
+				delete(updating, d.id) // healthy from here: the report says so
+				mu.Unlock()
+				d.report(t, api.StateConverged, c2, spec2, nil)
+				return
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	waitRollout(t, th, c2, "done", func(v api.RolloutView) bool { return v.Status == rollout.Done && v.Counts.Healthy == 12 })
+	cancel()
+	<-sampled
+	if maxSeen != 1 {
+		t.Fatalf("at most %d device(s) of one site were updating at once, want exactly 1", maxSeen)
 	}
 }
