@@ -97,8 +97,11 @@ type Options struct {
 	Stages   []Stage
 	Reporter Reporter // nil: reports wait in the outbox
 	Poker    Poker    // nil: no pokes
-	Logger   *slog.Logger
-	Now      func() time.Time
+	// Granter asks the hub for rollout grants; nil (no hub configured):
+	// the fleet's rollout does not hold this device back.
+	Granter Granter
+	Logger  *slog.Logger
+	Now     func() time.Time
 	// Notify sends sd_notify states; nil: sdnotify.Notify.
 	Notify func(state string) error
 	// Collectors are the stages' metrics, served on the agent's /metrics.
@@ -125,6 +128,10 @@ type Agent struct {
 	applied    *spec.Device           // the applied render, kept for groups and resync
 	lastStatus *api.Status
 	bundles    map[string]bool // bundle files seen: path|size|mtime
+	// held is set by a pass that held a new commit back for a grant; retry
+	// is when to ask again (0: back off, the hub is unreachable).
+	held      bool
+	holdRetry time.Duration
 }
 
 // New opens the state dir (creating its layout) and the outbox.
@@ -293,6 +300,36 @@ func (a *Agent) Pass(ctx context.Context, trigger string) (*Report, error) {
 			}
 		}
 	}
+	// 2b. While the fleet declares a rollout, a commit that changes the
+	// spec waits for the hub's grant; a held commit leaves the device on the
+	// applied one (converged again below when it may have drifted).
+	a.held, a.holdRetry = false, 0
+	if work != nil && dev != nil && work == cand && dev.Hash() != st.Applied.SpecHash {
+		switch {
+		case dev.Rollout == nil || a.o.Granter == nil:
+			st.Rollout, st.GrantedSpec = nil, ""
+		default:
+			ok, rs, retry := a.grantFor(ctx, rep.Trigger, dev, work, &st)
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			st.Rollout, st.GrantedSpec = rs, ""
+			if rs.State == api.RolloutGranted {
+				st.GrantedSpec = dev.Hash()
+			}
+			if !ok {
+				a.held, a.holdRetry = true, retry
+				a.log.Info("holding commit for the rollout", "commit", work.Commit, "reason", rs.Reason, "wave", rs.Wave, "msg", rs.Message)
+				work, dev = nil, nil
+			}
+		}
+	}
+	if a.held {
+		a.metrics.holding.Set(1)
+	} else {
+		a.metrics.holding.Set(0)
+	}
+
 	// Without a usable new commit, the applied one is converged again when
 	// the stages may have drifted from it (start, a failed pass, drift).
 	if work == nil && st.Applied.Commit != "" && (force || !st.Converged) {
@@ -423,6 +460,7 @@ func (a *Agent) status(st *State, problem *api.Problem, specErrs []string) api.S
 		Time:       a.now().UTC(),
 		Agent:      version.String(),
 		Commit:     api.CommitStatus{Attempted: st.Attempted.Commit, Applied: st.Applied.Commit, SpecHash: st.Applied.SpecHash},
+		Rollout:    st.Rollout,
 	}
 	if a.applied != nil {
 		s.Groups = a.applied.Groups
@@ -505,7 +543,14 @@ func transition(prev, next *api.Status) bool {
 		}
 		return p.Kind + "/" + p.Reason + "/" + p.Message
 	}
-	return prev.State != next.State || prev.Commit != next.Commit || reason(prev.Problem) != reason(next.Problem)
+	standing := func(r *api.RolloutStatus) string {
+		if r == nil {
+			return ""
+		}
+		return r.Commit + "/" + r.State + "/" + r.Reason + "/" + r.Wave
+	}
+	return prev.State != next.State || prev.Commit != next.Commit || reason(prev.Problem) != reason(next.Problem) ||
+		standing(prev.Rollout) != standing(next.Rollout)
 }
 
 func sourceProblem(err error) *api.Problem {
@@ -692,6 +737,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		case rep.Status.Problem != nil && rep.Status.Problem.Kind == "waiting":
 			wait = bo.Next()
 			a.log.Info("pass waiting; retrying", "reason", rep.Status.Problem.Reason, "in", wait.Round(time.Millisecond), "failures", bo.Failures())
+		case a.held && a.holdRetry == 0:
+			// Held because the hub is out of reach: back off as for any wait.
+			wait = bo.Next()
+		case a.held:
+			// Held for the rollout: the hub pokes when the wave opens; ask
+			// again by then anyway, in case the poke is lost.
+			bo.Reset()
+			wait = min(backoff.Jitter(a.cfg.PollInterval.D(), a.cfg.PollJitter, nil), backoff.Jitter(a.holdRetry, 0.2, nil))
 		default:
 			bo.Reset()
 			wait = backoff.Jitter(a.cfg.PollInterval.D(), a.cfg.PollJitter, nil)

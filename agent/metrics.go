@@ -16,6 +16,8 @@ type metrics struct {
 	outboxDepth prometheus.Gauge
 	outboxDrops prometheus.Counter
 	drops       uint64 // outboxDrops' value: the outbox's own count, which persists
+	holding     prometheus.Gauge
+	grants      *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -50,8 +52,16 @@ func newMetrics() *metrics {
 			Name: "shoal_agent_outbox_dropped_total",
 			Help: "Status reports dropped because the outbox was full, over the agent's life (kept across restarts).",
 		}),
+		holding: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "shoal_agent_rollout_holding",
+			Help: "1 while the agent holds a newer commit back, waiting for the hub's grant (see its status: reason and wave).",
+		}),
+		grants: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_agent_rollout_grant_requests_total",
+			Help: "Rollout grant requests by outcome: granted, waiting, refused, invalid (forged or replayed), unreachable.",
+		}, []string{"outcome"}),
 	}
-	m.reg.MustRegister(m.passSeconds, m.passes, m.lastSuccess, m.commit, m.errors, m.outboxDepth, m.outboxDrops,
+	m.reg.MustRegister(m.passSeconds, m.passes, m.lastSuccess, m.commit, m.errors, m.outboxDepth, m.outboxDrops, m.holding, m.grants,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

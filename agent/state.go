@@ -30,6 +30,13 @@ type State struct {
 	Passes uint64 `json:"passes"`
 	// LastPass is the last pass's summary, as reported.
 	LastPass *Report `json:"lastPass,omitempty"`
+	// Rollout is the device's standing on the newest commit it knows while
+	// the fleet declares a rollout: held (and why), granted, or applied
+	// offline; reported with every status.
+	Rollout *api.RolloutStatus `json:"rollout,omitempty"`
+	// GrantedSpec is the spec hash Rollout's grant was for, so the same
+	// commit is not asked for again.
+	GrantedSpec string `json:"grantedSpec,omitempty"`
 }
 
 // Applied is the last good commit.

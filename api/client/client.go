@@ -454,6 +454,14 @@ func (c *Client) Grant(ctx context.Context, req *api.GrantRequest) (*api.GrantRe
 	return &res, nil
 }
 
+// HubCA returns the hub CA certificate (PEM) of the current certificate:
+// what grants are checked against.
+func (c *Client) HubCA() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return []byte(c.cert.CA)
+}
+
 // Nonce asks the hub for a fresh attestation nonce.
 func (c *Client) Nonce(ctx context.Context) (*api.Nonce, error) {
 	var n api.Nonce

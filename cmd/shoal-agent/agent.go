@@ -28,6 +28,8 @@ type agentWiring struct {
 	Stages   func(cfg *agent.Config, log *slog.Logger) ([]agent.Stage, error)
 	Reporter func(cfg *agent.Config, log *slog.Logger) (agent.Reporter, error)
 	Poker    func(cfg *agent.Config, log *slog.Logger) (agent.Poker, error)
+	// Granter asks for rollout grants; nil or a nil result: no hub to ask.
+	Granter func(cfg *agent.Config, log *slog.Logger) (agent.Granter, error)
 	// Collectors are the parts' metrics, read after the funcs above ran.
 	Collectors func() []prometheus.Collector
 	// Started runs once the daemon's agent exists (e.g. to watch Docker events).
@@ -125,6 +127,11 @@ func runAgent(ctx context.Context, cmd *cobra.Command, w agentWiring, once bool)
 			return err
 		}
 	}
+	if w.Granter != nil {
+		if o.Granter, err = w.Granter(cfg, log); err != nil {
+			return err
+		}
+	}
 	// The stick and a queued enrolment: the daemon only.
 	var prov *provisioner
 	if !once {
@@ -148,6 +155,9 @@ func runAgent(ctx context.Context, cmd *cobra.Command, w agentWiring, once bool)
 		o.Stages = append([]agent.Stage{prov}, o.Stages...)
 		if o.Reporter == nil {
 			o.Reporter, o.Poker = prov.hub, prov.hub
+			if o.Granter != nil {
+				o.Granter = prov.hub
+			}
 			// A device that enrols while the daemon runs attests once it has.
 			for _, s := range o.Stages {
 				if ts, ok := s.(*agent.TrustStage); ok && ts.Attester != nil && ts.Hub == nil {

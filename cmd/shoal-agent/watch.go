@@ -389,6 +389,27 @@ func (h *lateHub) Nonce(ctx context.Context) (*api.Nonce, error) {
 	}
 }
 
+// Grant asks for a rollout grant once the device has enrolled; before, the
+// hub is out of reach and the fleet's offline policy decides.
+func (h *lateHub) Grant(ctx context.Context, req *api.GrantRequest) (*api.GrantResponse, error) {
+	select {
+	case <-h.ready:
+		return h.c.Grant(ctx, req)
+	default:
+		return nil, errNotEnrolled
+	}
+}
+
+// HubCA is the hub CA grants are checked against, once enrolled.
+func (h *lateHub) HubCA() []byte {
+	select {
+	case <-h.ready:
+		return h.c.HubCA()
+	default:
+		return nil
+	}
+}
+
 // Attest sends a quote once the device has enrolled.
 func (h *lateHub) Attest(ctx context.Context, req *api.AttestRequest) (*api.AttestResult, error) {
 	select {

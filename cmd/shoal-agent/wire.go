@@ -69,6 +69,19 @@ func (p *parts) wiring() agentWiring {
 			}
 			return p.hub, nil
 		},
+		Granter: func(cfg *agent.Config, log *slog.Logger) (agent.Granter, error) {
+			if err := p.open(cfg, log); err != nil {
+				return nil, err
+			}
+			switch {
+			case p.hub != nil:
+				return p.hub, nil
+			case cfg.HubURL != "" || len(cfg.Relays) > 0:
+				// A hub, but no certificate yet: it cannot be asked.
+				return notEnrolled{}, nil
+			}
+			return nil, nil
+		},
 		Collectors: func() []prometheus.Collector { return p.collectors },
 		Started: func(ctx context.Context, a *agent.Agent, log *slog.Logger) {
 			if p.hub != nil {
@@ -351,3 +364,13 @@ func (s *collectorSink) MustRegister(cs ...prometheus.Collector) {
 }
 
 func (s *collectorSink) Unregister(prometheus.Collector) bool { return false }
+
+// notEnrolled is the Granter of a device with a hub configured that has not
+// enrolled: every grant request fails, and the fleet's offline policy decides.
+type notEnrolled struct{}
+
+func (notEnrolled) Grant(context.Context, *api.GrantRequest) (*api.GrantResponse, error) {
+	return nil, errNotEnrolled
+}
+
+func (notEnrolled) HubCA() []byte { return nil }
