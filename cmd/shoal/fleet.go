@@ -294,17 +294,23 @@ commit before pushing it, e.g. shoal diff origin/main HEAD .
 
 Revisions are anything Git resolves: a branch, tag, commit or HEAD~1.
 
+When the fleet declares a rollout, each changed device also shows the wave
+it falls in when the hub rolls REV2 out to devices that run REV1 (devices
+that run something else when the rollout starts may shift the waves).
+
 Exit codes: 0 ok (whether or not anything changes), 1 invalid (either
 revision does not validate), 2 usage error.`,
 		Args: exactArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			errw := cmd.ErrOrStderr()
 			renders := make([]map[string]*spec.Device, 2)
+			var hash2 string
 			for i, rev := range args[:2] {
 				fsys, hash, err := gitfs.Open(args[2], rev)
 				if err != nil {
 					return err
 				}
+				hash2 = hash
 				m, ok := renderRev(errw, fsys, rev, hash, device)
 				if !ok {
 					return silentError{exitInvalid}
@@ -325,11 +331,17 @@ revision does not validate), 2 usage error.`,
 			type deviceDiff struct {
 				ID      string        `json:"id"`
 				Changes []spec.Change `json:"changes"`
+				Rollout *wavePlace    `json:"rollout,omitempty"`
 			}
+			places := placeWaves(renders[0], renders[1], hash2)
 			var diffs []deviceDiff
 			for _, id := range sorted {
 				if ch := spec.Diff(renders[0][id], renders[1][id]); len(ch) > 0 {
-					diffs = append(diffs, deviceDiff{ID: id, Changes: ch})
+					dd := deviceDiff{ID: id, Changes: ch}
+					if p, ok := places[id]; ok {
+						dd.Rollout = &p
+					}
+					diffs = append(diffs, dd)
 				}
 			}
 			out := cmd.OutOrStdout()
@@ -346,12 +358,18 @@ revision does not validate), 2 usage error.`,
 				case renders[1][d.ID] == nil:
 					what = "is removed"
 				}
+				if d.Rollout != nil {
+					what += " (rollout: " + d.Rollout.String() + ")"
+				}
 				fmt.Fprintf(out, "device %s %s:\n", d.ID, what)
 				for _, c := range d.Changes {
 					fmt.Fprintf(out, "  %s\n", c)
 				}
 			}
 			fmt.Fprintf(out, "%d of %d devices change between %s and %s\n", len(diffs), len(sorted), args[0], args[1])
+			if len(places) > 0 {
+				fmt.Fprintf(out, "rollout of %.12s: %s\n", hash2, waveSummary(places))
+			}
 			return nil
 		},
 	}

@@ -88,6 +88,7 @@ Exit codes: 0 ok, 1 invalid input or failed operation, 2 usage error.`,
 		newKeysCmd(),
 		newReceiptsCmd(),
 		newRelayCmd(),
+		newRolloutCmd(),
 	)
 	return root
 }
