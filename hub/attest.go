@@ -166,10 +166,9 @@ type FleetPolicy struct {
 	Load   func(ctx context.Context) (FleetRevision, error)
 	Logger *slog.Logger // nil discards
 
-	mu  sync.Mutex // one refresh at a time
-	cur atomic.Pointer[loadedFleet]
-	// refreshNow asks Run for a refresh before its next tick.
-	refreshNow chan struct{}
+	mu      sync.Mutex // one refresh at a time
+	started time.Time  // when the last refresh began, under mu
+	cur     atomic.Pointer[loadedFleet]
 }
 
 // FleetRevision is one read of the fleet repo.
@@ -198,21 +197,6 @@ func (p *FleetPolicy) Current() (*spec.Fleet, string, string) {
 	return nil, "", ""
 }
 
-// RefreshSoon asks Run to read the fleet again now (a device asked for a
-// grant for a commit the hub has not seen). It never blocks.
-func (p *FleetPolicy) RefreshSoon() {
-	p.mu.Lock()
-	ch := p.refreshNow
-	p.mu.Unlock()
-	if ch == nil {
-		return
-	}
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
-}
-
 // Revision returns the revision of the fleet in use, "" before the first load.
 func (p *FleetPolicy) Revision() string {
 	if lf := p.cur.Load(); lf != nil {
@@ -233,6 +217,22 @@ func (p *FleetPolicy) log() *slog.Logger {
 func (p *FleetPolicy) Refresh(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return p.refresh(ctx)
+}
+
+// RefreshSince reads the fleet again unless a read began after t: many
+// callers that saw the same news at once cause one read.
+func (p *FleetPolicy) RefreshSince(ctx context.Context, t time.Time) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started.After(t) {
+		return nil
+	}
+	return p.refresh(ctx)
+}
+
+func (p *FleetPolicy) refresh(ctx context.Context) error {
+	p.started = time.Now()
 	fr, err := p.Load(ctx)
 	if err != nil {
 		return fmt.Errorf("fleet: %w", err)
@@ -270,23 +270,16 @@ func (p *FleetPolicy) Run(ctx context.Context, pokes Pokes, interval, check time
 	if pokes != nil {
 		seen, _ = pokes.LatestPoke(ctx)
 	}
-	now := make(chan struct{}, 1)
-	p.mu.Lock()
-	p.refreshNow = now
-	p.mu.Unlock()
 	next := time.Now().Add(interval)
 	t := time.NewTicker(check)
 	defer t.Stop()
 	for {
-		asked := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-now:
-			asked = true
 		}
-		due := asked || !time.Now().Before(next)
+		due := !time.Now().Before(next)
 		if pokes != nil {
 			if id, err := pokes.LatestPoke(ctx); err == nil && id != seen {
 				seen, due = id, true

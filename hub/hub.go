@@ -270,6 +270,12 @@ func (h *Hub) Run(ctx context.Context, l net.Listener) error {
 		go func() { defer h.wg.Done(); h.watchDevices(bg, h.watch) }()
 	}
 	if h.ro != nil {
+		// The lease holder is this host and listening address: a hub
+		// restarted in its place (after a crash) takes its lease back at
+		// once instead of waiting for it to expire. No other process can
+		// listen there while this one does.
+		host, _ := os.Hostname()
+		h.ro.holder = host + "/" + l.Addr().String()
 		h.wg.Add(1)
 		go func() { defer h.wg.Done(); h.ro.run(bg) }()
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -49,11 +50,12 @@ type rollouts struct {
 	wake   chan struct{}
 
 	// The leader's state, touched only by run.
-	leader  bool
-	renewAt time.Time
-	st      *rollout.State
-	obs     map[string]rollout.Observation
-	judged  map[string]uint64 // device → seq of the report last judged for st
+	leader   bool
+	renewAt  time.Time
+	st       *rollout.State
+	obs      map[string]rollout.Observation
+	verdicts map[string]store.DeviceLatest // the hub's attestation verdicts
+	judged   map[string]judgedAt           // what the device was last judged on, for st
 
 	renderMu  sync.Mutex
 	renderRev string
@@ -78,6 +80,7 @@ func newRollouts(h *Hub, fleet *FleetPolicy, tick, lease time.Duration) *rollout
 	host, _ := os.Hostname()
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
+	// Run replaces the holder with the listening address, which is stable across restarts.
 	if tick <= 0 {
 		tick = 500 * time.Millisecond
 	}
@@ -86,7 +89,7 @@ func newRollouts(h *Hub, fleet *FleetPolicy, tick, lease time.Duration) *rollout
 	}
 	return &rollouts{h: h, fleet: fleet, holder: fmt.Sprintf("%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b)),
 		tick: tick, lease: lease, log: h.log.With("part", "rollout"), wake: make(chan struct{}, 1),
-		obs: map[string]rollout.Observation{}, judged: map[string]uint64{}, notTarget: map[string]time.Time{}}
+		obs: map[string]rollout.Observation{}, verdicts: map[string]store.DeviceLatest{}, judged: map[string]judgedAt{}, notTarget: map[string]time.Time{}}
 }
 
 // poke asks for a controller step soon.
@@ -153,7 +156,7 @@ func (r *rollouts) step(ctx context.Context) error {
 		}
 		if !r.leader {
 			r.log.Info("this hub decides rollouts", "holder", r.holder)
-			r.obs, r.judged, r.st = map[string]rollout.Observation{}, map[string]uint64{}, nil
+			r.obs, r.verdicts, r.judged, r.st = map[string]rollout.Observation{}, map[string]store.DeviceLatest{}, map[string]judgedAt{}, nil
 		}
 		r.leader, r.renewAt = true, now.Add(r.lease/3)
 		r.h.m.rolloutLeader.Set(1)
@@ -324,35 +327,42 @@ func (r *rollouts) resume(ctx context.Context) error {
 }
 
 // observe reads the latest report of every device whose latest seq moved
-// since the last step, and returns the devices with news.
+// since the last step, and the hub's attestation verdicts, and returns the
+// devices with news.
 func (r *rollouts) observe(ctx context.Context) ([]string, error) {
 	var refs []store.ReportRef
-	err := r.h.st.LatestSeqs(ctx, func(id string, seq uint64) {
-		if seq > 0 && seq > r.obs[id].Seq {
-			refs = append(refs, store.ReportRef{DeviceID: id, Seq: seq})
+	var news []string
+	err := r.h.st.LatestSeqs(ctx, func(d store.DeviceLatest) {
+		if d.Seq > 0 && d.Seq > r.obs[d.ID].Seq {
+			refs = append(refs, store.ReportRef{DeviceID: d.ID, Seq: d.Seq})
+		}
+		if v, ok := r.verdicts[d.ID]; d.AttestOK != nil && (!ok || !v.AttestTime.Equal(d.AttestTime)) {
+			r.verdicts[d.ID] = d
+			news = append(news, d.ID)
 		}
 	})
-	if err != nil || len(refs) == 0 {
-		return nil, err
-	}
-	bodies, err := r.h.st.ReportBodies(ctx, refs)
 	if err != nil {
 		return nil, err
 	}
-	fresh := make([]string, 0, len(bodies))
-	for ref, b := range bodies {
-		var s api.Status
-		if err := json.Unmarshal(b, &s); err != nil {
-			continue // stored after validation: cannot happen
+	if len(refs) > 0 {
+		bodies, err := r.h.st.ReportBodies(ctx, refs)
+		if err != nil {
+			return nil, err
 		}
-		o := rollout.Observe(&s)
-		o.Seq = ref.Seq
-		r.obs[ref.DeviceID] = o
-		fresh = append(fresh, ref.DeviceID)
+		for ref, b := range bodies {
+			var s api.Status
+			if err := json.Unmarshal(b, &s); err != nil {
+				continue // stored after validation: cannot happen
+			}
+			o := rollout.Observe(&s)
+			o.Seq = ref.Seq
+			r.obs[ref.DeviceID] = o
+			news = append(news, ref.DeviceID)
+		}
+		r.h.m.rolloutReports.Add(float64(len(bodies)))
 	}
-	r.h.m.rolloutReports.Add(float64(len(fresh)))
-	sort.Strings(fresh)
-	return fresh, nil
+	sort.Strings(news)
+	return slices.Compact(news), nil
 }
 
 // renderAt returns device id rendered at the fleet revision rev, cached per revision.
@@ -414,7 +424,7 @@ func (r *rollouts) start(ctx context.Context, now time.Time, f *spec.Fleet, rev,
 		return err
 	}
 	var ids []string
-	if err := r.h.st.LatestSeqs(ctx, func(id string, _ uint64) { ids = append(ids, id) }); err != nil {
+	if err := r.h.st.LatestSeqs(ctx, func(d store.DeviceLatest) { ids = append(ids, d.ID) }); err != nil {
 		return err
 	}
 	policies := map[string]*spec.Rollout{}
@@ -461,7 +471,7 @@ func (r *rollouts) start(ctx context.Context, now time.Time, f *spec.Fleet, rev,
 	}
 	s.ID = id
 	r.st = s
-	r.judged = map[string]uint64{}
+	r.judged = map[string]judgedAt{}
 	tracks := make([]string, 0, len(policies))
 	for t := range policies {
 		tracks = append(tracks, fmt.Sprintf("%s (%d waves)", t, len(s.Waves[t])))
@@ -616,20 +626,35 @@ func (r *rollouts) judge(ctx context.Context, now time.Time, fresh []string, c *
 	for _, id := range fresh {
 		m := s.Members[id]
 		o, ok := r.obs[id]
-		if m == nil || !ok || r.judged[id] >= o.Seq {
+		verdict := r.verdicts[id]
+		at := judgedAt{seq: o.Seq, attest: verdict.AttestTime}
+		if m == nil || !ok || r.judged[id] == at {
 			continue
 		}
-		r.judged[id] = o.Seq
+		r.judged[id] = at
+		// The attestation gate takes the hub's own verdict on a quote made
+		// since the device was granted the commit, not the device's word:
+		// a device that cannot reach the hub has no verdict, not a failed one.
+		o.AttestOK = nil
+		if since := m.Granted; !since.IsZero() && verdict.AttestOK != nil && verdict.AttestTime.After(since) {
+			o.AttestOK = verdict.AttestOK
+		}
 		p := s.Policies[m.Track]
 		if p == nil {
 			continue
 		}
+		if o.Applied == s.Commit && m.Granted.IsZero() {
+			// Grants are written by whichever hub answered: read it back.
+			sm, err := r.h.st.RolloutMember(ctx, s.ID, m.Device)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			m.Granted, m.GrantID = sm.Granted, sm.GrantID
+		}
 		// A member the hub knew to run another spec when the rollout began
 		// must have been granted the commit before it runs it.
 		if o.Applied == s.Commit && o.SpecHash != m.FromSpec && m.FromSpec != "" && m.Granted.IsZero() && m.Flag == "" && m.Why != rollout.WhyRevert {
-			if err := r.checkUngranted(ctx, now, m, p, o, c); err != nil {
-				return err
-			}
+			r.checkUngranted(now, m, p, o, c)
 		}
 		if m.Flag != "" {
 			continue
@@ -640,21 +665,20 @@ func (r *rollouts) judge(ctx context.Context, now time.Time, fresh []string, c *
 	return nil
 }
 
+// judgedAt is what a member was last judged on: its report and the hub's
+// attestation verdict.
+type judgedAt struct {
+	seq    uint64
+	attest time.Time
+}
+
 // checkUngranted refuses the report of a member that runs the commit with
 // no grant on record, unless its offline policy (apply) or a USB bundle
 // explains it: the member is flagged, counted failed, and the lie recorded.
-func (r *rollouts) checkUngranted(ctx context.Context, now time.Time, m *rollout.Member, p *spec.Rollout, o rollout.Observation, c *rollout.Changes) error {
-	sm, err := r.h.st.RolloutMember(ctx, r.st.ID, m.Device)
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return err
-	}
-	if !sm.Granted.IsZero() {
-		m.Granted, m.GrantID = sm.Granted, sm.GrantID
-		return nil
-	}
+func (r *rollouts) checkUngranted(now time.Time, m *rollout.Member, p *spec.Rollout, o rollout.Observation, c *rollout.Changes) {
 	if ro := o.Rollout; ro != nil && ro.Commit == r.st.Commit {
 		if ro.State == api.RolloutBundle || (ro.State == api.RolloutOfflineApplied && p.Offline == spec.OfflineApply) {
-			return nil
+			return
 		}
 	}
 	m.Flag, m.Verdict, m.Gates = "ungranted", rollout.Failed, []string{rollout.GateGranted}
@@ -667,7 +691,6 @@ func (r *rollouts) checkUngranted(ctx context.Context, now time.Time, m *rollout
 		Message: fmt.Sprintf("device %q reports commit %s applied (report %d, %s), but the hub never granted it; its report is not counted as healthy", m.Device, short(r.st.Commit), o.Seq, claim)})
 	r.h.m.rolloutRefused.WithLabelValues("ungranted").Inc()
 	r.log.Warn("device reports a commit it was never granted", "device", m.Device, "commit", short(r.st.Commit), "seq", o.Seq)
-	return nil
 }
 
 // invalidate drops the cached view, so this hub's next grant or page reads the store.

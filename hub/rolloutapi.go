@@ -29,12 +29,24 @@ func (h *Hub) handleGrant(w http.ResponseWriter, r *http.Request, d store.Device
 	}
 	ctx := r.Context()
 	now := h.o.Now()
+	asked := time.Now()
 	ro := h.ro
 	if ro == nil {
 		h.grant(w, r, d, &req, nil, "no-rollout")
 		return
 	}
 	f, rev, _ := ro.fleet.Current()
+	if f != nil && rev != "" && req.Commit != rev {
+		// The device may have fetched a commit this hub has not read yet
+		// (a push and its poke race the hub's refresh): read the fleet repo
+		// once, for every request that comes meanwhile, before refusing.
+		rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		if err := ro.fleet.RefreshSince(rctx, asked); err != nil && rctx.Err() == nil {
+			ro.log.Warn("fleet refresh for a grant request failed", "err", err)
+		}
+		cancel()
+		f, rev, _ = ro.fleet.Current()
+	}
 	switch {
 	case f == nil:
 		writeError(w, http.StatusServiceUnavailable, api.ReasonUnavailable, "the hub has not read the fleet repo yet")
@@ -44,11 +56,10 @@ func (h *Hub) handleGrant(w http.ResponseWriter, r *http.Request, d store.Device
 		h.grant(w, r, d, &req, nil, "no-rollout")
 		return
 	case req.Commit != rev:
-		ro.fleet.RefreshSoon()
 		ro.recordNotTarget(ctx, d.ID, req.Commit, rev, now)
 		h.m.rolloutGrants.WithLabelValues("refused").Inc()
 		writeError(w, http.StatusConflict, api.ReasonNotTarget,
-			fmt.Sprintf("commit %s is not the commit this hub rolls out (%s); the hub reads the fleet repo again", short(req.Commit), short(rev)))
+			fmt.Sprintf("commit %s is not the commit this hub rolls out (%s), nor the newest of the fleet repo it just read", short(req.Commit), short(rev)))
 		return
 	case !f.HasRollout():
 		h.grant(w, r, d, &req, nil, "no-rollout")

@@ -95,6 +95,16 @@ type RolloutStep struct {
 	Events    []RolloutEvent
 }
 
+// DeviceLatest is what LatestSeqs says of a device.
+type DeviceLatest struct {
+	ID  string
+	Seq uint64
+	// AttestOK is the hub's verdict on the device's last quote (nil: none),
+	// made at AttestTime.
+	AttestOK   *bool
+	AttestTime time.Time
+}
+
 // ReportRef names one stored report.
 type ReportRef struct {
 	DeviceID string
@@ -146,8 +156,9 @@ type Rollouts interface {
 	// GrantedFromSpecs returns, for each device, the specs it ran before
 	// the commits it was granted in rollouts older than id.
 	GrantedFromSpecs(ctx context.Context, id int64) (map[string][]string, error)
-	// LatestSeqs calls fn with every unrevoked device's latest report seq (0: none).
-	LatestSeqs(ctx context.Context, fn func(id string, seq uint64)) error
+	// LatestSeqs calls fn with every unrevoked device's latest report seq
+	// (0: none) and the hub's last attestation verdict on it.
+	LatestSeqs(ctx context.Context, fn func(DeviceLatest)) error
 	// ReportBodies returns the bodies of the reports named, by ref; missing ones are left out.
 	ReportBodies(ctx context.Context, refs []ReportRef) (map[ReportRef][]byte, error)
 }
@@ -557,8 +568,8 @@ func (s *sqlStore) GrantedFromSpecs(ctx context.Context, id int64) (map[string][
 	return out, rows.Err()
 }
 
-func (s *sqlStore) LatestSeqs(ctx context.Context, fn func(id string, seq uint64)) error {
-	st, err := s.prep(ctx, s.r, `SELECT id, latest_seq FROM devices WHERE revoked = 0`)
+func (s *sqlStore) LatestSeqs(ctx context.Context, fn func(DeviceLatest)) error {
+	st, err := s.prep(ctx, s.r, `SELECT id, latest_seq, attest_ok, attest_time FROM devices WHERE revoked = 0`)
 	if err != nil {
 		return fmt.Errorf("latest seqs: %w", err)
 	}
@@ -568,12 +579,18 @@ func (s *sqlStore) LatestSeqs(ctx context.Context, fn func(id string, seq uint64
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var id string
-		var seq int64
-		if err := rows.Scan(&id, &seq); err != nil {
+		var d DeviceLatest
+		var seq, at int64
+		var ok sql.NullInt64
+		if err := rows.Scan(&d.ID, &seq, &ok, &at); err != nil {
 			return fmt.Errorf("latest seqs: %w", err)
 		}
-		fn(id, uint64(seq))
+		d.Seq, d.AttestTime = uint64(seq), fromNanos(at)
+		if ok.Valid {
+			v := ok.Int64 == 1
+			d.AttestOK = &v
+		}
+		fn(d)
 	}
 	return rows.Err()
 }

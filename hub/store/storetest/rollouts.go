@@ -237,12 +237,18 @@ func testReportReads(t *testing.T, s store.Store) {
 	if err := s.RevokeDevice(ctx, "r3", t0); err != nil {
 		t.Fatal(err)
 	}
-	seqs := map[string]uint64{}
-	if err := s.LatestSeqs(ctx, func(id string, seq uint64) { seqs[id] = seq }); err != nil {
+	if err := s.PutAttestation(ctx, store.Attestation{DeviceID: "r2", Time: t0.Add(time.Minute), OK: false, Result: []byte("{}")}); err != nil {
 		t.Fatal(err)
 	}
-	if len(seqs) != 2 || seqs["r1"] != 2 || seqs["r2"] != 1 {
-		t.Fatalf("latest seqs = %v", seqs)
+	seqs := map[string]store.DeviceLatest{}
+	if err := s.LatestSeqs(ctx, func(d store.DeviceLatest) { seqs[d.ID] = d }); err != nil {
+		t.Fatal(err)
+	}
+	if len(seqs) != 2 || seqs["r1"].Seq != 2 || seqs["r2"].Seq != 1 || seqs["r1"].AttestOK != nil {
+		t.Fatalf("latest seqs = %+v", seqs)
+	}
+	if r2 := seqs["r2"]; r2.AttestOK == nil || *r2.AttestOK || !r2.AttestTime.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("r2's attestation verdict = %+v", r2)
 	}
 	var refs []store.ReportRef
 	for i := range 450 { // more than one chunk
