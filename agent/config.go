@@ -269,6 +269,8 @@ update:
   # of /etc/os-release), and for simulated devices reboot_command (argv run
   # instead of systemctl reboot), booted_slot_file and boot_id_file (read
   # instead of the kernel's shoal.slot= and boot_id).
+  # And chunk_stores: casync chunk stores (directories, http(s) URLs) tried
+  # for a delta release's chunks before the release's own store.
 
 # Identity and time.
 trust:

@@ -185,6 +185,10 @@ func updateStatus(st updater.Status, want *spec.Release) *api.UpdateStatus {
 			out.Rollback.Time = st.Since // when the phase began: the rollback
 		}
 	}
+	if d := st.Delta; d != nil {
+		out.Delta = &api.DeltaStatus{Mode: d.Mode, Why: d.Why, Image: d.Image, Fetch: d.Fetch, Full: d.Full,
+			Seeded: d.Seeded, InPlace: d.InPlace, Fetched: d.Fetched, Refused: d.Refused}
+	}
 	return out
 }
 

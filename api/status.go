@@ -133,6 +133,33 @@ type UpdateStatus struct {
 	Progress float64   `json:"progress,omitempty"`
 	Since    time.Time `json:"since,omitempty"`
 	Rollback *Rollback `json:"rollback,omitempty"`
+	// Delta is how the install in flight, or the last one, got its image
+	// when the release has a chunk index.
+	Delta *DeltaStatus `json:"delta,omitempty"`
+}
+
+// DeltaStatus says how an OS install of a release with a chunk index gets its
+// image: the bytes it planned to fetch before it fetched any, against the full
+// image download, and why it downloads the full image when it does.
+type DeltaStatus struct {
+	Mode    string `json:"mode"`              // delta | full
+	Why     string `json:"why,omitempty"`     // why the full image: a machine reason (delta-above-share, …)
+	Image   int64  `json:"image"`             // bytes of the image
+	Fetch   int64  `json:"fetch"`             // bytes planned to fetch
+	Full    int64  `json:"full"`              // bytes of the full image download
+	Seeded  int64  `json:"seeded,omitempty"`  // bytes from the running slot
+	InPlace int64  `json:"inPlace,omitempty"` // bytes already in the target slot
+	Fetched int64  `json:"fetched"`           // bytes downloaded so far
+	Refused int    `json:"refused,omitempty"` // chunks refused as bad and fetched again
+}
+
+// Saved is the share of the full download a delta does not fetch; 0 for a
+// full download.
+func (d *DeltaStatus) Saved() float64 {
+	if d == nil || d.Mode != "delta" || d.Full <= 0 {
+		return 0
+	}
+	return 1 - float64(d.Fetch)/float64(d.Full)
 }
 
 // Rollback explains the last rollback: the failed check, exit code and last

@@ -30,3 +30,21 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	*d = Duration(v)
 	return nil
 }
+
+// Size is a byte count written as a number or a string with a unit k, m or g
+// (powers of 1024), like "200m", in specs and JSON.
+type Size int64
+
+// UnmarshalJSON reads a number of bytes or a string such as "200m".
+func (z *Size) UnmarshalJSON(b []byte) error {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	n, err := parseSize(v)
+	if err != nil {
+		return err
+	}
+	*z = Size(n)
+	return nil
+}

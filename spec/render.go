@@ -530,7 +530,7 @@ func dependencyCycle(apps []App) string {
 	return ""
 }
 
-// parseSize reads a memory size: a byte count, or a number with k, m or g (powers of 1024).
+// parseSize reads a size: a byte count, or a number with k, m or g (powers of 1024).
 func parseSize(v any) (int64, error) {
 	switch x := v.(type) {
 	case nil:
@@ -555,9 +555,9 @@ func parseSize(v any) (int64, error) {
 		}
 		f, err := strconv.ParseFloat(s, 64)
 		if err != nil {
-			return 0, fmt.Errorf("memory %q: want bytes or a number with k, m or g", x)
+			return 0, fmt.Errorf("size %q: want bytes or a number with k, m or g", x)
 		}
 		return int64(f * mult), nil
 	}
-	return 0, fmt.Errorf("memory: want bytes or a size like \"256m\", got %v", v)
+	return 0, fmt.Errorf("size: want bytes or a size like \"256m\", got %v", v)
 }

@@ -322,3 +322,50 @@ func TestAllErrorsReported(t *testing.T) {
 		t.Fatalf("errors:\n%v", err)
 	}
 }
+
+// TestDeltaReleaseAndPolicy: a release's delta and the update policy's
+// delta settings reach the device, with their defaults.
+func TestDeltaReleaseAndPolicy(t *testing.T) {
+	fsys := base()
+	fsys["releases/os-1.yaml"] = &fstest.MapFile{Data: []byte(`version: 1.2.3
+url: https://example/os.img.zst
+size: 100
+sha256: ` + strings.Repeat("b", 64) + `
+signature: c2ln
+delta:
+  index: https://example/os.caibx
+  sha256: ` + strings.Repeat("c", 64) + `
+  store: https://example/store/
+`)}
+	f, err := Load(fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := f.Render("d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dl := d.Release.Delta; dl == nil || dl.Index != "https://example/os.caibx" || dl.Store != "https://example/store/" || dl.SHA256 != strings.Repeat("c", 64) {
+		t.Fatalf("release delta %+v", d.Release.Delta)
+	}
+	if p := d.Update.Delta; !p.On() || p.Share() != 0.8 || p.Budget != 0 {
+		t.Fatalf("default delta policy %+v", p)
+	}
+	fsys["devices/d1.yaml"] = &fstest.MapFile{Data: []byte("labels:\n  role: web\nspec:\n  update:\n    delta:\n      enabled: false\n      fallback_share: 0.5\n      budget: 200m\n")}
+	if f, err = Load(fsys); err != nil {
+		t.Fatal(err)
+	}
+	if d, err = f.Render("d1"); err != nil {
+		t.Fatal(err)
+	}
+	if p := d.Update.Delta; p.On() || p.Share() != 0.5 || p.Budget != 200<<20 {
+		t.Fatalf("delta policy %+v", p)
+	}
+	fsys["devices/d1.yaml"] = &fstest.MapFile{Data: []byte("labels:\n  role: web\nspec:\n  update:\n    delta:\n      fallback_share: 1.5\n")}
+	if f, err = Load(fsys); err == nil {
+		_, err = f.Render("d1")
+	}
+	if err == nil || !strings.Contains(err.Error(), "fallback_share") {
+		t.Fatalf("fallback_share 1.5: %v", err)
+	}
+}

@@ -110,6 +110,17 @@ type Release struct {
 	Built      time.Time         `json:"built,omitempty"` // build time: a lower bound for the device clock
 	PCRs       map[string]string `json:"pcrs,omitempty"`  // PCR index -> expected hex digest (sha256 bank)
 	Chunks     *ChunkManifest    `json:"chunks,omitempty"`
+	Delta      *Delta            `json:"delta,omitempty"`
+}
+
+// Delta points at a chunk index (casync's .caibx) of the release's image and
+// the chunk store that holds its chunks, so a device fetches only the chunks
+// it lacks. The index's sha256 is signed; where the files are is not: they
+// may move to a mirror, a relay or a USB stick.
+type Delta struct {
+	Index  string `json:"index"`  // http(s)://, file:// or a path relative to the fleet repo
+	SHA256 string `json:"sha256"` // of the index file
+	Store  string `json:"store"`  // the chunk store: a directory or an http(s) URL
 }
 
 // ChunkManifest lets an interrupted download resume from the last verified chunk.
@@ -120,13 +131,39 @@ type ChunkManifest struct {
 
 // UpdatePolicy governs when and how the OS is updated.
 type UpdatePolicy struct {
-	Hold                  bool     `json:"hold,omitempty"` // no new installs until lifted
-	AllowDowngrade        bool     `json:"allow_downgrade,omitempty"`
-	Windows               []Window `json:"windows,omitempty"` // empty: any time
-	DownloadOutsideWindow bool     `json:"download_outside_window"`
-	TrialTimeout          Duration `json:"trial_timeout"` // health gate limit after a trial boot
-	BootLimit             int      `json:"boot_limit"`    // trial boots before the bootloader falls back
-	OfflineOK             bool     `json:"offline_ok,omitempty"`
+	Hold                  bool        `json:"hold,omitempty"` // no new installs until lifted
+	AllowDowngrade        bool        `json:"allow_downgrade,omitempty"`
+	Windows               []Window    `json:"windows,omitempty"` // empty: any time
+	DownloadOutsideWindow bool        `json:"download_outside_window"`
+	TrialTimeout          Duration    `json:"trial_timeout"` // health gate limit after a trial boot
+	BootLimit             int         `json:"boot_limit"`    // trial boots before the bootloader falls back
+	OfflineOK             bool        `json:"offline_ok,omitempty"`
+	Delta                 DeltaPolicy `json:"delta"`
+}
+
+// DeltaPolicy governs installs from a release's chunk index.
+type DeltaPolicy struct {
+	// Enabled uses a release's delta when it has one; nil means yes.
+	Enabled *bool `json:"enabled,omitempty"`
+	// FallbackShare: when the delta would fetch more than this share of the
+	// image (0 to 1), download the full image instead. 1: always the delta;
+	// 0: the default, 0.8.
+	FallbackShare float64 `json:"fallback_share,omitempty"`
+	// Budget bounds the bytes one install may download, delta or full; an
+	// install above it waits, reported, until the policy or release changes.
+	// 0: no budget.
+	Budget Size `json:"budget,omitempty"`
+}
+
+// On reports whether deltas are enabled.
+func (p DeltaPolicy) On() bool { return p.Enabled == nil || *p.Enabled }
+
+// Share is the fallback share, its default filled in.
+func (p DeltaPolicy) Share() float64 {
+	if p.FallbackShare <= 0 {
+		return 0.8
+	}
+	return p.FallbackShare
 }
 
 // Window is a weekly maintenance window in a time zone, e.g. days [mon, tue], 02:00-04:00 Europe/Berlin.

@@ -27,12 +27,16 @@ type Config struct {
 	// shoal.slot= and boot_id: for simulated devices, whose "bootloader" writes them.
 	BootedSlotFile string `json:"booted_slot_file,omitempty"`
 	BootIDFile     string `json:"boot_id_file,omitempty"`
+	// ChunkStores are tried for a delta release's chunks before the
+	// release's own store: directories or http(s) URLs of casync stores.
+	ChunkStores []string `json:"chunk_stores,omitempty"`
 }
 
 // Options turns c into Options with the real device's reboot, boot ID and
 // booted slot; the caller adds Logger, Now, Progress and the like.
 func (c Config) Options(stateDir string) (Options, error) {
-	o := Options{StateDir: stateDir, Slots: map[string]string{SlotA: c.SlotA, SlotB: c.SlotB}, RunningVersion: c.RunningVersion}
+	o := Options{StateDir: stateDir, Slots: map[string]string{SlotA: c.SlotA, SlotB: c.SlotB}, RunningVersion: c.RunningVersion,
+		ChunkStores: c.ChunkStores}
 	switch c.Bootloader {
 	case "uboot":
 		path := c.FwEnvConfig

@@ -18,6 +18,12 @@ type metrics struct {
 	installs  *prometheus.CounterVec
 	commits   prometheus.Counter
 	rollbacks prometheus.Counter
+
+	deltaPlan    *prometheus.GaugeVec
+	deltaFullDL  prometheus.Gauge
+	deltaFetched prometheus.Counter
+	deltaRefused prometheus.Counter
+	deltaFull    *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -34,7 +40,35 @@ func newMetrics() *metrics {
 		}, []string{"result"}),
 		commits:   prometheus.NewCounter(prometheus.CounterOpts{Name: "shoal_update_commits_total", Help: "Trial boots committed."}),
 		rollbacks: prometheus.NewCounter(prometheus.CounterOpts{Name: "shoal_update_rollbacks_total", Help: "Trial boots rolled back, by the gate, the operator or the bootloader."}),
+		deltaPlan: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "shoal_update_delta_plan_bytes",
+			Help: "Bytes of the image a delta install plans to take from each source: fetch (chunks to download, uncompressed), seed (the active slot), in_place (already in the target slot).",
+		}, []string{"source"}),
+		deltaFullDL: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "shoal_update_delta_full_download_bytes", Help: "Bytes the full image download of the release being installed takes: what a delta install is compared with.",
+		}),
+		deltaFetched: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_update_delta_fetched_bytes_total", Help: "Bytes downloaded for installs of releases with a delta, as sent (compressed chunks, or the full image after a fallback).",
+		}),
+		deltaRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "shoal_update_delta_chunks_refused_total", Help: "Chunks refused because their bytes did not match their ID; each is fetched again.",
+		}),
+		deltaFull: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_update_delta_full_downloads_total", Help: "Installs of a release with a delta that downloaded the full image instead, by reason.",
+		}, []string{"reason"}),
 	}
+}
+
+// setDelta shows an install's delta plan.
+func (m *metrics) setDelta(d *DeltaStatus) {
+	fetch := d.Fetch
+	if d.Mode == ModeFull {
+		fetch = 0
+	}
+	m.deltaPlan.WithLabelValues("fetch").Set(float64(fetch))
+	m.deltaPlan.WithLabelValues("seed").Set(float64(d.Seeded))
+	m.deltaPlan.WithLabelValues("in_place").Set(float64(d.InPlace))
+	m.deltaFullDL.Set(float64(d.Full))
 }
 
 func (m *metrics) setPhase(p Phase) {
@@ -50,7 +84,8 @@ func (m *metrics) setPhase(p Phase) {
 // Collectors returns the updater's metrics for the agent's registry.
 func (u *Updater) Collectors() []prometheus.Collector {
 	m := u.m
-	return []prometheus.Collector{m.phase, m.done, m.total, m.rate, m.eta, m.installs, m.commits, m.rollbacks}
+	return []prometheus.Collector{m.phase, m.done, m.total, m.rate, m.eta, m.installs, m.commits, m.rollbacks,
+		m.deltaPlan, m.deltaFullDL, m.deltaFetched, m.deltaRefused, m.deltaFull}
 }
 
 // Progress of the install in flight.

@@ -31,3 +31,25 @@ func TestSignedPayloadGolden(t *testing.T) {
 		t.Fatalf("payload:\n%s\nwant:\n%s", got, want)
 	}
 }
+
+// TestSignedPayloadV2Golden: a release with a delta signs v2, which adds the
+// index's digest; the index and store locations are not signed.
+func TestSignedPayloadV2Golden(t *testing.T) {
+	rel := &spec.Release{
+		Version: "2.0.0", Size: 10, SHA256: "ab",
+		Delta: &spec.Delta{Index: "https://ignored.example/os.caibx", Store: "https://ignored.example/store/", SHA256: "CD01"},
+	}
+	want := "shoal-release-v2\n" +
+		"version=2.0.0\n" +
+		"min-version=\n" +
+		"size=10\n" +
+		"sha256=ab\n" +
+		"chunk-size=0\n" +
+		"chunks-sha256=\n" +
+		"built=\n" +
+		"pcrs=\n" +
+		"delta-index-sha256=cd01\n"
+	if got := string(SignedPayload(rel)); got != want {
+		t.Fatalf("payload:\n%s\nwant:\n%s", got, want)
+	}
+}

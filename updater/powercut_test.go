@@ -181,11 +181,18 @@ func TestPowerCutChild(t *testing.T) {
 	}
 }
 
-// pcSetup builds a fresh device for one power-cut case.
-func pcSetup(t *testing.T, kind string) (*device, []byte) {
+// pcSetup builds a fresh device for one power-cut case. With withDelta the
+// release comes with a chunk index and store, and the device runs an image
+// it shares most chunks with.
+func pcSetup(t *testing.T, kind string, withDelta bool) (*device, []byte) {
 	d := newDevice(t, kind)
 	img := randBytes(t, 1<<20+5000)
 	rel := d.release("1.1.0", img)
+	if withDelta {
+		old := append(append([]byte(nil), img[:300<<10]...), randBytes(t, 200<<10)...)
+		d.setFactory(append(old, img[500<<10:]...))
+		rel, _ = d.deltaRelease("1.1.0", img)
+	}
 	b, _ := json.Marshal(rel)
 	writeFile(t, filepath.Join(d.dir, "release.json"), b)
 	writeFile(t, filepath.Join(d.dir, "key"), d.key.Seed())
@@ -258,15 +265,19 @@ func pcRun(t *testing.T, d *device, img []byte, at int, sick bool) int {
 
 func TestPowerCut(t *testing.T) {
 	for _, tc := range []struct {
-		kind string
-		sick bool
-	}{{"uboot", false}, {"uboot", true}, {"grub", false}, {"grub", true}} {
+		kind  string
+		sick  bool
+		delta bool
+	}{{"uboot", false, false}, {"uboot", true, false}, {"grub", false, false}, {"grub", true, false}, {"grub", false, true}} {
 		kind, name := tc.kind, tc.kind+"/commit"
 		if tc.sick {
 			name = tc.kind + "/rollback"
 		}
+		if tc.delta {
+			name += "/delta"
+		}
 		t.Run(name, func(t *testing.T) {
-			d, img := pcSetup(t, kind)
+			d, img := pcSetup(t, kind, tc.delta)
 			total := pcRun(t, d, img, 0, tc.sick)
 			t.Logf("fault points: %s", strings.Join(strings.Fields(string(fileBytes(t, filepath.Join(d.dir, "faults.log")))), " "))
 			if total < 10 {
@@ -275,7 +286,7 @@ func TestPowerCut(t *testing.T) {
 			safe := 0
 			for at := 1; at <= total; at++ {
 				ok := t.Run(fmt.Sprintf("cut-%02d", at), func(t *testing.T) {
-					d, img := pcSetup(t, kind)
+					d, img := pcSetup(t, kind, tc.delta)
 					pcRun(t, d, img, at, tc.sick)
 				})
 				if ok {

@@ -21,8 +21,15 @@ import (
 	"github.com/shoalfleet/shoal/spec"
 )
 
-// payloadHeader opens the signed payload; it names the payload's format version.
-const payloadHeader = "shoal-release-v1\n"
+// The signed payload's first line names its format version. A release with
+// a delta is signed as v2, which adds the index's digest; one without stays
+// v1, so every signature made before deltas existed still verifies. An agent
+// that knows only v1 cannot verify a v2 signature and refuses the release
+// (its schema refuses the delta field first).
+const (
+	payloadHeader   = "shoal-release-v1\n"
+	payloadHeaderV2 = "shoal-release-v2\n"
+)
 
 // SignedPayload is the exact byte string a release signature covers. It is
 // line-oriented text, so a person can reproduce it with printf:
@@ -37,14 +44,23 @@ const payloadHeader = "shoal-release-v1\n"
 //	built=<build time, RFC 3339 in UTC; empty when unset>
 //	pcrs=<expected PCRs as index=hex pairs sorted by index, comma-separated; empty when unset>
 //
+// A release with a delta is signed as shoal-release-v2: the same lines under
+// that first line, then
+//
+//	delta-index-sha256=<hex sha256 of the chunk index file>
+//
 // Build time and PCRs are signed because the device trusts them: the build
 // time is a lower bound for its clock, the PCRs are what attestation expects.
-// The URL and name are not signed: a release may move to a mirror or a USB
-// stick and stay valid. Size and digests describe the image as written to the
+// The URL and name are not signed, nor where the delta's index and store are:
+// a release may move to a mirror, a relay or a USB stick and stay valid. Size and digests describe the image as written to the
 // slot, so a compressed download is verified after decompression.
 func SignedPayload(rel *spec.Release) []byte {
 	var b strings.Builder
-	b.WriteString(payloadHeader)
+	if rel.Delta != nil {
+		b.WriteString(payloadHeaderV2)
+	} else {
+		b.WriteString(payloadHeader)
+	}
 	fmt.Fprintf(&b, "version=%s\n", rel.Version)
 	fmt.Fprintf(&b, "min-version=%s\n", rel.MinVersion)
 	fmt.Fprintf(&b, "size=%d\n", rel.Size)
@@ -80,6 +96,9 @@ func SignedPayload(rel *spec.Release) []byte {
 		pcrs[i] = k + "=" + strings.ToLower(rel.PCRs[k])
 	}
 	fmt.Fprintf(&b, "pcrs=%s\n", strings.Join(pcrs, ","))
+	if rel.Delta != nil {
+		fmt.Fprintf(&b, "delta-index-sha256=%s\n", strings.ToLower(rel.Delta.SHA256))
+	}
 	return []byte(b.String())
 }
 
@@ -149,6 +168,11 @@ func VerifyRelease(rel *spec.Release, roots []crypto.PublicKey) error {
 	}
 	if d, err := hex.DecodeString(rel.SHA256); err != nil || len(d) != sha256.Size {
 		return fmt.Errorf("release %q: %w: sha256 %q is not 64 hex digits", rel.Version, ErrInvalidRelease, rel.SHA256)
+	}
+	if d := rel.Delta; d != nil {
+		if b, err := hex.DecodeString(d.SHA256); err != nil || len(b) != sha256.Size {
+			return fmt.Errorf("release %q: %w: delta sha256 %q is not 64 hex digits", rel.Version, ErrInvalidRelease, d.SHA256)
+		}
 	}
 	if c := rel.Chunks; c != nil {
 		if c.Size <= 0 || int64(len(c.SHA256)) != (rel.Size+c.Size-1)/c.Size {

@@ -16,6 +16,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/shoalfleet/shoal/spec"
+	"github.com/shoalfleet/shoal/updater/delta"
 )
 
 const rssDir = "SHOAL_RSS_DIR"
@@ -44,7 +45,7 @@ func TestPeakRSSChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := u.Step(context.Background(), job.Release, spec.UpdatePolicy{}, pass)
+	st, err := u.Install(context.Background(), job.Release, spec.UpdatePolicy{})
 	if err != nil || st.Phase != PhaseRebooting {
 		t.Fatalf("%+v, %v", st, err)
 	}
@@ -58,8 +59,10 @@ func TestPeakRSSChild(t *testing.T) {
 }
 
 // TestPeakRSS installs a 256 MiB raw image and a 256 MiB zstd image (level 3
-// and best compression) in a child process each and checks the child's peak
-// RSS stays under 40 MB: memory does not grow with the image.
+// and best compression), and a 256 MiB image from a chunk index seeded from
+// an image that differs in a quarter of its megabytes, in a child process each
+// and checks the child's peak RSS stays under 40 MB: memory does not grow
+// with the image.
 func TestPeakRSS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("writes 256 MiB images")
@@ -72,10 +75,12 @@ func TestPeakRSS(t *testing.T) {
 	tests := []struct {
 		name  string
 		level zstd.EncoderLevel // 0: raw
+		delta bool
 	}{
-		{"raw", 0},
-		{"zstd default", zstd.SpeedDefault},
-		{"zstd best", zstd.SpeedBestCompression},
+		{"raw", 0, false},
+		{"zstd default", zstd.SpeedDefault, false},
+		{"zstd best", zstd.SpeedBestCompression, false},
+		{"delta", 0, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -93,18 +98,48 @@ func TestPeakRSS(t *testing.T) {
 				w = zw
 			}
 			h := newSHA()
+			var old *os.File
+			if tc.delta {
+				if old, err = os.Create(d.slots[SlotA]); err != nil {
+					t.Fatal(err)
+				}
+			}
 			for i := 0; i < size>>20; i++ {
 				blk[i%len(blk)]++ // half-compressible: no two blocks alike
 				half := blk[:len(blk)/2]
 				chunk := append(append([]byte{}, half...), make([]byte, len(blk)/2)...)
 				w.Write(chunk)
 				h.Write(chunk)
+				if old != nil {
+					if i%4 == 1 {
+						chunk = randBytes(t, len(chunk))
+					}
+					old.Write(chunk)
+				}
+			}
+			if old != nil {
+				old.Close()
 			}
 			if zw != nil {
 				zw.Close()
 			}
 			f.Close()
 			rel := &spec.Release{Version: "1.1.0", URL: img, Size: size, SHA256: hexSum(h)}
+			if tc.delta {
+				f, err := os.Open(img)
+				if err != nil {
+					t.Fatal(err)
+				}
+				store := filepath.Join(d.dir, "store")
+				res, err := delta.Make(context.Background(), f, store, delta.MakeOptions{})
+				f.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := res.Index.MarshalBinary()
+				writeFile(t, filepath.Join(d.dir, "image.caibx"), b)
+				rel.Delta = &spec.Delta{Index: filepath.Join(d.dir, "image.caibx"), SHA256: sha(b), Store: store}
+			}
 			d.sign(rel)
 			b, _ := json.Marshal(map[string]any{"Release": rel, "Seed": d.key.Seed()})
 			writeFile(t, filepath.Join(d.dir, "job.json"), b)

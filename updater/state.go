@@ -53,6 +53,7 @@ type state struct {
 	Release    *spec.Release     `json:"release,omitempty"`   // the target's full release, for resume
 	Check      checkpoint        `json:"checkpoint"`
 	Compressed bool              `json:"compressed,omitempty"`
+	Delta      *DeltaStatus      `json:"delta,omitempty"`  // how the install gets its image, if the release has a delta
 	BootID     string            `json:"bootID,omitempty"` // the boot in which a reboot was requested
 	TrialStart time.Time         `json:"trialStart,omitzero"`
 	Bad        map[string]string `json:"bad,omitempty"`      // release sha256 -> why it failed its trial

@@ -45,6 +45,7 @@ var (
 	ErrReleaseBad     = errors.New("release failed its trial before")
 	ErrRolledBack     = errors.New("update rolled back")
 	ErrNothingToDo    = errors.New("no update in a state that allows this")
+	ErrDeltaIndex     = errors.New("delta index refused")
 )
 
 // Machine reasons in Status.Reason, stable for the hub.
@@ -92,6 +93,9 @@ type Options struct {
 	Progress        io.Writer // a terminal to draw a progress bar on; nil: none
 	BufferSize      int       // bytes per write; default 4 MiB
 	CheckpointEvery int64     // bytes between resume checkpoints; default 64 MiB
+	// ChunkStores are tried for a delta's chunks before the release's own
+	// store: directories (a USB bundle's chunks) or http(s) URLs (a relay).
+	ChunkStores []string
 }
 
 // Updater drives the A/B update state machine of one device.
@@ -161,6 +165,10 @@ type Status struct {
 	Reason     string            `json:"reason,omitempty"` // machine reason of the last failure
 	Message    string            `json:"message,omitempty"`
 	Bad        map[string]string `json:"bad,omitempty"` // release sha256 -> why
+	// Delta is how the install in flight, or the last one, of a release
+	// with a chunk index gets its image: planned bytes, fetched bytes, and
+	// why it downloads the full image if it does.
+	Delta *DeltaStatus `json:"delta,omitempty"`
 }
 
 // session is one call's view: the state, the boot and the env, locked.
@@ -171,6 +179,9 @@ type session struct {
 	vars   map[string]string
 	next   time.Time // when the next update window opens, while waiting for it
 	unlock func()
+	// through: a delta install goes on after its plan in the same step
+	// (a manual install), instead of reporting the plan first.
+	through bool
 }
 
 func (u *Updater) open() (*session, error) {
@@ -247,8 +258,12 @@ func (u *Updater) status(s *session) Status {
 	st := s.st
 	out := Status{Phase: st.Phase, Since: st.Changed, BootedSlot: s.booted, Committed: st.Committed, Target: st.Target, Reason: st.Reason, Message: st.Error, NextWindow: s.next}
 	switch st.Reason {
-	case ReasonWindow, ReasonHeld, ReasonHealthWait:
+	case ReasonWindow, ReasonHeld, ReasonHealthWait, ReasonBudget:
 		out.Waiting = st.Reason
+	}
+	if st.Delta != nil {
+		d := *st.Delta
+		out.Delta = &d
 	}
 	if len(st.Bad) > 0 {
 		out.Bad = maps.Clone(st.Bad)
@@ -273,21 +288,30 @@ func (u *Updater) Status(ctx context.Context) (Status, error) {
 // (nil: no release wanted) under policy pol. It may download and install, set
 // the env and reboot (outside windows and holds), run the health gate of a
 // trial boot, and commit or roll back. The returned Status is valid with an error too.
+//
+// A delta install reports its plan first: the step that plans it returns
+// with the plan in Status.Delta, and the next step fetches.
 func (u *Updater) Step(ctx context.Context, rel *spec.Release, pol spec.UpdatePolicy, gate Gate) (Status, error) {
+	return u.run(ctx, rel, pol, gate, false)
+}
+
+// Install is the manual install: the same signature, version and bad-release
+// checks as Step, but windows and holds do not apply, since a person asked,
+// and a delta install goes on after its plan.
+func (u *Updater) Install(ctx context.Context, rel *spec.Release, pol spec.UpdatePolicy) (Status, error) {
+	pol.Hold, pol.Windows, pol.DownloadOutsideWindow = false, nil, true
+	return u.run(ctx, rel, pol, nil, true)
+}
+
+func (u *Updater) run(ctx context.Context, rel *spec.Release, pol spec.UpdatePolicy, gate Gate, through bool) (Status, error) {
 	s, err := u.open()
 	if err != nil {
 		return Status{}, err
 	}
 	defer s.unlock()
+	s.through = through
 	err = u.step(ctx, s, rel, pol, gate)
 	return u.status(s), err
-}
-
-// Install is the manual install: the same signature, version and bad-release
-// checks as Step, but windows and holds do not apply, since a person asked.
-func (u *Updater) Install(ctx context.Context, rel *spec.Release, pol spec.UpdatePolicy) (Status, error) {
-	pol.Hold, pol.Windows, pol.DownloadOutsideWindow = false, nil, true
-	return u.Step(ctx, rel, pol, nil)
 }
 
 func (u *Updater) step(ctx context.Context, s *session, rel *spec.Release, pol spec.UpdatePolicy, gate Gate) error {
@@ -393,7 +417,7 @@ func (u *Updater) step(ctx context.Context, s *session, rel *spec.Release, pol s
 		}
 		slot := otherSlot(s.booted)
 		st.Phase, st.Target, st.Release = PhaseDownloading, refOf(rel, slot), rel
-		st.Check, st.Compressed, st.Reason, st.Error = checkpoint{}, false, "", ""
+		st.Check, st.Compressed, st.Reason, st.Error, st.Delta = checkpoint{}, false, "", "", nil
 		if err := u.save(st); err != nil {
 			return err
 		}
@@ -403,8 +427,11 @@ func (u *Updater) step(ctx context.Context, s *session, rel *spec.Release, pol s
 		if !open && !pol.DownloadOutsideWindow {
 			return u.waitWindow(s, next)
 		}
-		if err := u.download(ctx, st); err != nil {
+		if err := u.download(ctx, s, pol); err != nil {
 			return err
+		}
+		if st.Phase != PhaseInstalled {
+			return nil // a delta's plan is reported first, or the budget holds it
 		}
 	}
 	if open, next, _ = windowState(pol.Windows, u.o.Now()); !open {
@@ -450,8 +477,21 @@ func checkVersion(committed *ReleaseRef, rel *spec.Release, pol spec.UpdatePolic
 	return "", nil
 }
 
-func (u *Updater) download(ctx context.Context, st *state) error {
+func (u *Updater) download(ctx context.Context, s *session, pol spec.UpdatePolicy) error {
+	st := s.st
 	rel := st.Release
+	if rel.Delta != nil && (st.Delta == nil || st.Delta.Mode == ModeDelta || st.Reason == ReasonBudget) {
+		if err := u.deltaInstall(ctx, s, pol); !errors.Is(err, errNoDelta) {
+			return err
+		}
+	}
+	if b := int64(pol.Delta.Budget); rel.Delta == nil && b > 0 {
+		if full := u.fullSize(ctx, rel); full-st.Check.Offset > b {
+			st.Reason = ReasonBudget
+			st.Error = fmt.Sprintf("waiting: the install needs %s, above the budget of %s", bytesIEC(full-st.Check.Offset), bytesIEC(b))
+			return nil
+		}
+	}
 	start := st.Check
 	if st.Compressed {
 		start = checkpoint{} // a compressed stream restarts: its decoder state is not saved
@@ -490,15 +530,11 @@ func (u *Updater) download(ctx context.Context, st *state) error {
 	if start.Offset > 0 {
 		u.log.Info("resuming download", "offset", start.Offset, "size", rel.Size)
 	}
-	w := &writer{
-		slot: u.o.Slots[st.Target.Slot], rel: rel, bufSize: u.o.BufferSize, every: u.o.CheckpointEvery,
-		save:     func(c checkpoint) error { st.Check = c; return u.save(st) },
-		fault:    u.fault,
-		progress: u.onProgress,
+	var counted io.Reader = r
+	if st.Delta != nil { // a full download instead of a delta: count what it fetches
+		counted = &countReader{r: r, n: &st.Delta.Fetched, m: u.m}
 	}
-	u.prog.start(u.o.Now(), start.Offset, rel.Size, u.o.Progress)
-	err = w.write(ctx, r, start)
-	u.prog.finish()
+	err = u.writeSlot(ctx, st, counted, start, nil)
 	switch {
 	case errors.Is(err, ErrVerify):
 		return u.verifyFailed(st, err)
@@ -506,6 +542,48 @@ func (u *Updater) download(ctx context.Context, st *state) error {
 		st.Reason, st.Error = ReasonDownload, err.Error()
 		return err
 	}
+	return u.installed(st)
+}
+
+// countReader counts the bytes a full download instead of a delta fetches.
+type countReader struct {
+	r io.Reader
+	n *int64
+	m *metrics
+}
+
+func (c *countReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	*c.n += int64(n)
+	c.m.deltaFetched.Add(float64(n))
+	return n, err
+}
+
+// writeSlot streams r, the uncompressed image from start on, into the target
+// slot, checkpointing into st (after calling onSave, if set).
+func (u *Updater) writeSlot(ctx context.Context, st *state, r io.Reader, start checkpoint, onSave func()) error {
+	rel := st.Release
+	w := &writer{
+		slot: u.o.Slots[st.Target.Slot], rel: rel, bufSize: u.o.BufferSize, every: u.o.CheckpointEvery,
+		save: func(c checkpoint) error {
+			st.Check = c
+			if onSave != nil {
+				onSave()
+			}
+			return u.save(st)
+		},
+		fault:    u.fault,
+		progress: u.onProgress,
+	}
+	u.prog.start(u.o.Now(), start.Offset, rel.Size, u.o.Progress)
+	err := w.write(ctx, r, start)
+	u.prog.finish()
+	return err
+}
+
+// installed records a written and verified slot.
+func (u *Updater) installed(st *state) error {
+	rel := st.Release
 	st.Phase, st.Check, st.Reason, st.Error = PhaseInstalled, checkpoint{}, "", ""
 	delete(st.BadSlots, st.Target.Slot)
 	if err := u.save(st); err != nil {

@@ -41,6 +41,7 @@ func (f *updateFlags) bind(cmd *cobra.Command) {
 	p.StringVar(&f.cfg.TrustRoots, "trust-roots", "", "PEM public keys (ed25519, ECDSA P-256) releases must be signed by (default: the config's update.trust_roots)")
 	p.StringVar(&f.cfg.RunningVersion, "running-version", "", "version of the running OS (default: the config's, else VERSION_ID of /etc/os-release)")
 	p.StringVar(&f.booted, "booted-slot", "", "slot the running system booted from (default: shoal.slot= on the kernel command line)")
+	p.StringArrayVar(&f.cfg.ChunkStores, "chunk-store", nil, "casync chunk store (directory or http(s) URL) tried for a delta release's chunks before its own; repeatable")
 }
 
 // errNoUpdates is returned when the device has no A/B updates configured.
@@ -173,6 +174,10 @@ func newUpdateInstallCmd(f *updateFlags) *cobra.Command {
 		Long: `install streams FILE or URL (http, https, file; raw, gzip or zstd) into the
 inactive slot, verifies it, sets the bootloader env to try it and reboots.
 
+A release with a delta (a casync chunk index and store) is assembled from the
+running slot and the chunks it lacks instead, each chunk checked; the plan,
+bytes to fetch against the full image, is printed with the status.
+
 The release metadata (version, size, sha256, signature; JSON as in a rendered
 device spec) comes from --release, by default FILE.release.json.`,
 		Args: func(_ *cobra.Command, args []string) error {
@@ -280,6 +285,9 @@ func printStatus(w io.Writer, st updater.Status, asJSON bool) error {
 	}
 	if p := st.Progress; p != nil && p.Total > 0 {
 		fmt.Fprintf(w, "progress:    %d of %d bytes (%.0f%%)\n", p.Bytes, p.Total, 100*float64(p.Bytes)/float64(p.Total))
+	}
+	if st.Delta != nil {
+		fmt.Fprintf(w, "download:    %s\n", st.Delta.Summary())
 	}
 	if st.Waiting != "" {
 		fmt.Fprintf(w, "waiting:     %s\n", st.Waiting)

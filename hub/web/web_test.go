@@ -187,6 +187,32 @@ func TestEscaping(t *testing.T) {
 	}
 }
 
+// TestDeltaOnDevicePage: the device page says what a delta install planned
+// to fetch against the full image, or why it downloads the full image.
+func TestDeltaOnDevicePage(t *testing.T) {
+	st := openSQLite(t)
+	seed(t, st, "dev-d", 1, api.Status{State: api.StateUpdating, Update: &api.UpdateStatus{State: "downloading", Slot: "a", Target: "1.3.0",
+		Delta: &api.DeltaStatus{Mode: "delta", Image: 512 << 20, Full: 200 << 20, Fetch: 20 << 20, Seeded: 480 << 20, Fetched: 3 << 20}}})
+	seed(t, st, "dev-f", 1, api.Status{State: api.StateUpdating, Update: &api.UpdateStatus{State: "downloading", Slot: "a", Target: "1.3.0",
+		Delta: &api.DeltaStatus{Mode: "full", Why: "delta-above-share", Image: 512 << 20, Full: 200 << 20, Fetch: 200 << 20}}})
+	h, err := web.New(web.Options{Store: st, OpenAccess: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]string{
+		"dev-d": "delta: 20.0 MiB to fetch of 200.0 MiB (90% saved) · 480.0 MiB from the running slot · 3.0 MiB fetched",
+		"dev-f": `full image: 200.0 MiB · <span class="tag warn">delta-above-share</span>`,
+	} {
+		r := httptest.NewRequest("GET", "/devices/"+id, nil)
+		r.RemoteAddr = "127.0.0.1:1"
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != 200 || !strings.Contains(w.Body.String(), want) {
+			t.Errorf("%s: %d, page lacks %q", id, w.Code, want)
+		}
+	}
+}
+
 // TestAPI: the JSON the CLI reads.
 func TestAPI(t *testing.T) {
 	f := newFixture(t, web.Options{})
