@@ -24,7 +24,7 @@ func newReleaseCmd() *cobra.Command {
 		Use:   "release",
 		Short: "Work on OS release files",
 	}
-	cmd.AddCommand(newReleaseSignCmd())
+	cmd.AddCommand(newReleaseSignCmd(), newReleaseDeltaCmd())
 	return cmd
 }
 
@@ -52,37 +52,54 @@ Exit codes: 0 signed, 1 invalid release or key, 2 usage error.`,
 			if err != nil {
 				return err
 			}
-			path := args[0]
-			data, err := os.ReadFile(path)
+			rel, err := signReleaseFile(cmd, args[0], key)
 			if err != nil {
 				return err
 			}
-			if !signatureLine.Match(data) {
-				// The schema requires the field; add a placeholder for the loader.
-				data = append(data, []byte("\nsignature: unsigned\n")...)
-			}
-			base := filepath.Base(path)
-			name := strings.TrimSuffix(base, filepath.Ext(base))
-			f, err := spec.Load(fstest.MapFS{"releases/" + base: {Data: data}})
-			if err != nil {
-				printErrors(cmd.ErrOrStderr(), err)
-				return silentError{exitInvalid}
-			}
-			rel := f.Release(name)
-			sig, err := updater.SignRelease(rel, key)
-			if err != nil {
-				return err
-			}
-			out := signatureLine.ReplaceAll(data, []byte("${1}"+sig))
-			if err := atomicfile.WriteFile(path, out, 0o644); err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "signed %s (version %s)\n", path, rel.Version)
+			fmt.Fprintf(cmd.OutOrStdout(), "signed %s (version %s)\n", args[0], rel.Version)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&keyFile, "key", "", "private key, PEM (PKCS #8)")
 	return cmd
+}
+
+// signReleaseFile signs the release file at path in place with key.
+func signReleaseFile(cmd *cobra.Command, path string, key crypto.Signer) (*spec.Release, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if !signatureLine.Match(data) {
+		// The schema requires the field; add a placeholder for the loader.
+		data = append(data, []byte("\nsignature: unsigned\n")...)
+	}
+	rel, err := loadReleaseFile(cmd, path, data)
+	if err != nil {
+		return nil, err
+	}
+	sig, err := updater.SignRelease(rel, key)
+	if err != nil {
+		return nil, err
+	}
+	out := signatureLine.ReplaceAll(data, []byte("${1}"+sig))
+	if err := atomicfile.WriteFile(path, out, 0o644); err != nil {
+		return nil, err
+	}
+	return rel, nil
+}
+
+// loadReleaseFile checks a release file's data against the schema, printing
+// its errors, and returns the release.
+func loadReleaseFile(cmd *cobra.Command, path string, data []byte) (*spec.Release, error) {
+	base := filepath.Base(path)
+	name := strings.TrimSuffix(base, filepath.Ext(base))
+	f, err := spec.Load(fstest.MapFS{"releases/" + base: {Data: data}})
+	if err != nil {
+		printErrors(cmd.ErrOrStderr(), err)
+		return nil, silentError{exitInvalid}
+	}
+	return f.Release(name), nil
 }
 
 // readSigner reads a PKCS #8 PEM private key usable for signing.

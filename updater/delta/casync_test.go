@@ -52,8 +52,6 @@ func casync(t testing.TB, args ...string) string {
 	return string(out)
 }
 
-func (p Params) flag() string { return fmt.Sprintf("%d:%d:%d", p.Min, p.Avg, p.Max) }
-
 // TestMakeMatchesCasync: for the same image and chunk sizes, Make writes the
 // index `casync make` writes, byte for byte, and the same chunk files.
 func TestMakeMatchesCasync(t *testing.T) {
@@ -81,7 +79,7 @@ func TestMakeMatchesCasync(t *testing.T) {
 			if tc.sha512 {
 				digest = "sha512-256"
 			}
-			casync(t, "make", "--digest="+digest, "--chunk-size="+tc.p.flag(), "--store="+filepath.Join(dir, "castore"),
+			casync(t, "make", "--digest="+digest, "--chunk-size="+tc.p.String(), "--store="+filepath.Join(dir, "castore"),
 				filepath.Join(dir, "ca.caibx"), imgPath)
 			want, err := os.ReadFile(filepath.Join(dir, "ca.caibx"))
 			if err != nil {

@@ -13,6 +13,9 @@ type Params struct {
 	Min, Avg, Max uint64
 }
 
+// String writes p as casync's --chunk-size takes it: MIN:AVG:MAX in bytes.
+func (p Params) String() string { return fmt.Sprintf("%d:%d:%d", p.Min, p.Avg, p.Max) }
+
 // DefaultParams are casync's defaults: 16, 64 and 256 KiB.
 var DefaultParams = Params{Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10}
 
