@@ -58,6 +58,7 @@ type cache struct {
 	flights map[string]*flight
 	byURL   map[string]artifact
 	byHash  map[string]artifact
+	stores  map[string]bool // casync chunk stores releases name (chunks.go)
 
 	upstream, served atomic.Int64
 	m                *relayMetrics

@@ -431,7 +431,8 @@ func (r *Relay) syncMirror(ctx context.Context, pokeOnNew bool) {
 }
 
 // reindex learns the artifacts the mirror's followed branch names: every
-// release, and every app image tar fetched by URL of the devices it knows.
+// release (and its delta's index and chunk store), and every app image tar
+// fetched by URL of the devices it knows.
 func (r *Relay) reindex() { r.index(r.devs.ids()) }
 
 // firstAtCommit reports whether device id has not had its images indexed at
@@ -451,8 +452,8 @@ func (r *Relay) firstAtCommit(id string) bool {
 	return true
 }
 
-// index learns the releases and the image tars of devices ids at the
-// mirror's head.
+// index learns the releases (with their deltas' indexes and chunk stores)
+// and the image tars of devices ids at the mirror's head.
 func (r *Relay) index(ids []string) {
 	fsys, commit, err := gitfs.OpenBare(r.mirror.dir(), "refs/heads/"+r.mirror.o.Branch)
 	if err != nil {
@@ -468,9 +469,19 @@ func (r *Relay) index(ids []string) {
 	}
 	var as []artifact
 	web := func(u string) bool { return len(u) > 7 && (u[:7] == "http://" || (len(u) > 8 && u[:8] == "https://")) }
+	var stores []string
 	for _, name := range fl.ReleaseNames() {
-		if rel := fl.Release(name); rel != nil && web(rel.URL) {
+		rel := fl.Release(name)
+		if rel != nil && web(rel.URL) {
 			as = append(as, artifact{URL: rel.URL, SHA256: rel.SHA256, Size: rel.Size})
+		}
+		if rel != nil && rel.Delta != nil {
+			if web(rel.Delta.Index) {
+				as = append(as, artifact{URL: rel.Delta.Index, SHA256: rel.Delta.SHA256})
+			}
+			if web(rel.Delta.Store) {
+				stores = append(stores, rel.Delta.Store)
+			}
 		}
 	}
 	// Images only for the devices this relay serves: rendering the whole
@@ -488,7 +499,8 @@ func (r *Relay) index(ids []string) {
 		}
 	}
 	r.cache.learn(as)
-	r.log.Debug("artifacts indexed", "commit", commit, "count", len(as))
+	r.cache.learnStores(stores)
+	r.log.Debug("artifacts indexed", "commit", commit, "count", len(as), "chunk_stores", len(stores))
 }
 
 // Status is the relay's report of its health.

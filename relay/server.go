@@ -255,7 +255,8 @@ func (r *Relay) handlePoll(w http.ResponseWriter, req *http.Request) {
 }
 
 // handleArtifact serves an artifact the fleet repo names, by its origin URL
-// (?url=) or its sha256, from the cache (fetching it once when missing).
+// (?url=) or its sha256, from the cache (fetching it once when missing); a
+// chunk of a delta's chunk store is one too (chunks.go).
 func (r *Relay) handleArtifact(w http.ResponseWriter, req *http.Request) {
 	c, ok := r.device(w, req)
 	if !ok {
@@ -279,6 +280,23 @@ func (r *Relay) handleArtifact(w http.ResponseWriter, req *http.Request) {
 			// A device new to this relay since the last commit: its images.
 			r.index([]string{c.Subject.CommonName})
 			a, ok = r.cache.lookupURL(u)
+		}
+		if !ok {
+			var id string
+			if a, id, ok = r.cache.lookupChunk(u); ok && a.SHA256 == "" {
+				var err error
+				if a, err = r.cache.fetchChunk(req.Context(), u, id); err != nil {
+					if req.Context().Err() != nil {
+						return
+					}
+					code, reason := http.StatusBadGateway, api.ReasonUpstreamUnavailable
+					if errors.Is(err, errArtifactVerify) {
+						reason = api.ReasonArtifactVerify
+					}
+					writeErr(w, code, reason, err.Error())
+					return
+				}
+			}
 		}
 	}
 	if !ok {

@@ -39,6 +39,9 @@ func (t *artifactTransport) RoundTrip(req *http.Request) (*http.Response, error)
 			break // already a request to a relay
 		}
 		u := relay.JoinPath("/v1/artifacts")
+		// JoinPath on a URL with no path gives "v1/artifacts": a request
+		// line needs the leading slash.
+		u.Path = "/" + strings.TrimPrefix(u.Path, "/")
 		u.RawQuery = url.Values{"url": {req.URL.String()}}.Encode()
 		r2 := req.Clone(req.Context())
 		r2.URL, r2.Host = u, ""
