@@ -404,7 +404,7 @@ func (u *Updater) seed(ctx context.Context, s *session, x *delta.Index) (*delta.
 		f.Close()
 		return nil, err
 	}
-	return &delta.Seed{Name: "slot " + slot, R: f, Index: sx}, nil
+	return &delta.Seed{Name: "slot " + slot, R: f, Index: sx, Cut: true}, nil
 }
 
 func (u *Updater) saveSeedIndex(slot, name string, sx *delta.Index) error {

@@ -13,6 +13,11 @@ type Seed struct {
 	Name  string // for logs: "slot a"
 	R     io.ReaderAt
 	Index *Index
+	// Cut says the index was cut from R's bytes by this process (IndexSeed),
+	// so its chunks need not be hashed again when they are read; a seed
+	// index kept from earlier is checked chunk by chunk. Either way the
+	// image's whole digest is checked after the assembly.
+	Cut bool
 }
 
 // IndexSeed cuts the first size bytes of r as casync would with x's chunk

@@ -54,6 +54,8 @@ type Reader struct {
 	i      int    // next chunk (relative to p.first)
 	cur    []byte // rest of the current chunk
 	buf    []byte // chunk buffer for seed and in-place reads
+	prevID ID     // the chunk before, and its bytes: runs of one chunk (zeros) are read once
+	prev   []byte
 	repeat map[ID][]byte
 	cached int64
 	left   map[ID]int // uses of a fetched ID still ahead
@@ -233,12 +235,16 @@ func (r *Reader) next() error {
 		}
 		data = b
 	case FromSeed:
+		if r.prev != nil && c.ID == r.prevID && int64(len(r.prev)) == c.Size {
+			data = r.prev // a run of the same chunk: zeros, mostly
+			break
+		}
 		s := r.seeds[l.seed]
 		b := r.buf[:c.Size]
 		if n, err := s.R.ReadAt(b, l.off); n != len(b) {
 			return fmt.Errorf("read seed %s at %d: %w", s.Name, l.off, err)
 		}
-		if r.p.Index.Sum(b) == c.ID {
+		if s.Cut || r.p.Index.Sum(b) == c.ID {
 			data = b
 			break
 		}
@@ -288,6 +294,7 @@ func (r *Reader) next() error {
 			}
 		}
 	}
+	r.prevID, r.prev = c.ID, data
 	if skip := r.p.From - c.Start; skip > 0 {
 		data = data[skip:]
 	}

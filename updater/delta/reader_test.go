@@ -243,3 +243,21 @@ func TestReadsCasyncStore(t *testing.T) {
 		})
 	}
 }
+
+// TestSeedChangedSinceItsIndex: a seed whose bytes no longer match its
+// (kept) index costs a fetch per changed chunk, never a wrong image.
+func TestSeedChangedSinceItsIndex(t *testing.T) {
+	f := newFixture(t)
+	changed := append([]byte(nil), f.old...)
+	for i := 0; i < len(changed); i += 300 << 10 {
+		changed[i] ^= 0xff
+	}
+	f.seed.R = bytes.NewReader(changed)
+	out, _, st, err := f.assemble(t, 0, nil, FetchOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out, f.img) || st.SeedMisses == 0 || st.Fetched.Chunks <= st.SeedMisses {
+		t.Fatalf("image right: %v; %d seed misses, %d chunks fetched", bytes.Equal(out, f.img), st.SeedMisses, st.Fetched.Chunks)
+	}
+}
