@@ -405,7 +405,15 @@ func apply(ctx context.Context, path string, o *ApplyOptions) (*Result, error) {
 	}
 	if installRelease {
 		rel := *m.Release
-		rel.URL = "file://" + files[m.member(KindRelease).Name]
+		if idx := m.member(KindDeltaIndex); idx != nil {
+			// The stick's chunks are the store; a chunk it lacks comes
+			// from the release's own image url, if the device reaches it.
+			d := *rel.Delta
+			d.Index, d.Store = files[idx.Name], filepath.Join(stage, "m", "chunks")
+			rel.Delta = &d
+		} else {
+			rel.URL = "file://" + files[m.member(KindRelease).Name]
+		}
 		if err := o.InstallRelease(ctx, &rel); err != nil {
 			return res, fmt.Errorf("install release %s: %w", rel.Version, err)
 		}

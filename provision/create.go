@@ -56,6 +56,13 @@ type CreateOptions struct {
 	// repo, a file:// URL or a local path).
 	Release     bool
 	ReleaseFile string
+	// DeltaIndex, with Release, carries the release's delta instead of its
+	// image: the chunk index file (its sha256 must be the release's
+	// delta.sha256) and DeltaChunks, the chunk files under DeltaStore
+	// (<4 hex>/<id>.cacnk) the devices lack; the operator CLI picks them.
+	DeltaIndex  string
+	DeltaStore  string
+	DeltaChunks []string
 	// ImageDir holds <sha256>.tar files for apps whose image has a url source.
 	ImageDir string
 	// Images saves images that apps pull by reference; nil leaves them out
@@ -151,7 +158,15 @@ func Create(ctx context.Context, w io.Writer, o CreateOptions) (*Manifest, error
 		}
 		m.Trust.BundleKeys = append(m.Trust.BundleKeys, string(p))
 	}
-	if o.Release {
+	switch {
+	case o.Release && o.DeltaIndex != "":
+		rel, mems, err := o.deltaRelease(devs)
+		if err != nil {
+			return nil, fmt.Errorf("create bundle: %w", err)
+		}
+		m.Release = rel
+		members = append(members, mems...)
+	case o.Release:
 		rel, mem, err := o.release(tree, devs)
 		if err != nil {
 			return nil, fmt.Errorf("create bundle: %w", err)
@@ -294,23 +309,58 @@ func saveImage(ctx context.Context, eng ImageSaver, ref, tmp string) (srcFile, e
 	return srcFile{Member: Member{Name: "images/" + sum + ".tar", Kind: KindImage, Size: n, SHA256: sum}, path: f.Name()}, nil
 }
 
-// release finds the devices' OS release image; every device must run the same one.
-func (o *CreateOptions) release(tree fs.FS, devs []*spec.Device) (*spec.Release, srcFile, error) {
+// deltaRelease gathers a delta release's index and the chunks the devices
+// lack, as members.
+func (o *CreateOptions) deltaRelease(devs []*spec.Device) (*spec.Release, []srcFile, error) {
+	rel, err := sameRelease(devs)
+	if err != nil {
+		return nil, nil, err
+	}
+	if rel.Delta == nil {
+		return nil, nil, fmt.Errorf("release %s has no delta to carry", rel.Version)
+	}
+	idx, err := fileMember(o.DeltaIndex, "release/"+sanitizeName(rel.Name+"-"+rel.Version)+".caibx", KindDeltaIndex)
+	if err != nil {
+		return nil, nil, fmt.Errorf("release %s: %w", rel.Version, err)
+	}
+	if !strings.EqualFold(idx.SHA256, rel.Delta.SHA256) {
+		return nil, nil, fmt.Errorf("release %s: index %s has sha256 %s, the release signs %s", rel.Version, o.DeltaIndex, idx.SHA256, rel.Delta.SHA256)
+	}
+	out := []srcFile{idx}
+	for _, c := range o.DeltaChunks {
+		s, err := fileMember(filepath.Join(o.DeltaStore, filepath.FromSlash(c)), "chunks/"+c, KindChunk)
+		if err != nil {
+			return nil, nil, fmt.Errorf("release %s: chunk: %w", rel.Version, err)
+		}
+		out = append(out, s)
+	}
+	c := *rel
+	return &c, out, nil
+}
+
+// sameRelease is the release every device runs.
+func sameRelease(devs []*spec.Device) (*spec.Release, error) {
 	var rel *spec.Release
 	for _, d := range devs {
 		switch {
 		case d.Release == nil:
-			return nil, srcFile{}, fmt.Errorf("device %q has no release", d.ID)
+			return nil, fmt.Errorf("device %q has no release", d.ID)
 		case rel != nil && rel.Version != d.Release.Version:
-			return nil, srcFile{}, fmt.Errorf("devices run different releases (%s, %s): make one bundle per release", rel.Version, d.Release.Version)
+			return nil, fmt.Errorf("devices run different releases (%s, %s): make one bundle per release", rel.Version, d.Release.Version)
 		}
 		rel = d.Release
 	}
+	return rel, nil
+}
+
+// release finds the devices' OS release image; every device must run the same one.
+func (o *CreateOptions) release(tree fs.FS, devs []*spec.Device) (*spec.Release, srcFile, error) {
+	rel, err := sameRelease(devs)
+	if err != nil {
+		return nil, srcFile{}, err
+	}
 	name := "release/" + sanitizeName(rel.Name+"-"+rel.Version) + ".img"
-	var (
-		s   srcFile
-		err error
-	)
+	var s srcFile
 	switch {
 	case o.ReleaseFile != "":
 		s, err = fileMember(o.ReleaseFile, name, KindRelease)

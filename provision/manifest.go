@@ -78,7 +78,15 @@ const (
 	KindGit     = "git"     // a git bundle of the fleet repo
 	KindImage   = "image"   // a container image tar (docker save format)
 	KindRelease = "release" // the OS release image
+	// A delta release instead of its image: the release's chunk index
+	// (casync .caibx, whose sha256 the release signs) and the chunks
+	// (chunks/<4 hex>/<id>.cacnk, a casync store) the devices lack.
+	KindDeltaIndex = "delta-index"
+	KindChunk      = "chunk"
 )
+
+// chunkNameRE is a chunk member's name: a casync store's layout under chunks/.
+var chunkNameRE = regexp.MustCompile(`^chunks/([0-9a-f]{4})/([0-9a-f]{64})\.cacnk$`)
 
 // Member is one file of the bundle after the envelope.
 type Member struct {
@@ -223,6 +231,14 @@ func (m *Manifest) Validate() error {
 		case KindGit:
 			git++
 		case KindImage, KindRelease:
+		case KindDeltaIndex:
+			if m.Release == nil || m.Release.Delta == nil || !strings.EqualFold(mem.SHA256, m.Release.Delta.SHA256) {
+				return bad("member %q: a delta index that is not the release's (its sha256 %s)", mem.Name, mem.SHA256)
+			}
+		case KindChunk:
+			if c := chunkNameRE.FindStringSubmatch(mem.Name); c == nil || c[2][:4] != c[1] {
+				return bad("member %q: a chunk's name is chunks/<4 hex>/<64 hex>.cacnk", mem.Name)
+			}
 		default:
 			return bad("member %q: unknown kind %q", mem.Name, mem.Kind)
 		}
@@ -230,7 +246,7 @@ func (m *Manifest) Validate() error {
 	if git != 1 {
 		return bad("%d git bundle members, want 1", git)
 	}
-	if m.Release != nil && m.member(KindRelease) == nil {
+	if m.Release != nil && m.member(KindRelease) == nil && m.member(KindDeltaIndex) == nil {
 		return bad("release %q has no release member", m.Release.Version)
 	}
 	return nil

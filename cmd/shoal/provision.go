@@ -16,6 +16,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/shoalfleet/shoal/provision"
+	"github.com/shoalfleet/shoal/updater/delta"
 )
 
 // newProvisionCmd is `shoal provision`: make and inspect offline bundles.
@@ -38,6 +39,7 @@ func newProvisionCreateCmd() *cobra.Command {
 		out, keyFile, releaseKeys, signers, tokenFile string
 		hardwareFile                                  string
 		token                                         string
+		deltaFrom                                     []string
 		extraKeys                                     []string
 		noDocker                                      bool
 	)
@@ -50,7 +52,11 @@ at --rev of the fleet repo checkout --fleet, signed with the bundle key --key
 
 Images: tars of apps whose image has a url source come from --image-dir
 (<sha256>.tar); images pinned by digest are saved from the local Docker
-Engine. --release adds the devices' OS release image.
+Engine. --release adds the devices' OS release image; with --delta-index it
+adds the release's delta instead: its chunk index and, from --delta-store,
+only the chunks the devices lack (those not in the --delta-from indexes of
+the releases they run), which the device rebuilds the image from with its
+running slot.
 
 The bundle carries enrolment tokens in the clear (it is signed, not
 encrypted): keep the stick like a password.`,
@@ -108,6 +114,14 @@ encrypted): keep the stick like a password.`,
 					bar.Set64(done)
 				}
 			}
+			if o.DeltaIndex != "" {
+				if !o.Release || o.DeltaStore == "" {
+					return usageError{errors.New("--delta-index needs --release and --delta-store")}
+				}
+				if o.DeltaChunks, err = lackingChunks(o.DeltaIndex, deltaFrom); err != nil {
+					return err
+				}
+			}
 			o.TempDir = filepath.Dir(out)
 			return writeBundle(cmd, out, o)
 		},
@@ -131,6 +145,9 @@ encrypted): keep the stick like a password.`,
 	f.StringVar(&hardwareFile, "hardware", "", "file of `hardware-id device-id` lines: how each device of a group bundle finds its ID")
 	f.BoolVar(&o.Release, "release", false, "add the devices' OS release image")
 	f.StringVar(&o.ReleaseFile, "release-file", "", "the release image, when its url is not a file")
+	f.StringVar(&o.DeltaIndex, "delta-index", "", "with --release: carry the release's delta, this chunk index (its sha256 is the release's), instead of the image")
+	f.StringVar(&o.DeltaStore, "delta-store", "", "the chunk store directory holding the release's chunks")
+	f.StringSliceVar(&deltaFrom, "delta-from", nil, "chunk index of a release the devices run: its chunks are left out (repeatable)")
 	f.StringVar(&o.ImageDir, "image-dir", "", "directory of <sha256>.tar image tars for url-sourced images")
 	f.BoolVar(&noDocker, "no-docker", false, "do not save images from the local Docker Engine")
 	return cmd
@@ -292,4 +309,45 @@ func newKeysCmd() *cobra.Command {
 		},
 	})
 	return cmd
+}
+
+// lackingChunks lists the chunk files (store paths) of the index at path
+// that none of the indexes in from has.
+func lackingChunks(path string, from []string) ([]string, error) {
+	read := func(p string) (*delta.Index, error) {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		x, err := delta.ParseIndex(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		return x, nil
+	}
+	x, err := read(path)
+	if err != nil {
+		return nil, err
+	}
+	have := map[delta.ID]bool{}
+	for _, p := range from {
+		fx, err := read(p)
+		if err != nil {
+			return nil, err
+		}
+		if fx.Digest() != x.Digest() {
+			return nil, fmt.Errorf("%s: %s chunk IDs, %s has %s ones", p, fx.Digest(), path, x.Digest())
+		}
+		for _, c := range fx.Chunks {
+			have[c.ID] = true
+		}
+	}
+	var out []string
+	for _, c := range x.Chunks {
+		if !have[c.ID] {
+			have[c.ID] = true
+			out = append(out, delta.ChunkPath(c.ID))
+		}
+	}
+	return out, nil
 }
