@@ -99,6 +99,7 @@ type demo struct {
 	releaseCommit string
 	canaryUpdate  *api.UpdateStatus
 	releaseKey    ed25519.PrivateKey
+	factory       []byte // the canary's running OS image, in slot a
 	failedUpdate  *api.UpdateStatus
 	failedProblem *api.Problem
 	// tpm: the agent was built with the TPM simulator; noTPM says why not.

@@ -51,7 +51,7 @@ func TestDemoShort(t *testing.T) {
 			// Identity in the TPM simulator, attested: not the weaker software key.
 			{"devices/gw-02", "tpm key", false}, {"devices/gw-02", "weaker", true}, {"devices/plant-01", "tpm key", false},
 			{"devices/plant-01", "PCRs not checked", false}},
-		"release": {{"devices/gw-01", "2026.11.0", false}, {"devices/gw-01", "tpm key", false},
+		"release": {{"devices/gw-01", "2026.11.0", false}, {"devices/gw-01", "tpm key", false}, {"devices/gw-01", "saved", false},
 			{"devices/gw-01", "PCRs not checked", false}},
 		"trial-failed": {{"devices/gw-01", "rolled-back", false}, {"devices/gw-01", "Rolled back", false}, {"devices/gw-01", "bootloader-fallback", false},
 			{"devices/gw-01", "the bootloader started slot b instead of a", false}, {"devices/gw-01", `release "2026.12.0"`, false}},
@@ -135,7 +135,10 @@ func TestDemoShort(t *testing.T) {
 	} else if tail := strings.Join(res.Rollback.LogTail, "\n"); !strings.Contains(tail, "/mnt/not-mounted") {
 		t.Errorf("rollback log tail %q lacks the exporter's own error", tail)
 	}
-	for _, line := range []string{"all 3 devices converged on " + res.NewCommit[:8], "shoal_slot=b upgrade_available=1", "gw-01 committed 2026.11.0", "rolled metrics-exporter back", "reports spec-invalid",
+	if u := res.CanaryUpdate; u == nil || u.Delta == nil || u.Delta.Mode != "delta" || u.Delta.Fetched <= 0 || u.Delta.Fetched*4 > u.Delta.Full {
+		t.Errorf("canary release not from its delta, or not saving much: %+v", u)
+	}
+	for _, line := range []string{"all 3 devices converged on " + res.NewCommit[:8], "shoal_slot=b upgrade_available=1", "gw-01 committed 2026.11.0", "installed it from the delta", "rolled metrics-exporter back", "reports spec-invalid",
 		"attested to the hub by a TPM quote", "GRUB passed its boot limit and fell back to slot b", "2026.12.0 is marked bad",
 		"keeps its windows in a volume of its own on the one Engine: " + res.ID + "-gw-01-aggregator-buffer, " + res.ID + "-gw-02-aggregator-buffer"} {
 		if !strings.Contains(out.String(), line) {

@@ -1,14 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
+	mathrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"time"
@@ -17,6 +20,7 @@ import (
 	"github.com/shoalfleet/shoal/spec"
 	"github.com/shoalfleet/shoal/updater"
 	"github.com/shoalfleet/shoal/updater/bootenv"
+	"github.com/shoalfleet/shoal/updater/delta"
 )
 
 // canary is the device in the canary group; only it has A/B slots in the demo.
@@ -58,7 +62,8 @@ func (d *demo) canaryConfig(cfg, state string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	slotA, err := write("slot-a.img", []byte("factory image "+runningVersion))
+	d.factory = osImage(nil, 1)
+	slotA, err := write("slot-a.img", d.factory)
 	if err != nil {
 		return "", err
 	}
@@ -91,23 +96,61 @@ func (d *demo) canaryConfig(cfg, state string) (string, error) {
 `, slotA, slotB, filepath.Join(boot, "grubenv"), roots, runningVersion, filepath.Join(boot, "reboot-requested"), booted, bootID), nil
 }
 
-// writeRelease makes a release image of random bytes beside the canary's
-// slots, signs it with the canary's trust root and adds it to the fleet repo.
+// osImage returns a 4 MiB stand-in for a root file system: from is the
+// release it upgrades (nil: a new one), changed in a few places as a
+// package upgrade changes a file system; seed makes each one its own.
+func osImage(from []byte, seed uint64) []byte {
+	r := mathrand.New(mathrand.NewPCG(seed, 42))
+	if from == nil {
+		img := make([]byte, 4<<20)
+		for i := range img[:3<<20] { // files, then free space
+			img[i] = byte(r.Uint32())
+		}
+		return img
+	}
+	img := append([]byte(nil), from...)
+	for range 3 { // a library, its changelog, dpkg's status file
+		off, n := r.IntN(3<<20), 4<<10+r.IntN(60<<10)
+		for i := off; i < off+n && i < len(img); i++ {
+			img[i] = byte(r.Uint32())
+		}
+	}
+	return img
+}
+
+// writeRelease makes a release image beside the canary's slots (its running
+// image with a few changes), and its delta: a casync chunk index and a
+// chunk store; it signs the release with the canary's trust root and adds
+// it to the fleet repo.
 func (d *demo) writeRelease(name, version string) error {
-	img := make([]byte, 512<<10)
-	rand.Read(img)
+	vs := sha256.Sum256([]byte(version))
+	img := osImage(d.factory, binary.LittleEndian.Uint64(vs[:]))
 	imgPath := filepath.Join(d.boot, name+".img")
 	if err := os.WriteFile(imgPath, img, 0o600); err != nil {
 		return err
 	}
-	sum := sha256.Sum256(img)
-	rel := spec.Release{Version: version, Size: int64(len(img)), SHA256: hex.EncodeToString(sum[:])}
+	store := filepath.Join(d.boot, "store")
+	res, err := delta.Make(context.Background(), bytes.NewReader(img), store, delta.MakeOptions{Params: delta.Params{Min: 4 << 10, Avg: 16 << 10, Max: 64 << 10}})
+	if err != nil {
+		return fmt.Errorf("chunk the release: %w", err)
+	}
+	idx, err := res.Index.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	idxPath := filepath.Join(d.boot, name+".caibx")
+	if err := os.WriteFile(idxPath, idx, 0o600); err != nil {
+		return err
+	}
+	sum, isum := sha256.Sum256(img), sha256.Sum256(idx)
+	rel := spec.Release{Version: version, Size: int64(len(img)), SHA256: hex.EncodeToString(sum[:]),
+		Delta: &spec.Delta{Index: idxPath, SHA256: hex.EncodeToString(isum[:]), Store: store}}
 	sig, err := updater.SignRelease(&rel, d.releaseKey)
 	if err != nil {
 		return fmt.Errorf("sign release: %w", err)
 	}
-	return d.writeFile("releases/"+name+".yaml", fmt.Sprintf("version: %s\nurl: file://%s\nsize: %d\nsha256: %s\nsignature: %s\n",
-		version, imgPath, len(img), rel.SHA256, sig))
+	return d.writeFile("releases/"+name+".yaml", fmt.Sprintf("version: %s\nurl: file://%s\nsize: %d\nsha256: %s\nsignature: %s\ndelta:\n  index: %s\n  sha256: %q\n  store: %s\n",
+		version, imgPath, len(img), rel.SHA256, sig, idxPath, rel.Delta.SHA256, store))
 }
 
 // canaryGroup is the canary group's file, rolling release name out.
@@ -201,6 +244,12 @@ func (d *demo) release(ctx context.Context) error {
 		return fmt.Errorf("grub env still on trial after the commit: %v", vars)
 	}
 	d.say("%s committed %s (update state %q, slot %s); the trial flag is cleared", canary, releaseVersion, got[canary].Update.State, got[canary].Update.Slot)
+	if dl := got[canary].Update.Delta; dl != nil && dl.Mode == updater.ModeDelta {
+		d.say("%s installed it from the delta: fetched %s of chunks against %s for the full image (%.0f%% saved); %s came from slot a",
+			canary, iec(dl.Fetched), iec(dl.Full), 100*(1-float64(dl.Fetched)/float64(dl.Full)), iec(dl.Seeded))
+	} else {
+		return fmt.Errorf("%s did not install the release from its delta: %+v", canary, dl)
+	}
 	if _, err := d.waitAll(ctx, "converge on the release commit", func(_ string, s api.Status) bool {
 		return s.State == api.StateConverged && s.Commit.Applied == commit
 	}); err != nil {
@@ -290,4 +339,15 @@ func (d *demo) failedTrial(ctx context.Context) error {
 	}
 	d.say("canary group back on %s (%s); %s converged", releaseVersion, back[:8], canary)
 	return nil
+}
+
+// iec writes a byte count for the narration: 12.3 KiB.
+func iec(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
 }
