@@ -440,18 +440,25 @@ func (c *cache) use() (bytes int64, items int) {
 	return c.bytes, len(c.items)
 }
 
+// writeFetchErr answers a request whose artifact could not be had: the
+// origin failed (502 upstream-unavailable) or what it sent did not match
+// (artifact-verify-failed). A request the device gave up on gets nothing.
+func writeFetchErr(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		return
+	}
+	reason := api.ReasonUpstreamUnavailable
+	if errors.Is(err, errArtifactVerify) {
+		reason = api.ReasonArtifactVerify
+	}
+	writeErr(w, http.StatusBadGateway, reason, err.Error())
+}
+
 // serve answers a device's request for a, with Range support.
 func (c *cache) serve(w http.ResponseWriter, r *http.Request, a artifact) {
 	f, release, err := c.open(r.Context(), a)
 	if err != nil {
-		if r.Context().Err() != nil {
-			return
-		}
-		code, reason := http.StatusBadGateway, api.ReasonUpstreamUnavailable
-		if errors.Is(err, errArtifactVerify) {
-			reason = api.ReasonArtifactVerify
-		}
-		writeErr(w, code, reason, err.Error())
+		writeFetchErr(w, r, err)
 		return
 	}
 	defer release()

@@ -286,14 +286,7 @@ func (r *Relay) handleArtifact(w http.ResponseWriter, req *http.Request) {
 			if a, id, ok = r.cache.lookupChunk(u); ok && a.SHA256 == "" {
 				var err error
 				if a, err = r.cache.fetchChunk(req.Context(), u, id); err != nil {
-					if req.Context().Err() != nil {
-						return
-					}
-					code, reason := http.StatusBadGateway, api.ReasonUpstreamUnavailable
-					if errors.Is(err, errArtifactVerify) {
-						reason = api.ReasonArtifactVerify
-					}
-					writeErr(w, code, reason, err.Error())
+					writeFetchErr(w, req, err)
 					return
 				}
 			}
