@@ -10,8 +10,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -157,16 +155,7 @@ func TestRolloutWithRealAgents(t *testing.T) {
 	label := dockertest.Label(t, cli)
 	tag := "shoal-rollout-test:" + label
 	dockertest.Image(t, cli, tag, label, nil)
-	rc, err := cli.ImageSave(context.Background(), []string{tag})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tarBytes, err := io.ReadAll(rc)
-	rc.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(tarBytes)
+	tarBytes, tarSum := dockertest.SaveImage(t, cli, tag)
 	network := "net-" + label
 	app := func(version string, broken bool) string {
 		cmd := `["-listen", ":8080"]`
@@ -189,7 +178,7 @@ healthcheck:
 health_timeout: 8s
 labels:
   %s: %s
-`, tag, hex.EncodeToString(sum[:]), cmd, version, dockertest.LabelKey, label)
+`, tag, tarSum, cmd, version, dockertest.LabelKey, label)
 	}
 	fleetYAML := func(bake string) string {
 		return fmt.Sprintf(`spec:
@@ -216,7 +205,7 @@ rollout:
 	// The hub, as its own process, following the fleet repo.
 	bin := buildShoal(t)
 	logf("shoal built")
-	h := &hubProcess{bin: bin, db: "sqlite://" + filepath.Join(t.TempDir(), "hub.db"), addr: freeAddr(t),
+	h := &hubProcess{bin: bin, db: "sqlite://" + filepath.Join(t.TempDir(), "hub.db"), addr: testenv.FreeAddr(t),
 		args: []string{"--fleet", "file://" + repo.Dir, "--fleet-refresh", "1s", "--poll-wait", "20s"}}
 	h.start(t)
 	t.Cleanup(func() {
@@ -457,13 +446,4 @@ func assertVersion(t *testing.T, cli interface {
 			}
 		}
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

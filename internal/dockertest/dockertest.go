@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -178,6 +179,23 @@ func Image(t testing.TB, cli *client.Client, tag, label string, extra map[string
 		t.Fatal(err)
 	}
 	return id
+}
+
+// SaveImage returns image tag as a tar (docker save), and the tar's sha256
+// in hex: what a fleet repo ships under apps' image.source.
+func SaveImage(t testing.TB, cli *client.Client, tag string) ([]byte, string) {
+	t.Helper()
+	rc, err := cli.ImageSave(context.Background(), []string{tag})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return b, hex.EncodeToString(sum[:])
 }
 
 // BuildImage is Image for callers with no testing.TB (TestMain, benchmarks

@@ -7,6 +7,7 @@
 package testenv
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,4 +71,16 @@ func GitCommitAll(t testing.TB, dir, message string) {
 	}
 	Git(t, dir, "add", "-A")
 	Git(t, dir, "commit", "-qm", message)
+}
+
+// FreeAddr returns a loopback address (127.0.0.1:PORT) with a port free
+// now, for a server a test starts as another process.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
