@@ -193,9 +193,16 @@ func (r *rollouts) recordNotTarget(ctx context.Context, device, commit, target s
 		Message: fmt.Sprintf("device %q asked for a grant for commit %s, which is not the commit rolled out (%s); refused", device, short(commit), short(target))}})
 }
 
+// notFound is an error meaning "no such thing"; it says so to callers that
+// cannot import this package (the status page) through NotFound.
+type notFound string
+
+func (e notFound) Error() string  { return string(e) }
+func (e notFound) NotFound() bool { return true }
+
 // ErrNoRollout is returned by the rollout operations of a hub that has no
 // rollout to show or act on.
-var ErrNoRollout = errors.New("no rollout")
+var ErrNoRollout error = notFound("no rollout")
 
 // RolloutView returns the rollout of commit (a prefix will do; "" for the
 // newest) as the operator API and the status page show it.
@@ -288,7 +295,7 @@ func (h *Hub) RolloutAct(ctx context.Context, a api.RolloutAction) (api.RolloutV
 }
 
 // ErrNoWave is returned when an approval names no wave that waits for one.
-var ErrNoWave = errors.New("no such wave")
+var ErrNoWave error = notFound("no such wave")
 
 func (h *Hub) approve(ctx context.Context, rec store.RolloutRecord, a api.RolloutAction) (string, error) {
 	v, err := h.roLoad(ctx, rec)

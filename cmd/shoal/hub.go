@@ -195,13 +195,19 @@ whether its EK had a certificate and its issuer.`,
 			if openAccess && !pprofhttp.Loopback(listen) {
 				return usageError{fmt.Errorf("--open-access needs --listen on a loopback address (127.0.0.1:PORT or [::1]:PORT), not %q", listen)}
 			}
-			if o.Web, err = web.New(web.Options{Store: st, OpenAccess: openAccess, OfflineAfter: offlineAfter, Logger: log, Notices: notices}); err != nil {
+			wo := web.Options{Store: st, OpenAccess: openAccess, OfflineAfter: offlineAfter, Logger: log, Notices: notices}
+			rollouts := &hubRollouts{}
+			if o.Fleet != nil {
+				wo.Rollouts = rollouts
+			}
+			if o.Web, err = web.New(wo); err != nil {
 				return err
 			}
 			h, err := hub.New(ctx, o)
 			if err != nil {
 				return err
 			}
+			rollouts.h = h
 			l, err := net.Listen("tcp", listen)
 			if err != nil {
 				return fmt.Errorf("listen: %w", err)
@@ -754,4 +760,15 @@ func (o *opConn) do(ctx context.Context, method, path string, in, out any) error
 		}
 	}
 	return nil
+}
+
+// hubRollouts hands the status page, built before the hub, the hub's rollouts.
+type hubRollouts struct{ h *hub.Hub }
+
+func (r *hubRollouts) RolloutView(ctx context.Context, commit string, devices bool) (api.RolloutView, error) {
+	return r.h.RolloutView(ctx, commit, devices)
+}
+
+func (r *hubRollouts) RolloutAct(ctx context.Context, a api.RolloutAction) (api.RolloutView, error) {
+	return r.h.RolloutAct(ctx, a)
 }

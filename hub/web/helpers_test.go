@@ -24,6 +24,7 @@ type testHub struct {
 	URL      string
 	Store    store.Store
 	Operator string
+	stop     func() // stops the hub (once)
 }
 
 // verdicts is the hub's attestation verifier in these tests: it returns the
@@ -56,12 +57,20 @@ func openSQLite(t testing.TB) store.Store {
 
 func startHub(t *testing.T, st store.Store, wo web.Options, v hub.Verifier) *testHub {
 	t.Helper()
+	return startHubWith(t, st, wo, func(o *hub.Options) { o.Verifier = v })
+}
+
+// startHubWith is startHub with the hub's options edited (a fleet to follow, say).
+func startHubWith(t *testing.T, st store.Store, wo web.Options, edit func(*hub.Options)) *testHub {
+	t.Helper()
 	wo.Store = st
 	h, err := web.New(wo)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hb, err := hub.New(t.Context(), hub.Options{Store: st, Web: h, Verifier: v, PollWait: 5 * time.Second})
+	o := hub.Options{Store: st, Web: h, PollWait: 5 * time.Second}
+	edit(&o)
+	hb, err := hub.New(t.Context(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,17 +81,21 @@ func startHub(t *testing.T, st store.Store, wo web.Options, v hub.Verifier) *tes
 	ctx, cancel := context.WithCancel(context.WithoutCancel(t.Context()))
 	done := make(chan error, 1)
 	go func() { done <- hb.Run(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("hub run: %v", err)
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("hub run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
 	op, err := hub.CreateOperatorToken(t.Context(), st, 0, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testHub{Hub: hb, URL: "https://" + l.Addr().String(), Store: st, Operator: op}
+	return &testHub{Hub: hb, URL: "https://" + l.Addr().String(), Store: st, Operator: op, stop: stop}
 }
 
 // enrol enrols device id through the real device API (mutual TLS from then on).

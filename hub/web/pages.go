@@ -580,6 +580,13 @@ func (s *server) apiDevice(w http.ResponseWriter, r *http.Request) {
 
 // --- rollout
 
+// notFound reports whether err says there is no such rollout or wave
+// (Rollouts' errors have a NotFound method saying so).
+func notFound(err error) bool {
+	var nf interface{ NotFound() bool }
+	return errors.As(err, &nf) && nf.NotFound()
+}
+
 // RolloutCount is one group's progress on a commit or release.
 type RolloutCount struct {
 	Group      string `json:"group"`
@@ -599,8 +606,15 @@ type RolloutItem struct {
 
 // Rollout is the JSON of the rollout view.
 type Rollout struct {
-	NewestCommit *RolloutItem  `json:"newestCommit,omitempty"`
-	Releases     []RolloutItem `json:"releases"`
+	// Staged is the hub's newest staged rollout (waves, gates, budgets), if any.
+	Staged       *api.RolloutView `json:"staged,omitempty"`
+	NewestCommit *RolloutItem     `json:"newestCommit,omitempty"`
+	Releases     []RolloutItem    `json:"releases"`
+	// Act: the viewer may approve, pause, resume and abort (an operator
+	// session, not open access). Error is what the last action said.
+	Act   bool   `json:"-"`
+	Error string `json:"-"`
+	CSRF  string `json:"-"`
 }
 
 func rolloutItem(it store.RolloutItem) RolloutItem {
@@ -618,6 +632,14 @@ func (s *server) rollout(r *http.Request) (Rollout, error) {
 		return Rollout{}, err
 	}
 	out := Rollout{Releases: []RolloutItem{}}
+	if s.o.Rollouts != nil {
+		v, err := s.o.Rollouts.RolloutView(r.Context(), "", false)
+		if err == nil {
+			out.Staged = &v
+		} else if !notFound(err) {
+			return Rollout{}, err
+		}
+	}
 	if ro.NewestCommit != nil {
 		it := rolloutItem(*ro.NewestCommit)
 		out.NewestCommit = &it
@@ -629,12 +651,47 @@ func (s *server) rollout(r *http.Request) (Rollout, error) {
 }
 
 func (s *server) handleRollout(w http.ResponseWriter, r *http.Request) {
+	s.rolloutPage(w, r, http.StatusOK, "")
+}
+
+func (s *server) rolloutPage(w http.ResponseWriter, r *http.Request, status int, msg string) {
 	ro, err := s.rollout(r)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	s.render(w, r, "rollout", http.StatusOK, &layout{Title: "Rollout", Nav: "rollout", Body: ro})
+	ro.Error = msg
+	if ok, err := s.operatorSession(r); err == nil && ok {
+		ro.Act = true
+	}
+	ro.CSRF = csrfToken(w, r)
+	s.render(w, r, "rollout", status, &layout{Title: "Rollout", Nav: "rollout", CSRF: ro.CSRF, Body: ro})
+}
+
+// handleRolloutAction takes an approve, pause, resume or abort from the
+// rollout page's buttons (an operator session and the CSRF token, checked
+// by session) and shows the page again.
+func (s *server) handleRolloutAction(w http.ResponseWriter, r *http.Request) {
+	if s.o.Rollouts == nil {
+		http.Error(w, "this hub runs no staged rollouts (start it with --fleet)", http.StatusNotFound)
+		return
+	}
+	a := api.RolloutAction{APIVersion: api.Version, Action: r.PostFormValue("action"), Commit: r.PostFormValue("commit"),
+		Wave: r.PostFormValue("wave"), Track: r.PostFormValue("track"), Reason: "from the status page"}
+	if err := a.Validate(); err != nil {
+		s.rolloutPage(w, r, http.StatusBadRequest, err.Error())
+		return
+	}
+	if _, err := s.o.Rollouts.RolloutAct(r.Context(), a); err != nil {
+		if notFound(err) {
+			s.rolloutPage(w, r, http.StatusNotFound, err.Error())
+			return
+		}
+		s.fail(w, r, err)
+		return
+	}
+	s.log.Info("rollout action from the status page", "action", a.Action, "commit", a.Commit, "wave", a.Wave, "track", a.Track)
+	http.Redirect(w, r, "/rollout", http.StatusSeeOther)
 }
 
 func (s *server) apiRollout(w http.ResponseWriter, r *http.Request) {
@@ -701,8 +758,16 @@ var funcs = template.FuncMap{
 	"meaning": stateTitle,
 	"pct":     func(f float64) string { return strconv.Itoa(int(f*100)) + "%" },
 	"add":     func(a, b int) int { return a + b },
-	"bytes":   humanBytes,
-	"deref":   func(b *bool) bool { return b != nil && *b },
+	"dur":     func(d time.Duration) string { return d.Round(time.Second).String() },
+	"dict": func(kv ...any) map[string]any {
+		m := make(map[string]any, len(kv)/2)
+		for i := 0; i+1 < len(kv); i += 2 {
+			m[kv[i].(string)] = kv[i+1]
+		}
+		return m
+	},
+	"bytes": humanBytes,
+	"deref": func(b *bool) bool { return b != nil && *b },
 	"labels": func(m map[string]string) string {
 		keys := make([]string, 0, len(m))
 		for k := range m {

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shoalfleet/shoal/api"
 	"github.com/shoalfleet/shoal/hub/store"
 )
 
@@ -37,6 +38,14 @@ type Store interface {
 	CheckOperatorToken(ctx context.Context, hash []byte, now time.Time) error
 	ListRelays(ctx context.Context) ([]store.Relay, error)
 	RelayDevices(ctx context.Context, relayID string) ([]string, error)
+}
+
+// Rollouts is the hub's staged rollouts, as the page shows and steers them.
+// An error with a NotFound method that returns true means there is no such
+// rollout (or wave): the page then shows none.
+type Rollouts interface {
+	RolloutView(ctx context.Context, commit string, devices bool) (api.RolloutView, error)
+	RolloutAct(ctx context.Context, a api.RolloutAction) (api.RolloutView, error)
 }
 
 // Options configure the page. Store is required; the zero value of the rest works.
@@ -59,8 +68,12 @@ type Options struct {
 	Notices []string
 	// LiveInterval is how often the overview polls for changes (default 5s).
 	LiveInterval time.Duration
-	Logger       *slog.Logger
-	Now          func() time.Time
+	// Rollouts shows the hub's staged rollouts on the rollout page and takes
+	// the operator's approve, pause, resume and abort; nil: the page shows
+	// progress by commit and release only. *hub.Hub implements it.
+	Rollouts Rollouts
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 // Cookie names.
@@ -121,6 +134,7 @@ func New(o Options) (http.Handler, error) {
 	mux.HandleFunc("GET /{$}", s.page(s.handleOverview))
 	mux.HandleFunc("GET /devices/{id}", s.page(s.handleDevice))
 	mux.HandleFunc("GET /rollout", s.page(s.handleRollout))
+	mux.HandleFunc("POST /rollout/action", s.session(s.handleRolloutAction))
 	mux.HandleFunc("GET /api/v1/fleet", s.api(s.apiFleet))
 	mux.HandleFunc("GET /api/v1/live", s.api(s.apiLive))
 	mux.HandleFunc("GET /api/v1/devices/{id}", s.api(s.apiDevice))
@@ -210,6 +224,49 @@ func (s *server) page(next http.HandlerFunc) http.HandlerFunc {
 		}
 		next(w, r)
 	}
+}
+
+// session guards a state-changing form: it needs an operator session (a
+// signed-in token), even on an open-access page, and the form's CSRF token.
+func (s *server) session(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
+		ok, err := s.operatorSession(r)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		if !ok {
+			http.Error(w, "an operator session is required: sign in with an operator token", http.StatusUnauthorized)
+			return
+		}
+		if !csrfOK(r) {
+			http.Error(w, "form expired or sent from another site; reload the page", http.StatusForbidden)
+			return
+		}
+		next(w, r)
+	}
+}
+
+// operatorSession reports whether r carries a live operator token (cookie
+// or bearer), open access or not.
+func (s *server) operatorSession(r *http.Request) (bool, error) {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		c, err := r.Cookie(sessionCookie)
+		if err != nil {
+			return false, nil
+		}
+		tok = c.Value
+	}
+	if tok == "" || len(tok) > 256 {
+		return false, nil
+	}
+	err := s.check(r.Context(), tok)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // api guards a JSON endpoint.
